@@ -1,0 +1,81 @@
+"""Rule sets: immutable tables op_type -> backward rule, varied by value."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import onnx
+from onnx import helper
+
+from ..graph.emitter import Emitter
+
+
+@dataclass
+class Node:
+    """What a rule sees of a forward node.
+
+    ``needs[i]`` says whether input i needs a gradient; rules may skip the others.
+    ``proto`` is the node inside the graph being rewritten (rules may add optional outputs).
+    """
+
+    proto: onnx.NodeProto
+    opset: int
+    needs: tuple = ()
+    attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in self.proto.attribute}
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.attrs.items()}
+
+    @property
+    def op(self) -> str:
+        return self.proto.op_type
+
+    @property
+    def name(self) -> str:
+        return self.proto.name or f"<{self.proto.op_type} -> {self.proto.output[0]}>"
+
+    @property
+    def inputs(self) -> list:
+        return list(self.proto.input)
+
+    @property
+    def outputs(self) -> list:
+        return list(self.proto.output)
+
+    def input(self, i: int) -> Optional[str]:
+        """Input i, or None when absent or given as an empty name."""
+        return self.proto.input[i] if i < len(self.proto.input) and self.proto.input[i] else None
+
+    def attr(self, name: str, default=None):
+        return self.attrs.get(name, default)
+
+
+# A rule maps (emitter, node, output gradients) to one gradient name per input (None: no gradient).
+Rule = Callable[[Emitter, Node, Sequence[Optional[str]]], Sequence[Optional[str]]]
+
+
+class RuleSet(Mapping):
+    """An immutable op_type -> rule table. ``replace`` returns a new set.
+
+    >>> GUIDED = STANDARD.replace(Relu=relu_guided)
+    """
+
+    def __init__(self, name: str, rules: Mapping[str, Rule]):
+        self.name = name
+        self._rules = dict(rules)
+
+    def __getitem__(self, op_type: str) -> Rule:
+        return self._rules[op_type]
+
+    def __iter__(self):
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def replace(self, name: Optional[str] = None, **rules: Rule) -> "RuleSet":
+        return RuleSet(name or self.name, {**self._rules, **rules})
+
+    def __repr__(self) -> str:
+        return f"RuleSet({self.name!r}, {len(self)} ops)"
