@@ -1,0 +1,4 @@
+"""Backward rules: norm."""
+from __future__ import annotations
+
+RULES: dict = {}

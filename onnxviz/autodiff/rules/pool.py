@@ -1,0 +1,4 @@
+"""Backward rules: pool."""
+from __future__ import annotations
+
+RULES: dict = {}

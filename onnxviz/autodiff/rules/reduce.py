@@ -1,0 +1,4 @@
+"""Backward rules: reduce."""
+from __future__ import annotations
+
+RULES: dict = {}
