@@ -3,12 +3,13 @@
 A ``Case`` describes one node with its inputs; ``check_case`` builds its gradient graph
 and compares it with central finite differences (every element for small inputs, random
 directions otherwise) or, for linear ops, with the exact adjoint identity
-<seed, A v> = <A^T seed, v>.
+<seed, A v> = <A^T seed, v>. Rules that are not gradients (guided backprop, deconvnet)
+are checked against a numpy ``reference`` of their defined formula (``check="reference"``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -35,12 +36,14 @@ class Case:
     order: Optional[list] = None
     outputs: int = 1
     opset: int = OPSET
-    check: str = "fd"  # "fd" or "adjoint"
+    check: str = "fd"  # "fd", "adjoint" or "reference"
     eps: Optional[float] = None
     rtol: float = 2e-3
     rules: object = None
     id: str = ""
     domain: str = ""
+    # check="reference": reference(seed, **inputs, **consts) -> {input name: expected dx}
+    reference: Optional[Callable] = None
 
     def __str__(self):
         return self.id or self.op
@@ -115,6 +118,7 @@ def check_case(case: Case, output_index: int = 0) -> float:
     rng = np.random.default_rng(1)
     seed = rng.standard_normal(y.shape).astype(y.dtype)
     grads = gradients(model, feeds, output, list(case.inputs), seed, rules)
+    expected = case.reference(seed, **case.inputs, **case.consts) if case.check == "reference" else {}
     worst = 0.0
     for name, x in case.inputs.items():
         g = grads[name].astype(np.float64)
@@ -124,6 +128,11 @@ def check_case(case: Case, output_index: int = 0) -> float:
             lhs = float(np.sum(seed.astype(np.float64) * (f(feeds).astype(np.float64) - f(zero))))
             rhs = float(np.sum(g * x))
             worst = max(worst, abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1e-12))
+            continue
+        if case.check == "reference":
+            ref = np.asarray(expected[name], np.float64)
+            assert ref.shape == x.shape, f"{case}: reference for {name} has shape {ref.shape}, input {x.shape}"
+            worst = max(worst, float(np.abs(g - ref).max() / max(np.abs(ref).max(), 1e-12)))
             continue
         eps = case.eps or _tolerance_eps(x.dtype)
         dirs, nums = numeric_vjp(f, feeds, name, seed, eps)

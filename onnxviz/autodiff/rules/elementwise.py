@@ -1,10 +1,52 @@
-"""Backward rules for element-wise arithmetic with numpy broadcasting."""
+"""Backward rules for element-wise arithmetic with numpy broadcasting.
+
+Every gradient of a broadcasting op is summed back to its operand's shape (``unbroadcast``).
+Comparisons are spelled with ``Less``/``Greater``/``Not`` (float kernels since opset 7) rather
+than ``Equal``/``GreaterOrEqual`` (float only from opset 11/12), so the rules also serve
+models that keep an old opset.
+
+Tie policy of the variadic Max/Min (shared with ReduceMax/ReduceMin and GlobalMaxPool):
+the gradient is split equally between all operands that attain the extremum, so the
+operands' gradients always add up to ``dy`` (PyTorch's ``maximum``/``amax`` do the same;
+for two tied operands it is also what central differences measure).
+"""
 from __future__ import annotations
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
 
 
+# ---- small helpers shared by the rule modules ---------------------------------
+def where_zero(e: Emitter, cond: str, g: str, like: str) -> str:
+    """``g`` where ``cond``, else 0 (of the element type of forward tensor ``like``)."""
+    return e.op("Where", cond, g, e.scalar(0, like=like))
+
+
+def not_less(e: Emitter, a: str, b: str) -> str:
+    """a >= b as a bool tensor (false for NaN-free a < b)."""
+    return e.op("Not", e.op("Less", a, b))
+
+
+def not_greater(e: Emitter, a: str, b: str) -> str:
+    """a <= b as a bool tensor."""
+    return e.op("Not", e.op("Greater", a, b))
+
+
+def as_float(e: Emitter, cond: str, like: str) -> str:
+    """A bool mask as 0/1 in the element type of ``like``."""
+    return e.op("Cast", cond, to=e.elem_type(like))
+
+
+def positive(e: Emitter, t: str) -> str:
+    return e.op("Greater", t, e.scalar(0, like=t))
+
+
+def zero_grad(e: Emitter, node: Node, dys):
+    """Piecewise-constant ops (Floor, Ceil, Round, Sign, Hardmax): no gradient."""
+    return [None] * len(node.inputs)
+
+
+# ---- arithmetic -----------------------------------------------------------------
 def add(e: Emitter, node: Node, dys):
     dy, out = dys[0], node.outputs[0]
     return [e.unbroadcast(dy, x, out) if need else None for x, need in zip(node.inputs, node.needs)]
@@ -28,6 +70,124 @@ def mul(e: Emitter, node: Node, dys):
     ]
 
 
+def div(e: Emitter, node: Node, dys):
+    """y = a / b: da = dy / b, db = -dy · y / b."""
+    dy, y = dys[0], node.outputs[0]
+    a, b = node.inputs
+    return [
+        e.unbroadcast(e.op("Div", dy, b), a, y) if node.needs[0] else None,
+        e.unbroadcast(e.op("Neg", e.op("Div", e.op("Mul", dy, y), b)), b, y) if node.needs[1] else None,
+    ]
+
+
+def pow_(e: Emitter, node: Node, dys):
+    """y = a^b: da = dy · b · a^(b-1); db = dy · y · log(a), taken as 0 where a <= 0.
+
+    The exponent may have another element type than the base (opset 12+); it is cast to the
+    base's type where it multiplies. A constant exponent gets b-1 folded at build time.
+    """
+    dy, y = dys[0], node.outputs[0]
+    a, b = node.inputs
+    da = db = None
+    if node.needs[0]:
+        bv = e.value(b)
+        if bv is not None:
+            b_minus_1 = e.const(bv - 1)
+            b_like_a = e.const(bv.astype(e.dtype(a)))
+        else:
+            b_minus_1 = e.op("Sub", b, e.scalar(1, like=b))
+            b_like_a = b if e.elem_type(b) == e.elem_type(a) else e.cast_like(b, a)
+        local = e.op("Mul", b_like_a, e.op("Pow", a, b_minus_1))
+        da = e.unbroadcast(e.op("Mul", dy, local), a, y)
+    if node.needs[1]:
+        # log(a) is undefined for a <= 0: there the exponent gets no gradient (the a = 0, b > 0 limit).
+        pos = positive(e, a)
+        safe_a = e.op("Where", pos, a, e.scalar(1, like=a))
+        local = e.op("Mul", y, e.op("Log", safe_a))
+        g = e.op("Mul", dy, where_zero(e, pos, local, like=a))
+        db = e.unbroadcast(e.cast_like(g, b) if e.elem_type(b) != e.elem_type(a) else g, b, y)
+    return [da, db]
+
+
+def neg(e: Emitter, node: Node, dys):
+    return [e.op("Neg", dys[0])]
+
+
+def abs_(e: Emitter, node: Node, dys):
+    """dx = dy · sign(x) (0 at x = 0)."""
+    return [e.op("Mul", dys[0], e.op("Sign", node.inputs[0]))]
+
+
+def sqrt(e: Emitter, node: Node, dys):
+    """dx = dy / (2 y)."""
+    y = node.outputs[0]
+    return [e.op("Div", e.op("Mul", dys[0], e.scalar(0.5, like=y)), y)]
+
+
+def exp(e: Emitter, node: Node, dys):
+    """dx = dy · y."""
+    return [e.op("Mul", dys[0], node.outputs[0])]
+
+
+def log(e: Emitter, node: Node, dys):
+    """dx = dy / x."""
+    return [e.op("Div", dys[0], node.inputs[0])]
+
+
+def reciprocal(e: Emitter, node: Node, dys):
+    """dx = -dy · y²."""
+    y = node.outputs[0]
+    return [e.op("Neg", e.op("Mul", dys[0], e.op("Mul", y, y)))]
+
+
+def sin(e: Emitter, node: Node, dys):
+    return [e.op("Mul", dys[0], e.op("Cos", node.inputs[0]))]
+
+
+def cos(e: Emitter, node: Node, dys):
+    return [e.op("Neg", e.op("Mul", dys[0], e.op("Sin", node.inputs[0])))]
+
+
+def mean(e: Emitter, node: Node, dys):
+    """Variadic Mean: each operand gets dy / n, unbroadcast."""
+    y = node.outputs[0]
+    g = e.op("Mul", dys[0], e.scalar(1.0 / len(node.inputs), like=y))
+    return [e.unbroadcast(g, x, y) if need else None for x, need in zip(node.inputs, node.needs)]
+
+
+def _extremum(e: Emitter, node: Node, dys, attains):
+    """Variadic Max/Min: dy goes to the operands equal to y, split equally between ties."""
+    dy, y = dys[0], node.outputs[0]
+    if len(node.inputs) == 1:
+        return [dy]
+    masks = [as_float(e, attains(e, x, y), like=y) for x in node.inputs]
+    share = e.op("Div", dy, e.op("Sum", *masks))  # the count is >= 1 everywhere
+    return [
+        e.unbroadcast(e.op("Mul", share, m), x, y) if need else None
+        for x, m, need in zip(node.inputs, masks, node.needs)
+    ]
+
+
+def max_(e: Emitter, node: Node, dys):
+    return _extremum(e, node, dys, not_less)  # x <= y always, so x == y iff not x < y
+
+
+def min_(e: Emitter, node: Node, dys):
+    return _extremum(e, node, dys, not_greater)
+
+
+def where(e: Emitter, node: Node, dys):
+    """Where(c, a, b): da = dy where c, db = dy where not c; the condition gets none."""
+    dy, y = dys[0], node.outputs[0]
+    c, a, b = node.inputs
+    zero = e.scalar(0, like=y)
+    return [
+        None,
+        e.unbroadcast(e.op("Where", c, dy, zero), a, y) if node.needs[1] else None,
+        e.unbroadcast(e.op("Where", c, zero, dy), b, y) if node.needs[2] else None,
+    ]
+
+
 def sum_(e: Emitter, node: Node, dys):
     """Variadic Sum: each operand gets the (unbroadcast) incoming gradient."""
     return add(e, node, dys)
@@ -37,5 +197,23 @@ RULES = {
     "Add": add,
     "Sub": sub,
     "Mul": mul,
+    "Div": div,
+    "Pow": pow_,
+    "Neg": neg,
+    "Abs": abs_,
+    "Sqrt": sqrt,
+    "Exp": exp,
+    "Log": log,
+    "Reciprocal": reciprocal,
+    "Sin": sin,
+    "Cos": cos,
     "Sum": sum_,
+    "Mean": mean,
+    "Max": max_,
+    "Min": min_,
+    "Where": where,
+    "Floor": zero_grad,
+    "Ceil": zero_grad,
+    "Round": zero_grad,
+    "Sign": zero_grad,
 }
