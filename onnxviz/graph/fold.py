@@ -1,0 +1,87 @@
+"""Constant folding: turn nodes whose inputs are all known into initializers.
+
+Weights behind ConstantOfShape, Identity, Cast, DequantizeLinear or Constant nodes then
+look like plain initializers to analysis, filters and the backward rules.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .emitter import constant_values
+
+log = logging.getLogger("onnxviz")
+
+# Ops whose output depends on more than their inputs, or that are too costly to fold.
+_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+          "Bernoulli", "If", "Loop", "Scan"}
+_MAX_ELEMENTS = 2**28  # 1 GiB of float32: VGG-19 fc6 is 103M
+
+
+def _evaluate(node: onnx.NodeProto, inputs: list, opset: int) -> list:
+    """Outputs of one node on known inputs, with numpy for the common cases."""
+    op = node.op_type
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if op == "Identity":
+        return [inputs[0]]
+    if op == "ConstantOfShape":
+        value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+        return [np.full(tuple(int(d) for d in inputs[0]), value.reshape(-1)[0], dtype=value.dtype)]
+    if op == "Cast":
+        return [inputs[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if name else "" for k, name in enumerate(node.input)]
+    outs = [f"o{k}" for k in range(len(node.output))]
+    clone = helper.make_node(op, names, outs, domain=node.domain, **attrs)
+    graph = helper.make_graph(
+        [clone], "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for n, v in zip(names, inputs) if n],
+        [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {n: v for n, v in zip(names, inputs) if n}
+    return list(ReferenceEvaluator(model).run(None, feeds))
+
+
+def fold_constants(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Fold constant subgraphs into initializers (in place); returns the model.
+
+    Only default-domain nodes are folded; a node that fails to evaluate is left as it is.
+    """
+    graph = model.graph
+    known = constant_values(graph)
+    graph_inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    kept, new_inits = [], []
+    for node in graph.node:
+        ins = [i for i in node.input if i]
+        foldable = (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in _NEVER
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            and all(i in known and i not in graph_inputs for i in ins)
+            and (ins or node.op_type == "Constant")
+        )
+        if foldable:
+            try:
+                values = _evaluate(node, [known[i] if i else None for i in node.input], opset) \
+                    if node.op_type != "Constant" else [known[node.output[0]]]
+            except Exception as exc:  # unusual attribute combinations: leave the node alone
+                log.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
+                values = None
+            if values is not None and all(np.asarray(v).size <= _MAX_ELEMENTS for v in values):
+                for name, value in zip(node.output, values):
+                    if name:
+                        known[name] = np.asarray(value)
+                        new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+                continue
+        kept.append(node)
+    if new_inits:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(new_inits)
+    return model

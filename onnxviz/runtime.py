@@ -1,0 +1,162 @@
+"""onnxruntime sessions: provider choice, caching per rewritten graph, batched runs."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+try:
+    import onnxruntime as ort
+except ImportError:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError(
+        "onnxviz needs ONNX Runtime: pip install 'onnxviz[cpu]' (or 'onnxviz[gpu]' for CUDA)"
+    ) from None
+
+import onnx
+
+from .errors import OnnxvizError
+
+log = logging.getLogger("onnxviz")
+
+DEVICES = ("auto", "cpu", "cuda")
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the rest of the message
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes 'cuda' when onnxruntime-gpu sees a GPU, else 'cpu'."""
+    if device not in DEVICES:
+        raise OnnxvizError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise OnnxvizError(
+            "device 'cuda' asked for, but onnxruntime has no CUDA provider here "
+            f"(available: {', '.join(ort.get_available_providers())}). "
+            "Install onnxviz[gpu] (onnxruntime-gpu, not onnxruntime) on a machine with an NVIDIA GPU."
+        )
+    return device
+
+
+class Runtime:
+    """Creates and caches onnxruntime sessions for one device.
+
+    >>> rt = Runtime("cpu", threads=2)
+    >>> outputs = rt.run(model_proto, {"image": x})
+    """
+
+    def __init__(self, device: str = "auto", threads: Optional[int] = None, optimization: str = "all"):
+        self.device = resolve_device(device)
+        if optimization not in OPT_LEVELS:
+            raise OnnxvizError(f"unknown optimization level {optimization!r}: choose from {', '.join(OPT_LEVELS)}")
+        self.threads = threads
+        self.optimization = optimization
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._tmp: list[tempfile.TemporaryDirectory] = []
+
+    @property
+    def providers(self) -> list:
+        if self.device == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def describe(self) -> str:
+        return f"onnxruntime {ort.__version__} on {self.device} ({self.providers[0]})"
+
+    def _options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = OPT_LEVELS[self.optimization]
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        return opts
+
+    def session(self, model: onnx.ModelProto, key: Optional[str] = None) -> ort.InferenceSession:
+        """The session for ``model``, created once per key (default: a hash of the graph)."""
+        if key is None:
+            key = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest() if model.ByteSize() < _TWO_GB else str(id(model))
+        sess = self._sessions.get(key)
+        if sess is None:
+            sess = self._create(model)
+            self._sessions[key] = sess
+        return sess
+
+    def forget(self, key: str):
+        """Drop a cached session (its graph changed)."""
+        self._sessions.pop(key, None)
+
+    def _create(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        try:
+            if model.ByteSize() < _TWO_GB:
+                return ort.InferenceSession(model.SerializeToString(), self._options(), providers=self.providers)
+            tmp = tempfile.TemporaryDirectory(prefix="onnxviz-")
+            self._tmp.append(tmp)
+            path = os.path.join(tmp.name, "model.onnx")
+            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin")
+            return ort.InferenceSession(path, self._options(), providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise OnnxvizError(f"onnxruntime could not load the graph: {_first_line(exc)}") from exc
+
+    def run(
+        self,
+        model: onnx.ModelProto,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Optional[Sequence[str]] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = False,
+        key: Optional[str] = None,
+        desc: str = "running",
+    ) -> dict:
+        """Run ``model`` on ``feeds``, in chunks of ``batch_size`` along axis 0 when given."""
+        sess = self.session(model, key)
+        names = list(outputs) if outputs else [o.name for o in sess.get_outputs()]
+        n = _batch_len(feeds)
+        if not batch_size or n is None or n <= batch_size:
+            return dict(zip(names, self._run(sess, names, feeds)))
+        chunks: list[list[np.ndarray]] = []
+        for start in _progress(range(0, n, batch_size), progress, desc, unit_scale=batch_size):
+            part = {k: v[start:start + batch_size] if _batched(v, n) else v for k, v in feeds.items()}
+            chunks.append(self._run(sess, names, part))
+        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
+
+    @staticmethod
+    def _run(sess, names, feeds) -> list:
+        try:
+            return sess.run(names, dict(feeds))
+        except Exception as exc:
+            raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
+
+
+def _batched(v: np.ndarray, n: int) -> bool:
+    return isinstance(v, np.ndarray) and v.ndim > 0 and v.shape[0] == n
+
+
+def _batch_len(feeds: Mapping[str, np.ndarray]) -> Optional[int]:
+    lens = {v.shape[0] for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim > 0}
+    return max(lens) if lens else None
+
+
+def _progress(it: Iterable, enabled: bool, desc: str, unit_scale: int = 1):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,161 @@
+"""Loading, normalizing and running models; every bad model gets a clear error."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from builders import LIGHT_MODELS, save, tiny_cnn
+from onnxviz.errors import ModelError, OnnxvizError
+from onnxviz.model import load
+
+
+@pytest.mark.parametrize("path", LIGHT_MODELS, ids=os.path.basename)
+def test_light_models_load_convert_and_run(path):
+    model = load(path, device="cpu")
+    assert model.opset >= 16 and model.original_opset == 9
+    assert "converted model gives the same outputs as the original" in model.notes
+    assert model.input.layout == "NCHW" and model.input.channels == 3 and model.input.size == (224, 224)
+    # weights behind ConstantOfShape are folded into initializers
+    assert not any(n.op_type == "ConstantOfShape" for n in model.proto.graph.node)
+    x = np.random.default_rng(0).standard_normal(model.input.shape(2)).astype(np.float32)
+    out = model.run(x)
+    assert all(v.shape[0] == 2 for v in out.values())
+    conv = next(l for l in model.layers if l.op == "Conv")
+    acts = model.activations(x, [conv.name])
+    assert acts[conv.name].ndim == 4 and acts[conv.name].shape[0] == 2
+
+
+def test_converted_outputs_match_original_graph(tmp_path):
+    """The converted model's outputs equal the original's (checked independently of load's own check)."""
+    import onnxruntime as ort
+
+    original = tiny_cnn(opset=11)
+    path = save(original, tmp_path / "m.onnx")
+    model = load(path, device="cpu")
+    assert model.opset == 17
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    ref = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    np.testing.assert_allclose(model.run(x)["prob"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_model_is_detected_as_nhwc(tmp_path):
+    model = load(save(tiny_cnn(layout="NHWC"), tmp_path / "nhwc.onnx"), device="cpu")
+    assert model.input.layout == "NHWC" and model.input.channels == 3 and model.input.size == (16, 16)
+    assert model.input.shape(2) == (2, 16, 16, 3)
+
+
+def test_dynamic_sizes_stay_dynamic(tmp_path):
+    model = load(save(tiny_cnn(dynamic=True), tmp_path / "dyn.onnx"), device="cpu")
+    assert model.input.height is None and model.input.width is None
+    for size in (16, 24):
+        out = model.run(np.zeros((1, 3, size, size), np.float32))
+        assert out["prob"].shape == (1, 4)
+
+
+def test_layout_and_size_overrides(tmp_path):
+    model = load(save(tiny_cnn(dynamic=True), tmp_path / "dyn.onnx"), device="cpu", height=20, width=24)
+    assert model.input.size == (20, 24)
+
+
+def test_initializers_listed_as_inputs_are_moved_out(tmp_path):
+    m = tiny_cnn()
+    for init in m.graph.initializer:
+        m.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    m.ir_version = 3
+    model = load(save(m, tmp_path / "ir3.onnx"), device="cpu")
+    assert [i.name for i in model.proto.graph.input] == ["image"]
+
+
+def test_missing_file():
+    with pytest.raises(ModelError, match="no such file"):
+        load("/nonexistent/model.onnx")
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.onnx"
+    p.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        load(str(p))
+
+
+def test_not_onnx(tmp_path):
+    p = tmp_path / "notes.onnx"
+    p.write_text("this is a text file, not a protobuf\n" * 20)
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        load(str(p))
+
+
+def test_truncated(tmp_path):
+    data = tiny_cnn().SerializeToString()
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated"):
+        load(str(p))
+
+
+def test_folder_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="folder"):
+        load(str(tmp_path))
+
+
+def test_no_image_input(tmp_path):
+    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mlp",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match="no image-like input.*x float\\[N, 4\\]"):
+        load(save(m, tmp_path / "mlp.onnx"))
+
+
+def test_unknown_custom_domain(tmp_path):
+    m = tiny_cnn()
+    m.graph.node[1].domain = "com.example.private"
+    m.graph.node[1].op_type = "FancyRelu"
+    m.opset_import.append(helper.make_opsetid("com.example.private", 1))
+    with pytest.raises(ModelError, match="FancyRelu.*com.example.private"):
+        load(save(m, tmp_path / "custom.onnx"))
+
+
+def test_external_data_model(tmp_path):
+    m = tiny_cnn()
+    path = str(tmp_path / "ext.onnx")
+    onnx.save(m, path, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    model = load(path, device="cpu")
+    assert model.run(np.zeros((1, 3, 16, 16), np.float32))["prob"].shape == (1, 4)
+    os.remove(tmp_path / "ext.bin")
+    with pytest.raises(ModelError, match="external"):
+        load(path)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((3, 16, 16), np.float32), "add a batch axis"),
+    (np.zeros((1, 1, 16, 16), np.float32), "expected 3 channels"),
+    (np.zeros((1, 3, 15, 16), np.float32), "expected 16x16"),
+    (np.full((1, 3, 16, 16), np.nan, np.float32), "NaN"),
+])
+def test_wrong_inputs_are_refused(tmp_path, bad, message):
+    model = load(save(tiny_cnn(), tmp_path / "m.onnx"), device="cpu")
+    with pytest.raises(OnnxvizError, match=message):
+        model.run(bad)
+
+
+def test_upsample_converted_to_resize_keeps_asymmetric_semantics(tmp_path):
+    """version_converter drops Upsample's asymmetric coordinates; load must restore them."""
+    import onnxruntime as ort
+
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Upsample", ["image", "scales"], ["up"], mode="linear"),
+             helper.make_node("Conv", ["up", "w"], ["y"])]
+    g = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [scales, w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+    m.ir_version = 4
+    x = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    model = load(save(m, tmp_path / "up.onnx"), device="cpu")
+    assert model.opset == 17
+    np.testing.assert_allclose(model.run(x)["y"], ref, rtol=1e-6)
