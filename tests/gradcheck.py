@@ -101,8 +101,8 @@ def numeric_vjp(f, feeds: dict, name: str, seed: np.ndarray, eps: float, max_ele
         dirs = [rng.standard_normal(x.shape).astype(x.dtype) for _ in range(8)]
     nums = []
     for v in dirs:
-        plus = f({**feeds, name: (x + eps * v).astype(x.dtype)})
-        minus = f({**feeds, name: (x - eps * v).astype(x.dtype)})
+        plus = f({**feeds, name: np.asarray(x + eps * v, dtype=x.dtype)})  # asarray: 0-d inputs
+        minus = f({**feeds, name: np.asarray(x - eps * v, dtype=x.dtype)})
         nums.append(float(np.sum(seed.astype(np.float64) * (plus.astype(np.float64) - minus)) / (2 * eps)))
     return dirs, np.array(nums)
 

@@ -1,24 +1,54 @@
-"""Backward rules for activations, with the guided-backprop and deconvnet variants of ReLU-like ops."""
+"""Backward rules for activations, with the guided-backprop and deconvnet variants of ReLU-like ops.
+
+Forward outputs are reused where the derivative is a function of them (Sigmoid: y(1-y),
+Tanh: 1-y², Softmax, Exp-like branches of Elu/Selu/Celu).
+
+Boundaries (measure-zero, but they occur: clipped values feed later Clips):
+
+* Relu passes the gradient where y > 0 (strict), HardSigmoid strictly inside (0, 1).
+* Clip passes it where min <= x <= max (inclusive, as torch.clamp and tf.clip_by_value);
+  so Clip(0, 6) as ReLU6 passes it at x = 0 where Relu does not.
+* HardSwish follows torch: 0 for x < -3, (2x + 3)/6 for -3 <= x <= 3, 1 above.
+
+Guided backprop and deconvnet (rule sets ``GUIDED`` and ``DECONVNET``). Captum only
+overrides ``nn.ReLU``; we extend the same idea to the ReLU-like ops of exported CNNs,
+reading "guided" as *the standard local derivative applied to relu(dy)* and "deconvnet"
+as *relu(dy), ignoring the forward pass's rectification*:
+
+============  ======================================  ======================================
+op            guided                                  deconvnet
+============  ======================================  ======================================
+Relu          relu(dy) where y > 0                    relu(dy)
+Clip          relu(dy) where min <= x <= max          relu(dy) where x <= max (the upper
+              (the standard Clip mask)                saturation is not a rectification, so
+                                                      its forward mask stays)
+LeakyRelu     relu(dy) · (1 if x > 0 else alpha)      relu(dy)
+PRelu         relu(dy) · (1 if x > 0 else slope)      relu(dy)
+============  ======================================  ======================================
+
+With no max, Clip(0) is Relu and the variants agree with Relu's up to the x = 0 boundary.
+A slope that depends on the input gets its standard gradient in every rule set.
+"""
 from __future__ import annotations
+
+import math
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
+from .elementwise import not_greater, not_less, positive, select, where_zero, zero_grad
 
 
-def _positive(e: Emitter, t: str) -> str:
-    return e.op("Greater", t, e.scalar(0, like=t))
-
-
+# ---- ReLU family --------------------------------------------------------------
 def relu(e: Emitter, node: Node, dys):
     """dx = dy where y > 0 (the output's sign is the mask: no extra forward value needed)."""
     y, dy = node.outputs[0], dys[0]
-    return [e.op("Where", _positive(e, y), dy, e.scalar(0, like=y))]
+    return [where_zero(e, positive(e, y), dy, like=y)]
 
 
 def relu_guided(e: Emitter, node: Node, dys):
     """Guided backprop (Springenberg et al.): pass only positive gradients where the input was positive."""
     y, dy = node.outputs[0], dys[0]
-    return [e.op("Where", _positive(e, y), e.op("Relu", dy), e.scalar(0, like=y))]
+    return [where_zero(e, positive(e, y), e.op("Relu", dy), like=y)]
 
 
 def relu_deconvnet(e: Emitter, node: Node, dys):
@@ -26,6 +56,282 @@ def relu_deconvnet(e: Emitter, node: Node, dys):
     return [e.op("Relu", dys[0])]
 
 
-RULES = {"Relu": relu}
-GUIDED = {"Relu": relu_guided}
-DECONVNET = {"Relu": relu_deconvnet}
+def _leaky(e: Emitter, x: str, g: str, slope: str) -> str:
+    """g where x > 0, else slope · g."""
+    return select(e, positive(e, x), g, e.op("Mul", g, slope), like=x)
+
+
+def leaky_relu(e: Emitter, node: Node, dys):
+    """dx = dy if x > 0 else alpha · dy (alpha defaults to 0.01)."""
+    x = node.inputs[0]
+    return [_leaky(e, x, dys[0], e.scalar(node.attr("alpha", 0.01), like=x))]
+
+
+def leaky_relu_guided(e: Emitter, node: Node, dys):
+    x = node.inputs[0]
+    return [_leaky(e, x, e.op("Relu", dys[0]), e.scalar(node.attr("alpha", 0.01), like=x))]
+
+
+def _prelu_slope(e: Emitter, node: Node, dy: str):
+    """dslope = Σ dy · x where x <= 0, summed back to the slope's shape (None when not needed)."""
+    if not node.needs[1]:
+        return None
+    x, slope = node.inputs
+    g = where_zero(e, e.op("Not", positive(e, x)), e.op("Mul", dy, x), like=x)
+    return e.unbroadcast(g, slope, node.outputs[0])
+
+
+def prelu(e: Emitter, node: Node, dys):
+    """dx = dy if x > 0 else slope · dy (slope broadcasts to x); dslope = Σ dy · x where x <= 0."""
+    x, slope = node.inputs
+    dx = _leaky(e, x, dys[0], slope) if node.needs[0] else None
+    return [dx, _prelu_slope(e, node, dys[0])]
+
+
+def prelu_guided(e: Emitter, node: Node, dys):
+    x, slope = node.inputs
+    dx = _leaky(e, x, e.op("Relu", dys[0]), slope) if node.needs[0] else None
+    return [dx, _prelu_slope(e, node, dys[0])]
+
+
+def prelu_deconvnet(e: Emitter, node: Node, dys):
+    return [e.op("Relu", dys[0]) if node.needs[0] else None, _prelu_slope(e, node, dys[0])]
+
+
+def leaky_relu_deconvnet(e: Emitter, node: Node, dys):
+    return [e.op("Relu", dys[0])]
+
+
+def _clip_bounds(e: Emitter, node: Node):
+    """(min, max) tensor names or None: attributes before opset 11, optional inputs after."""
+    x = node.inputs[0]
+    if "min" in node.attrs or "max" in node.attrs or node.opset < 11:
+        lo, hi = node.attr("min"), node.attr("max")
+        return (None if lo is None else e.scalar(lo, like=x)), (None if hi is None else e.scalar(hi, like=x))
+    return node.input(1), node.input(2)
+
+
+def _clip_mask(e: Emitter, x: str, lo, hi):
+    """min <= x <= max as a bool tensor (None when Clip has no bounds)."""
+    parts = []
+    if lo is not None:
+        parts.append(not_less(e, x, lo))
+    if hi is not None:
+        parts.append(not_greater(e, x, hi))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else e.op("And", *parts)
+
+
+def _clip(e: Emitter, node: Node, dys, dx_from: str, mask):
+    """Clip's gradients: dx_from under ``mask``; a computed bound gets Σ dy where it was the result."""
+    x = node.inputs[0]
+    dy = dys[0]
+    lo, hi = _clip_bounds(e, node)
+    grads = [None] * len(node.inputs)
+    if node.needs[0]:
+        grads[0] = dx_from if mask is None else where_zero(e, mask, dx_from, like=x)
+    for i, (bound, outside) in enumerate([(lo, "Less"), (hi, "Greater")], start=1):
+        if i < len(node.inputs) and node.needs[i]:
+            total = e.op("ReduceSum", where_zero(e, e.op(outside, x, bound), dy, like=x), keepdims=0)
+            grads[i] = e.reshape_like(total, bound)
+    return grads
+
+
+def clip(e: Emitter, node: Node, dys):
+    """dx = dy where min <= x <= max (inclusive); ReLU6 is Clip(0, 6)."""
+    lo, hi = _clip_bounds(e, node)
+    return _clip(e, node, dys, dys[0], _clip_mask(e, node.inputs[0], lo, hi))
+
+
+def clip_guided(e: Emitter, node: Node, dys):
+    lo, hi = _clip_bounds(e, node)
+    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], lo, hi))
+
+
+def clip_deconvnet(e: Emitter, node: Node, dys):
+    _, hi = _clip_bounds(e, node)
+    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], None, hi))
+
+
+def thresholded_relu(e: Emitter, node: Node, dys):
+    """y = x if x > alpha else 0 (alpha defaults to 1)."""
+    x = node.inputs[0]
+    return [where_zero(e, e.op("Greater", x, e.scalar(node.attr("alpha", 1.0), like=x)), dys[0], like=x)]
+
+
+# ---- exponential-linear units -------------------------------------------------
+def elu(e: Emitter, node: Node, dys):
+    """dx = dy if x > 0 else dy · (y + alpha)."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    slope = e.op("Add", y, e.scalar(node.attr("alpha", 1.0), like=y))
+    return [select(e, positive(e, x), dy, e.op("Mul", dy, slope), like=x)]
+
+
+SELU_ALPHA = 1.67326319217681884765625
+SELU_GAMMA = 1.05070102214813232421875
+
+
+def selu(e: Emitter, node: Node, dys):
+    """dx = gamma · dy if x > 0 else dy · (y + alpha · gamma)."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    alpha, gamma = node.attr("alpha", SELU_ALPHA), node.attr("gamma", SELU_GAMMA)
+    neg = e.op("Mul", dy, e.op("Add", y, e.scalar(alpha * gamma, like=y)))
+    return [select(e, positive(e, x), e.op("Mul", dy, e.scalar(gamma, like=y)), neg, like=x)]
+
+
+def celu(e: Emitter, node: Node, dys):
+    """dx = dy if x > 0 else dy · exp(x / alpha) = dy · (y / alpha + 1)."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    alpha = node.attr("alpha", 1.0)
+    slope = e.op("Add", e.op("Mul", y, e.scalar(1.0 / alpha, like=y)), e.scalar(1, like=y))
+    return [select(e, positive(e, x), dy, e.op("Mul", dy, slope), like=x)]
+
+
+# ---- sigmoids -----------------------------------------------------------------
+def sigmoid(e: Emitter, node: Node, dys):
+    """dx = dy · y · (1 - y)."""
+    y = node.outputs[0]
+    return [e.op("Mul", dys[0], e.op("Mul", y, e.op("Sub", e.scalar(1, like=y), y)))]
+
+
+def tanh(e: Emitter, node: Node, dys):
+    """dx = dy · (1 - y²)."""
+    y = node.outputs[0]
+    return [e.op("Mul", dys[0], e.op("Sub", e.scalar(1, like=y), e.op("Mul", y, y)))]
+
+
+def hard_sigmoid(e: Emitter, node: Node, dys):
+    """y = clip(alpha · x + beta, 0, 1): dx = alpha · dy strictly inside (0, 1)."""
+    y = node.outputs[0]
+    inside = e.op("And", positive(e, y), e.op("Less", y, e.scalar(1, like=y)))
+    return [where_zero(e, inside, e.op("Mul", dys[0], e.scalar(node.attr("alpha", 0.2), like=y)), like=y)]
+
+
+def hard_swish(e: Emitter, node: Node, dys):
+    """y = x · clip(x/6 + 1/2, 0, 1): dx = 0 below -3, dy · (x/3 + 1/2) up to 3, dy above."""
+    x, dy = node.inputs[0], dys[0]
+    ramp = e.op("Mul", dy, e.op("Add", e.op("Mul", x, e.scalar(1 / 3, like=x)), e.scalar(0.5, like=x)))
+    upper = select(e, e.op("Greater", x, e.scalar(3, like=x)), dy, ramp, like=x)
+    return [where_zero(e, not_less(e, x, e.scalar(-3, like=x)), upper, like=x)]
+
+
+def softplus(e: Emitter, node: Node, dys):
+    """dx = dy · sigmoid(x)."""
+    return [e.op("Mul", dys[0], e.op("Sigmoid", node.inputs[0]))]
+
+
+def softsign(e: Emitter, node: Node, dys):
+    """y = x / (1 + |x|): dx = dy / (1 + |x|)²."""
+    x = node.inputs[0]
+    d = e.op("Add", e.scalar(1, like=x), e.op("Abs", x))
+    return [e.op("Div", dys[0], e.op("Mul", d, d))]
+
+
+def _erf_derivative(e: Emitter, x: str, scale: float) -> str:
+    """scale · exp(-x²) — d erf(x)/dx is 2/sqrt(pi) · exp(-x²)."""
+    return e.op("Mul", e.scalar(scale, like=x), e.op("Exp", e.op("Neg", e.op("Mul", x, x))))
+
+
+def erf(e: Emitter, node: Node, dys):
+    x = node.inputs[0]
+    return [e.op("Mul", dys[0], _erf_derivative(e, x, 2 / math.sqrt(math.pi)))]
+
+
+GELU_TANH_C = math.sqrt(2 / math.pi)
+
+
+def gelu(e: Emitter, node: Node, dys):
+    """Exact: Φ(x) + x·φ(x). approximate="tanh": 0.5(1+t) + 0.5x(1-t²)·c(1+3·0.044715x²)."""
+    x, dy = node.inputs[0], dys[0]
+    s = lambda v: e.scalar(v, like=x)  # noqa: E731
+    if node.attr("approximate", "none") == "tanh":
+        x2 = e.op("Mul", x, x)
+        inner = e.op("Mul", e.op("Mul", s(GELU_TANH_C), x), e.op("Add", s(1), e.op("Mul", s(0.044715), x2)))
+        t = e.op("Tanh", inner)
+        dinner = e.op("Mul", s(GELU_TANH_C), e.op("Add", s(1), e.op("Mul", s(3 * 0.044715), x2)))
+        second = e.op("Mul", e.op("Mul", s(0.5), x), e.op("Mul", e.op("Sub", s(1), e.op("Mul", t, t)), dinner))
+        local = e.op("Add", e.op("Mul", s(0.5), e.op("Add", s(1), t)), second)
+    else:
+        cdf = e.op("Mul", s(0.5), e.op("Add", s(1), e.op("Erf", e.op("Mul", x, s(1 / math.sqrt(2))))))
+        pdf = e.op("Mul", s(1 / math.sqrt(2 * math.pi)), e.op("Exp", e.op("Mul", e.op("Mul", x, x), s(-0.5))))
+        local = e.op("Add", cdf, e.op("Mul", x, pdf))
+    return [e.op("Mul", dy, local)]
+
+
+def mish(e: Emitter, node: Node, dys):
+    """y = x · tanh(softplus(x)): dx = dy · (t + x · sigmoid(x) · (1 - t²)), t = tanh(softplus(x))."""
+    x = node.inputs[0]
+    t = e.op("Tanh", e.op("Softplus", x))
+    one_minus_t2 = e.op("Sub", e.scalar(1, like=x), e.op("Mul", t, t))
+    local = e.op("Add", t, e.op("Mul", e.op("Mul", x, e.op("Sigmoid", x)), one_minus_t2))
+    return [e.op("Mul", dys[0], local)]
+
+
+# ---- softmax --------------------------------------------------------------------
+def _softmax_axes(e: Emitter, node: Node):
+    """The reduced axes: [axis] from opset 13; every axis >= axis before (the op flattened there).
+
+    None when the rank is unknown before opset 13 (the caller then flattens like the op did).
+    """
+    if node.opset >= 13:
+        return [node.attr("axis", -1)]
+    axis, rank = node.attr("axis", 1), e.rank(node.inputs[0])
+    if rank is None:
+        return None
+    return list(range(axis % rank if axis < 0 else axis, rank))
+
+
+def _softmax_like(e: Emitter, node: Node, dys, backward):
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    axes = _softmax_axes(e, node)
+    if axes is not None:
+        return [backward(y, dy, axes)]
+    axis = node.attr("axis", 1)
+    flat = backward(e.op("Flatten", y, axis=axis), e.op("Flatten", dy, axis=axis), [1])
+    return [e.reshape_like(flat, x)]
+
+
+def softmax(e: Emitter, node: Node, dys):
+    """dx = y · (dy - Σ_axes dy · y)."""
+    def backward(y, dy, axes):
+        return e.op("Mul", y, e.op("Sub", dy, e.reduce_sum(e.op("Mul", dy, y), axes)))
+    return _softmax_like(e, node, dys, backward)
+
+
+def log_softmax(e: Emitter, node: Node, dys):
+    """dx = dy - exp(y) · Σ_axes dy."""
+    def backward(y, dy, axes):
+        return e.op("Sub", dy, e.op("Mul", e.op("Exp", y), e.reduce_sum(dy, axes)))
+    return _softmax_like(e, node, dys, backward)
+
+
+RULES = {
+    "Relu": relu,
+    "LeakyRelu": leaky_relu,
+    "PRelu": prelu,
+    "Clip": clip,
+    "ThresholdedRelu": thresholded_relu,
+    "Elu": elu,
+    "Selu": selu,
+    "Celu": celu,
+    "Sigmoid": sigmoid,
+    "HardSigmoid": hard_sigmoid,
+    "HardSwish": hard_swish,
+    "Tanh": tanh,
+    "Softplus": softplus,
+    "Softsign": softsign,
+    "Erf": erf,
+    "Gelu": gelu,
+    "Mish": mish,
+    "Softmax": softmax,
+    "LogSoftmax": log_softmax,
+    "Hardmax": zero_grad,
+}
+GUIDED = {"Relu": relu_guided, "Clip": clip_guided, "LeakyRelu": leaky_relu_guided, "PRelu": prelu_guided}
+DECONVNET = {
+    "Relu": relu_deconvnet,
+    "Clip": clip_deconvnet,
+    "LeakyRelu": leaky_relu_deconvnet,
+    "PRelu": prelu_deconvnet,
+}

@@ -2,7 +2,8 @@
 
 Every gradient of a broadcasting op is summed back to its operand's shape (``unbroadcast``).
 Comparisons are spelled with ``Less``/``Greater``/``Not`` (float kernels since opset 7) rather
-than ``Equal``/``GreaterOrEqual`` (float only from opset 11/12), so the rules also serve
+than ``Equal``/``GreaterOrEqual`` (float only from opset 11/12), and selections go through
+``select`` (``Where`` from opset 9, a 0/1 mask product before), so the rules also serve
 models that keep an old opset.
 
 Tie policy of the variadic Max/Min (shared with ReduceMax/ReduceMin and GlobalMaxPool):
@@ -17,9 +18,18 @@ from ..ruleset import Node
 
 
 # ---- small helpers shared by the rule modules ---------------------------------
+def select(e: Emitter, cond: str, a: str, b: str, like: str) -> str:
+    """Where(cond, a, b); before opset 9 (no Where) b + (a - b) · cond, in the type of ``like``."""
+    if e.opset >= 9:
+        return e.op("Where", cond, a, b)
+    return e.op("Add", b, e.op("Mul", e.op("Sub", a, b), as_float(e, cond, like)))
+
+
 def where_zero(e: Emitter, cond: str, g: str, like: str) -> str:
     """``g`` where ``cond``, else 0 (of the element type of forward tensor ``like``)."""
-    return e.op("Where", cond, g, e.scalar(0, like=like))
+    if e.opset >= 9:
+        return e.op("Where", cond, g, e.scalar(0, like=like))
+    return e.op("Mul", g, as_float(e, cond, like))
 
 
 def not_less(e: Emitter, a: str, b: str) -> str:
@@ -102,7 +112,7 @@ def pow_(e: Emitter, node: Node, dys):
     if node.needs[1]:
         # log(a) is undefined for a <= 0: there the exponent gets no gradient (the a = 0, b > 0 limit).
         pos = positive(e, a)
-        safe_a = e.op("Where", pos, a, e.scalar(1, like=a))
+        safe_a = select(e, pos, a, e.scalar(1, like=a), like=a)
         local = e.op("Mul", y, e.op("Log", safe_a))
         g = e.op("Mul", dy, where_zero(e, pos, local, like=a))
         db = e.unbroadcast(e.cast_like(g, b) if e.elem_type(b) != e.elem_type(a) else g, b, y)
@@ -115,7 +125,13 @@ def neg(e: Emitter, node: Node, dys):
 
 def abs_(e: Emitter, node: Node, dys):
     """dx = dy · sign(x) (0 at x = 0)."""
-    return [e.op("Mul", dys[0], e.op("Sign", node.inputs[0]))]
+    x = node.inputs[0]
+    if e.opset >= 9:
+        sign = e.op("Sign", x)
+    else:
+        zero = e.scalar(0, like=x)
+        sign = e.op("Sub", as_float(e, e.op("Greater", x, zero), x), as_float(e, e.op("Less", x, zero), x))
+    return [e.op("Mul", dys[0], sign)]
 
 
 def sqrt(e: Emitter, node: Node, dys):
@@ -180,11 +196,10 @@ def where(e: Emitter, node: Node, dys):
     """Where(c, a, b): da = dy where c, db = dy where not c; the condition gets none."""
     dy, y = dys[0], node.outputs[0]
     c, a, b = node.inputs
-    zero = e.scalar(0, like=y)
     return [
         None,
-        e.unbroadcast(e.op("Where", c, dy, zero), a, y) if node.needs[1] else None,
-        e.unbroadcast(e.op("Where", c, zero, dy), b, y) if node.needs[2] else None,
+        e.unbroadcast(where_zero(e, c, dy, like=y), a, y) if node.needs[1] else None,
+        e.unbroadcast(where_zero(e, e.op("Not", c), dy, like=y), b, y) if node.needs[2] else None,
     ]
 
 
