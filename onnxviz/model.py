@@ -443,6 +443,13 @@ class Model:
         return self.runtime.run(exposed, self.feeds(x), outputs=names, batch_size=self._chunk(batch_size),
                                 progress=progress, key=key)
 
+    def gradients(self, x: np.ndarray, target=None, wrt=("input",), rules="standard", output=None,
+                  score: str = "logit", **options):
+        """d score/d tensor for each tensor in ``wrt``; see :func:`onnxviz.gradients.gradients`."""
+        from .gradients import gradients
+
+        return gradients(self, x, target=target, wrt=wrt, rules=rules, output=output, score=score, **options)
+
     def _exposed(self, names, key):
         if key not in self._specialized:
             self._specialized[key] = expose(self.proto, names, keep_outputs=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import onnx
 from onnx import helper
@@ -58,11 +58,14 @@ def gradient_graph(
     rules: RuleSet,
     extra_outputs: Sequence[str] = (),
     seed_name: str = "seed",
+    seed_builder: Optional[Callable] = None,
 ) -> GradientModel:
     """Build the graph computing d(seed . output)/d(t) for each t in ``wrt``.
 
     ``model`` must be shape-inferred and topologically sorted. The result also outputs
-    the original graph outputs, ``wrt`` themselves and ``extra_outputs``.
+    the original graph outputs, ``wrt`` themselves and ``extra_outputs``. By default the
+    seed is a graph input shaped like ``output``; ``seed_builder(emitter, output)`` may
+    instead emit it from forward tensors and return (seed, extra graph inputs, extra outputs).
     """
     model = copy.deepcopy(model)
     graph = model.graph
@@ -80,10 +83,14 @@ def gradient_graph(
     emitter = Emitter(types, constant_values(graph), opset)
     emitter.taken.update(o for n in graph.node for o in n.output)
     emitter.taken.update(i.name for i in graph.input)
-    seed = seed_name
-    while seed in emitter.taken:
-        seed = "_" + seed
-    emitter.taken.add(seed)
+    extra_inputs, built_outputs = [], []
+    if seed_builder is None:
+        seed = seed_name
+        while seed in emitter.taken:
+            seed = "_" + seed
+        emitter.taken.add(seed)
+    else:
+        seed, extra_inputs, built_outputs = seed_builder(emitter, output)
 
     contributions: dict[str, list[str]] = {output: [seed]}
 
@@ -121,9 +128,11 @@ def gradient_graph(
 
     graph.node.extend(emitter.nodes)
     graph.initializer.extend(emitter.initializers)
-    elem_type, shape = types[output]
-    dims = [d if d is not None else f"seed_d{i}" for i, d in enumerate(shape or [])]
-    graph.input.append(helper.make_tensor_value_info(seed, elem_type, dims if shape is not None else None))
+    if seed_builder is None:
+        elem_type, shape = types[output]
+        dims = [d if d is not None else f"seed_d{i}" for i, d in enumerate(shape or [])]
+        graph.input.append(helper.make_tensor_value_info(seed, elem_type, dims if shape is not None else None))
+    graph.input.extend(extra_inputs)
     wanted = [o.name for o in graph.output] + list(wrt) + list(extra_outputs)
     del graph.output[:]
     seen = set()
@@ -133,5 +142,6 @@ def gradient_graph(
             graph.output.append(value_info_for(name, types))
     for t in wrt:
         graph.output.append(value_info_for(grads[t], {grads[t]: types[t]}))
+    graph.output.extend(built_outputs)
     prune(model)
     return GradientModel(model, output, seed, grads)

@@ -107,3 +107,30 @@ def cut(model: onnx.ModelProto, at: str, outputs: Sequence[str] = ()) -> onnx.Mo
     del graph.input[:]
     graph.input.append(value_info_for(at, types))
     return prune(head)
+
+
+def override(model: onnx.ModelProto, at: str, outputs: Sequence[str] = ()) -> onnx.ModelProto:
+    """A copy where tensor ``at`` is a graph input instead of being computed.
+
+    Unlike :func:`cut`, the other inputs stay, so this works when other paths (residual
+    connections) bypass ``at``.
+    """
+    out = copy.deepcopy(model)
+    types = tensor_types(out.graph)
+    for node in out.graph.node:
+        for k, name in enumerate(node.output):
+            if name == at:
+                node.output[k] = f"{at}__overridden"
+    out.graph.input.append(value_info_for(at, types))
+    if outputs:
+        del out.graph.output[:]
+        out.graph.output.extend(value_info_for(o, types) for o in outputs)
+    return prune(out)
+
+
+def head(model: onnx.ModelProto, at: str, outputs: Sequence[str]) -> tuple:
+    """The part of ``model`` after tensor ``at``: (graph, whether it still reads the other inputs)."""
+    try:
+        return cut(model, at, outputs), False
+    except OnnxvizError:
+        return override(model, at, outputs), True

@@ -1,0 +1,114 @@
+"""Finite differences: the fallback when a gradient rule is missing, and the referee of the graph.
+
+All perturbed copies go through onnxruntime in batches. For a tensor inside the model only
+the *head* after it is re-run (the whole model when residual paths bypass the tensor).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import OnnxvizError
+from .gradients import target_array
+from .graph.surgery import head
+from .targets import Objective, objective
+
+log = logging.getLogger("onnxviz")
+COSTLY = 20_000  # perturbed runs above which a warning is given
+
+
+class _Scorer:
+    """score(target) of the objective tensor as a function of tensor ``at`` (the input or a layer)."""
+
+    def __init__(self, model, x: np.ndarray, obj: Objective, at: str, batch_size: int):
+        self.model, self.obj, self.batch_size = model, obj, batch_size
+        self.x = model.check_input(x)
+        h, w = model.input.hw(self.x)
+        proto = model.specialized(h, w)
+        self.at = at
+        if at == model.input.name:
+            self.graph, self.needs_image = proto, False
+        else:
+            self.graph, self.needs_image = head(proto, at, [obj.tensor])
+        self.key = f"fd:{at}:{obj.tensor}:{h}x{w}"
+
+    def base(self) -> tuple:
+        """The tensor's value and the objective tensor at the unperturbed input."""
+        if self.at == self.model.input.name:
+            values = self.model.activations(self.x, [self.obj.tensor])
+            return self.x, values[self.obj.tensor]
+        values = self.model.activations(self.x, [self.at, self.obj.tensor])
+        return values[self.at], values[self.obj.tensor]
+
+    def scores(self, i: int, values: np.ndarray, onehot: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Objective of image i for a stack of perturbed values of the tensor (first axis: copies)."""
+        feeds = {self.at: values.astype(self.x.dtype, copy=False)}
+        if self.needs_image:
+            feeds[self.model.input.name] = np.repeat(self.x[i:i + 1], len(values), axis=0)
+        out = self.model.runtime.run(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
+                                     progress=progress, key=self.key, desc="finite differences")[self.obj.tensor]
+        return np.sum(out.astype(np.float64) * onehot, axis=tuple(range(1, out.ndim)))
+
+
+def _onehot(obj: Objective, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Seed per image: one-hot of the target along the class axis, broadcast over the other axes."""
+    other = tuple(i for i in range(1, y.ndim) if i != obj.class_axis)
+    summed = y.sum(axis=other, keepdims=True) if other else y
+    predicted = np.argmax(summed, axis=obj.class_axis).reshape(-1)
+    chosen = np.where(target < 0, predicted, target)
+    shape = [1] * y.ndim
+    shape[obj.class_axis] = -1
+    iota = np.arange(y.shape[obj.class_axis]).reshape(shape)
+    seeds = (iota == chosen.reshape([-1] + [1] * (y.ndim - 1))).astype(np.float64)
+    return np.broadcast_to(seeds, y.shape), chosen
+
+
+def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: Optional[str] = None,
+                score: str = "logit", eps: float = 1e-2, batch_size: int = 64, progress: bool = False):
+    """Central differences of the target score w.r.t. every element of one tensor: 2 runs per element."""
+    obj = objective(model, output, score)
+    at = model.input.name if wrt == "input" else wrt
+    scorer = _Scorer(model, x, obj, at, batch_size)
+    a, y = scorer.base()
+    seeds, chosen = _onehot(obj, y, target_array(target, len(scorer.x)))
+    per_image = int(np.prod(a.shape[1:]))
+    if 2 * per_image * len(a) > COSTLY:
+        log.warning("finite differences need %d runs of the model; this may take a while", 2 * per_image * len(a))
+    grad = np.zeros(a.shape, np.float64)
+    for i in range(len(a)):
+        steps = np.eye(per_image, dtype=np.float64).reshape((per_image, *a.shape[1:])) * eps
+        stack = np.concatenate([a[i] + steps, a[i] - steps])
+        s = scorer.scores(i, stack, seeds[i:i + 1], progress)
+        grad[i] = ((s[:per_image] - s[per_image:]) / (2 * eps)).reshape(a.shape[1:])
+    return grad.astype(a.dtype), chosen
+
+
+def channel_gradient_sums(model, x: np.ndarray, layer: str, target=None, output: Optional[str] = None,
+                          score: str = "logit", eps: float = 1e-3, central: bool = True,
+                          channel_axis: int = 1, batch_size: int = 64, progress: bool = False):
+    """Σ_ij ∂y/∂A_kij for every channel k of ``layer``, by shifting a whole channel by ε.
+
+    K+1 head runs per image (forward differences) or 2K (central, the default: exact for
+    piecewise-linear heads when no ReLU kink is crossed). Grad-CAM's weights are these sums
+    divided by the number of positions.
+    """
+    obj = objective(model, output, score)
+    scorer = _Scorer(model, x, obj, layer, batch_size)
+    a, y = scorer.base()
+    if a.ndim < 3:
+        raise OnnxvizError(f"layer {layer!r} has shape {a.shape}: expected channels and spatial axes")
+    seeds, chosen = _onehot(obj, y, target_array(target, len(scorer.x)))
+    k = a.shape[channel_axis]
+    sums = np.zeros((len(a), k), np.float64)
+    for i in range(len(a)):
+        shift = np.zeros((k, *a.shape[1:]), a.dtype)
+        np.moveaxis(shift, channel_axis, 1)[np.arange(k), np.arange(k)] = eps  # copy j shifts channel j
+        if central:
+            s = scorer.scores(i, np.concatenate([a[i] + shift, a[i] - shift]), seeds[i:i + 1], progress)
+            sums[i] = (s[:k] - s[k:]) / (2 * eps)
+        else:
+            s = scorer.scores(i, np.concatenate([a[i:i + 1], a[i] + shift]), seeds[i:i + 1], progress)
+            sums[i] = (s[1:] - s[0]) / eps
+    return sums, chosen

@@ -1,0 +1,145 @@
+"""Gradients of a target score with respect to the input and intermediate tensors, in one run.
+
+The gradient graph receives one int64 ``target`` per image (-1: the predicted class) and
+builds the one-hot seed itself, so the prediction, the activations and the gradients come
+out of a single onnxruntime run.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .autodiff import RuleSet, gradient_graph, ruleset
+from .errors import OnnxvizError
+from .graph.emitter import Emitter
+from .targets import Objective, objective
+
+TARGET_INPUT = "onnxviz_target"
+TARGET_OUTPUT = "onnxviz_target_used"
+SCORE_OUTPUT = "onnxviz_score"
+
+
+class Gradients(dict):
+    """Gradients keyed by the requested tensor names (``"input"`` included as given).
+
+    Also carries ``outputs`` (the model's outputs), ``activations`` (values of the requested
+    tensors), ``target`` (class per image) and ``score`` (the explained scalar per image).
+    """
+
+    def __init__(self, grads, outputs, activations, target, score, objective: Objective):
+        super().__init__(grads)
+        self.outputs = outputs
+        self.activations = activations
+        self.target = target
+        self.score = score
+        self.objective = objective
+
+
+def target_array(target, n: int) -> np.ndarray:
+    """One class index per image; None or negative entries mean "the predicted class"."""
+    if target is None:
+        return np.full(n, -1, np.int64)
+    t = np.asarray(target)
+    if t.ndim == 0:
+        return np.full(n, int(t), np.int64)
+    t = t.astype(np.int64).reshape(-1)
+    if t.size != n:
+        raise OnnxvizError(f"got {t.size} targets for {n} images")
+    return t
+
+
+def seed_from_target(obj: Objective):
+    """A seed builder: one-hot of the target class along the class axis, summed over other axes."""
+
+    def build(e: Emitter, tensor: str):
+        rank, axis = obj.rank, obj.class_axis
+        other = [i for i in range(1, rank) if i != axis]
+        summed = e.reduce_sum(tensor, other, keepdims=True) if other else tensor
+        predicted = e.op("ArgMax", summed, axis=axis, keepdims=1)
+        target = e.op("Reshape", TARGET_INPUT, e.ints([-1] + [1] * (rank - 1)))
+        chosen = e.op("Where", e.op("Less", target, e.ints([0])), predicted, target)
+        count = e.op("Gather", e.shape_of(tensor), e.ints([axis]))
+        iota_shape = [1] * rank
+        iota_shape[axis] = -1
+        iota = e.op("Reshape", e.op("Range", e.const(np.int64(0)), e.op("Squeeze", count), e.const(np.int64(1))), e.ints(iota_shape))
+        onehot = e.op("Cast", e.op("Equal", iota, chosen), to=e.elem_type(tensor))
+        seed = e.op("Expand", onehot, e.shape_of(tensor))
+        chosen_flat = e.op("Reshape", chosen, e.ints([-1]))
+        score = e.reduce_sum(e.op("Mul", tensor, seed), list(range(1, rank)), keepdims=False)
+        e.nodes.append(helper.make_node("Identity", [chosen_flat], [TARGET_OUTPUT], name=e.fresh("target")))
+        e.nodes.append(helper.make_node("Identity", [score], [SCORE_OUTPUT], name=e.fresh("score")))
+        inputs = [helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.INT64, ["N"])]
+        outputs = [helper.make_tensor_value_info(TARGET_OUTPUT, onnx.TensorProto.INT64, ["N"]),
+                   helper.make_tensor_value_info(SCORE_OUTPUT, e.elem_type(tensor), ["N"])]
+        return seed, inputs, outputs
+
+    return build
+
+
+def resolve_wrt(model, wrt: Sequence[str]) -> list:
+    names = []
+    for w in wrt:
+        name = model.input.name if w == "input" else w
+        if not model.has_tensor(name):
+            raise OnnxvizError(f"no tensor named {w!r} in the model; `onnxviz inspect` lists them")
+        names.append(name)
+    return names
+
+
+def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence[str], rules: RuleSet):
+    """The (cached) gradient graph for one input size, objective, tensor set and rule set."""
+    key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules))
+    cache = model._specialized
+    if key not in cache:
+        proto = model.specialized(height, width)
+        cache[key] = gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
+    return cache[key], "|".join(map(str, key))
+
+
+def gradients(
+    model,
+    x: np.ndarray,
+    target: Union[None, int, Sequence[int]] = None,
+    wrt: Sequence[str] = ("input",),
+    rules: Union[str, RuleSet] = "standard",
+    output: Optional[str] = None,
+    score: str = "logit",
+    class_axis: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    progress: bool = False,
+) -> Gradients:
+    """d score / d tensor for each tensor in ``wrt`` ("input" is the model's image input).
+
+    ``target``: class index (one for all, or one per image; default the predicted class).
+    ``rules``: "standard", "guided" (guided backprop) or "deconvnet", or a RuleSet.
+
+    >>> g = model.gradients(x, target=3, wrt=["input", "relu_4"])
+    >>> g["input"].shape == x.shape
+    True
+    """
+    if isinstance(wrt, str):
+        wrt = [wrt]
+    rules = ruleset(rules)
+    obj = objective(model, output, score, class_axis)
+    names = resolve_wrt(model, wrt)
+    x = model.check_input(x)
+    h, w = model.input.hw(x)
+    gm, key = gradient_model(model, h, w, obj, names, rules)
+    feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}
+    grad_outs = [gm.grads[n] for n in names]
+    model_outs = list(model.outputs)
+    fetch = list(dict.fromkeys([*model_outs, *names, TARGET_OUTPUT, SCORE_OUTPUT, *grad_outs]))
+    values = model.runtime.run(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
+                               progress=progress, key=key, desc="gradients")
+    grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
+    return Gradients(
+        grads,
+        outputs={o: values[o] for o in model_outs},
+        activations={n: values[n] for n in names},
+        target=values[TARGET_OUTPUT],
+        score=values[SCORE_OUTPUT],
+        objective=obj,
+    )
