@@ -123,15 +123,17 @@ def neg(e: Emitter, node: Node, dys):
     return [e.op("Neg", dys[0])]
 
 
+def sign(e: Emitter, x: str) -> str:
+    """Sign(x); before opset 9 (no Sign) [x > 0] - [x < 0]."""
+    if e.opset >= 9:
+        return e.op("Sign", x)
+    zero = e.scalar(0, like=x)
+    return e.op("Sub", as_float(e, e.op("Greater", x, zero), x), as_float(e, e.op("Less", x, zero), x))
+
+
 def abs_(e: Emitter, node: Node, dys):
     """dx = dy · sign(x) (0 at x = 0)."""
-    x = node.inputs[0]
-    if e.opset >= 9:
-        sign = e.op("Sign", x)
-    else:
-        zero = e.scalar(0, like=x)
-        sign = e.op("Sub", as_float(e, e.op("Greater", x, zero), x), as_float(e, e.op("Less", x, zero), x))
-    return [e.op("Mul", dys[0], sign)]
+    return [e.op("Mul", dys[0], sign(e, node.inputs[0]))]
 
 
 def sqrt(e: Emitter, node: Node, dys):
