@@ -1,0 +1,26 @@
+"""The onnxviz command line: thin click commands over the Python API."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .. import __version__
+from .demo import demo
+from .describe import activations_cmd, filters_cmd, inspect
+from .grad import check_grad, export_grad
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxviz")
+@click.option("-v", "--verbose", count=True, help="More messages (-vv for debug).")
+def main(verbose):
+    """See how any ONNX CNN sees: filters, activations, gradients, CAMs — computed with onnxruntime."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s")
+
+
+for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo):
+    main.add_command(command)
+
+__all__ = ["main"]

@@ -1,0 +1,94 @@
+"""demo: every visualization on the bundled sample model and images."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..checkgrad import check_gradients, format_rows
+from ..graph.analysis import gradcam_candidates
+from ..images import deprocess
+from ..inspection import describe, format_table
+from ..io import atomic_write, save_figure, save_json, save_npy
+from ..methods.features import activations, filters
+from ..render import activations_figure, filters_figure
+from ..render.tiles import rank_channels
+from .common import handle_errors, open_session
+
+SAMPLE = "shapes_cnn.onnx"
+
+
+def bundled_models_dir() -> Path:
+    """The sample model folder: the source checkout's models/, else the installed share/onnxviz/models."""
+    for folder in (Path(__file__).resolve().parents[2] / "models", Path.cwd() / "models",
+                   Path(sys.prefix) / "share" / "onnxviz" / "models"):
+        if (folder / SAMPLE).is_file():
+            return folder
+    raise click.ClickException("the bundled sample model was not found; reinstall onnxviz or pass --model")
+
+
+@click.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Model to demo (default: the bundled shapes CNN).")
+@click.option("--out", default="onnxviz-demo", show_default=True, help="Output folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@handle_errors
+def demo(model_path, out, device):
+    """Run every visualization on the bundled sample model and its images; write them to a folder.
+
+    \b
+    Example:
+      onnxviz demo --out onnxviz-demo
+    """
+    folder = bundled_models_dir() if model_path is None else Path(model_path).parent
+    model_path = model_path or str(folder / SAMPLE)
+    images = sorted(p for p in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    session = open_session(model_path, device=device)
+    model = session.model
+    click.echo(f"model {model_path} on {model.runtime.describe()}")
+    timings = {}
+
+    start = time.perf_counter()
+    info = describe(model)
+    with atomic_write(out / "inspect.txt", "w") as f:
+        f.write(format_table(info) + "\n")
+    save_json(info, out / "inspect.json")
+    timings["inspect"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    f = filters(model)
+    save_figure(filters_figure(f.weights, f"first convolution {f.layer}"), out / "filters.png")
+    save_npy(f.weights, out / "filters.npy")
+    timings["filters"] = time.perf_counter() - start
+
+    layer = gradcam_candidates(model.proto, model.input.name, model.input.layout)[0]
+    if images:
+        start = time.perf_counter()
+        x, originals, _ = session.batch([str(p) for p in images])
+        shown = deprocess(x, model.input, session.pre)
+        acts = activations(model, x, layer)
+        probs = model.run(x)[model.outputs[0]]
+        for i, path in enumerate(images):
+            sub = out / path.stem
+            sub.mkdir(exist_ok=True)
+            chosen = rank_channels(acts.values[i])[:16]
+            label = session.label(int(probs[i].argmax()))
+            fig = activations_figure(shown[i], acts.values[i], chosen, f"{layer} — predicted {label}")
+            save_figure(fig, sub / "activations.png")
+            save_npy(acts.values[i], sub / "activations.npy")
+        timings["activations"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        rows = check_gradients(model, x[:1], layers=[layer])
+        with atomic_write(out / "check-grad.txt", "w") as fh:
+            fh.write(format_rows(rows) + "\n")
+        timings["check-grad"] = time.perf_counter() - start
+
+    save_json({"model": model_path, "images": [str(p) for p in images], "timings_s": timings},
+              out / "demo.json")
+    click.echo(f"wrote the demo to {out.resolve()}/ "
+               f"(inspect.txt, filters.png, per-image activations, check-grad.txt)")

@@ -1,0 +1,104 @@
+"""inspect, filters, activations: what the model is, what its first layer looks for, what a layer sees."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ..inspection import describe, format_table
+from ..io import check_not_input, save_figure, save_json, save_npy
+from ..methods.features import activations, filters
+from ..render import activations_figure, filters_figure
+from ..render.tiles import rank_channels
+from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+@click.option("--all", "show_all", is_flag=True, help="List every tensor, not only layers with parameters or "
+              "spatial changes.")
+@model_options
+@handle_errors
+def inspect(model, as_json, show_all, **opts):
+    """Describe a model: inputs/outputs, opset, layers with shapes, parameters, MACs and receptive fields.
+
+    Grad-CAM candidate layers are marked with *.
+
+    \b
+    Example:
+      onnxviz inspect models/shapes_cnn.onnx
+    """
+    session = open_session(model, verify=False, **opts)
+    info = describe(session.model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        click.echo(format_table(info, show_all=show_all))
+
+
+@click.command("filters")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", default=None, help="A Conv's output tensor or node name (default: the first Conv).")
+@click.option("--out", "out", default="onnxviz-out/filters", show_default=True, help="Output folder.")
+@model_options
+@handle_errors
+def filters_cmd(model, layer, out, **opts):
+    """Show a convolution's filters as an image grid (RGB when it sees 3 channels). Saves PNG and NPY.
+
+    \b
+    Example:
+      onnxviz filters models/shapes_cnn.onnx --out out/filters
+    """
+    session = open_session(model, verify=False, **opts)
+    f = filters(session.model, layer)
+    folder = out_dir(out, "onnxviz-out/filters")
+    stem = _safe(f.layer)
+    check_not_input(folder / f"{stem}.png", [model])
+    bgr = bool(session.pre.bgr)
+    title = f"{f.layer}: {f.weights.shape[0]} filters {f.weights.shape[2]}x{f.weights.shape[3]}"
+    png = save_figure(filters_figure(f.weights, title, bgr=bgr), folder / f"{stem}.png")
+    npy = save_npy(f.weights, folder / f"{stem}.npy")
+    click.echo(f"{f.layer}: weights {tuple(f.weights.shape)} -> {png}, {npy}")
+
+
+@click.command("activations")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", required=True, help="ONNX tensor name (see `onnxviz inspect`).")
+@click.option("--top", type=click.IntRange(1), default=32, show_default=True, help="Show the K most active channels.")
+@click.option("--out", default="onnxviz-out/activations", show_default=True, help="Output folder.")
+@model_options
+@preprocess_options
+@handle_errors
+def activations_cmd(model, image, layer, top, out, **opts):
+    """Show a layer's feature maps for an image, most active channels first. Saves PNG and NPY.
+
+    \b
+    Example:
+      onnxviz activations models/shapes_cnn.onnx models/images/star_0.png --layer relu_3
+    """
+    session = open_session(model, **opts)
+    x, images, _ = session.batch([image])
+    acts = activations(session.model, x, layer)
+    chosen = rank_channels(acts.values[0])[:top]
+    folder = out_dir(out, "onnxviz-out/activations") / Path(image).stem
+    folder.mkdir(parents=True, exist_ok=True)
+    check_not_input(folder / "x.png", [model, image])
+    from ..images import deprocess
+
+    shown = deprocess(x, session.model.input, session.pre)[0]
+    title = f"{layer} {tuple(acts.values.shape[1:])}: top {len(chosen)} channels by mean activation"
+    stem = _safe(layer)
+    png = save_figure(activations_figure(shown, acts.values[0], chosen, title), folder / f"{stem}.png")
+    npy = save_npy(acts.values[0], folder / f"{stem}.npy")
+    save_json({"layer": layer, "image": os.path.abspath(image), "channels": [int(c) for c in chosen],
+               "shape": list(acts.values.shape[1:])}, folder / f"{stem}.json")
+    click.echo(f"{layer}: {tuple(acts.values.shape[1:])} -> {png}, {npy}")
+
+
+def _safe(name: str) -> str:
+    """A tensor name as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tensor"

@@ -1,0 +1,108 @@
+"""export-grad and check-grad: the gradient graph as a file, and proof that it is exact."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import onnx
+
+from ..autodiff import gradient_graph, ruleset
+from ..checkgrad import check_gradients, format_rows
+from ..errors import OnnxvizError
+from ..graph.analysis import gradcam_candidates
+from ..io import check_not_input
+from ..targets import objective
+from .common import handle_errors, model_options, open_session, preprocess_options
+
+
+@click.command("export-grad")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--wrt", multiple=True, default=["input"], show_default=True,
+              help="Tensor to differentiate with respect to (repeatable); 'input' is the image input.")
+@click.option("--output", default=None, help="Model output to explain (default: the first).")
+@click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+              help="logit: differentiate the pre-softmax tensor when the output ends in Softmax.")
+@click.option("--rules", type=click.Choice(["standard", "guided", "deconvnet"]), default="standard",
+              show_default=True, help="Backward rule set.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx.")
+@model_options
+@handle_errors
+def export_grad(model, wrt, output, score, rules, out, **opts):
+    """Write the gradient model: one .onnx that onnxruntime runs with a seed input.
+
+    Inputs: the model's inputs plus `seed`, shaped like the differentiated tensor. Outputs: the
+    model's outputs, the wrt tensors, and d(seed . tensor)/d(wrt) for each. Models over 2 GB are
+    written with external data beside the file.
+
+    \b
+    Example:
+      onnxviz export-grad models/shapes_cnn.onnx --wrt input -o shapes_grad.onnx
+    """
+    session = open_session(model, verify=False, **opts)
+    m = session.model
+    check_not_input(out, [model])
+    obj = objective(m, output, score)
+    names = [m.input.name if w == "input" else w for w in wrt]
+    proto = m.specialized(*opts["size"]) if opts.get("size") else m.proto
+    gm = gradient_graph(proto, obj.tensor, names, ruleset(rules))
+    onnx.checker.check_model(gm.proto) if gm.proto.ByteSize() < 2**31 - 2**26 else None
+    _save_model_atomic(gm.proto, out)
+    click.echo(f"wrote {out}: seed input {gm.seed!r} (shaped like {obj.tensor!r}); gradient outputs:")
+    for t, g in gm.grads.items():
+        click.echo(f"  d/d {t} -> {g}")
+
+
+def _save_model_atomic(proto: onnx.ModelProto, out: str):
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    big = proto.ByteSize() >= 2**31 - 2**26
+    fd, tmp = tempfile.mkstemp(prefix=".onnxviz-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        if big:
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=Path(out).name + ".data")
+        else:
+            onnx.save_model(proto, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@click.command("check-grad")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", "layers", multiple=True, help="Layers to check (default: the Grad-CAM candidates).")
+@click.option("--directions", type=click.IntRange(1), default=2, show_default=True,
+              help="Random directions per tensor.")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Largest relative error allowed.")
+@click.option("--target", type=int, default=None, help="Class to explain (default: predicted).")
+@model_options
+@preprocess_options
+@handle_errors
+def check_grad(model, image, layers, directions, tolerance, target, **opts):
+    """Compare the gradient graph with float64 finite differences; exit 1 above tolerance.
+
+    Directional derivatives along random directions, at the input and at each Grad-CAM
+    candidate layer, against central differences of the model run in float64 by onnx's
+    reference evaluator.
+
+    \b
+    Example:
+      onnxviz check-grad models/shapes_cnn.onnx models/images/star_0.png
+    """
+    session = open_session(model, **opts)
+    m = session.model
+    x = session.batch([image])[0] if image else None
+    if not layers:
+        layers = gradcam_candidates(m.proto, m.input.name, m.input.layout)[:2]
+    rows = check_gradients(m, x, layers=list(layers), target=target, directions=directions, tolerance=tolerance)
+    click.echo(format_rows(rows))
+    bad = [r for r in rows if not r.ok]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(rows)} checks exceed the tolerance {tolerance:g}")
+    click.echo(f"all {len(rows)} checks within {tolerance:g}: the gradients are exact to float32 precision")

@@ -1,0 +1,114 @@
+"""What `onnxviz inspect` shows: the model card and the layer table, as data and as text."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import onnx
+
+from .graph.analysis import gradcam_candidates, layer_table, summarize
+
+
+def _io(vi: onnx.ValueInfoProto) -> dict:
+    tt = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    return {"name": vi.name, "dtype": onnx.TensorProto.DataType.Name(tt.elem_type).lower(), "shape": dims}
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe(model) -> dict:
+    """The model card and layer table of a loaded model (graph analysis only: no sessions)."""
+    proto, spec = model.proto, model.input
+    rows = layer_table(proto, spec.name, spec.layout)
+    candidates = gradcam_candidates(proto, spec.name, spec.layout)
+    original = model.original
+    inits = {t.name for t in original.graph.initializer}
+    return {
+        "file": os.path.abspath(model.path),
+        "bytes": os.path.getsize(model.path),
+        "producer": f"{original.producer_name} {original.producer_version}".strip(),
+        "ir_version": original.ir_version,
+        "opset": model.original_opset,
+        "opset_converted": model.opset,
+        "notes": model.notes,
+        "inputs": [_io(vi) for vi in original.graph.input if vi.name not in inits],
+        "outputs": [_io(vi) for vi in original.graph.output],
+        "input_spec": {"name": spec.name, "layout": spec.layout, "channels": spec.channels,
+                       "height": spec.height, "width": spec.width, "dtype": str(spec.dtype)},
+        "totals": summarize(rows),
+        "gradcam_candidates": candidates,
+        "layers": [
+            {"name": r.name, "op": r.op, "node": r.node, "shape": list(r.shape) if r.shape else None,
+             "params": r.params, "macs": r.macs,
+             "rf": None if r.rf is None else {"size": list(r.rf.size), "jump": list(r.rf.jump),
+                                              "start": list(r.rf.start)},
+             "gradcam": r.name in candidates}
+            for r in rows
+        ],
+    }
+
+
+def _human(n) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _dims(shape) -> str:
+    return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _rf(rf) -> str:
+    if rf is None:
+        return ""
+    size = "x".join("all" if s == math.inf else f"{s:g}" for s in rf["size"])
+    jump = "x".join(f"{j:g}" for j in rf["jump"])
+    return f"{size} /{jump}"
+
+
+_SHOWN = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+          "GlobalMaxPool", "Concat", "Add", "Sum", "Softmax", "Flatten", "Resize", "Upsample"}
+
+
+def format_table(info: dict, show_all: bool = False) -> str:
+    """Human-readable model card and layer table."""
+    spec = info["input_spec"]
+    t = info["totals"]
+    lines = [
+        f"model     {info['file']} ({_human(info['bytes'])}B)",
+        f"producer  {info['producer'] or '?'}   IR {info['ir_version']}   opset {info['opset']}"
+        + (f" -> {info['opset_converted']}" if info["opset_converted"] != info["opset"] else ""),
+    ]
+    for io in info["inputs"]:
+        lines.append(f"input     {io['name']}: {io['dtype']}[{', '.join(map(str, io['shape']))}]")
+    for io in info["outputs"]:
+        lines.append(f"output    {io['name']}: {io['dtype']}[{', '.join(map(str, io['shape']))}]")
+    lines.append(f"layout    {spec['layout']}, {spec['channels']} channels, "
+                 f"{spec['height'] or 'any'}x{spec['width'] or 'any'}")
+    lines.append(f"totals    {_human(t['params'])} params, {_human(t['macs'])} MACs per image"
+                 + (f" ({t['macs_unknown']} layers of unknown size)" if t["macs_unknown"] else ""))
+    for note in info["notes"]:
+        lines.append(f"note      {note}")
+    lines.append("")
+    header = f"  {'tensor':<36} {'op':<18} {'shape':<18} {'params':>9} {'MACs':>9}  receptive field"
+    lines += [header, "  " + "-" * (len(header) - 2)]
+    for row in info["layers"]:
+        if not (show_all or row["op"] in _SHOWN or row["gradcam"] or row["params"]):
+            continue
+        mark = "*" if row["gradcam"] else " "
+        lines.append(f"{mark} {row['name'][:36]:<36} {row['op'][:18]:<18} {_dims(row['shape'])[:18]:<18} "
+                     f"{_human(row['params']):>9} {_human(row['macs']):>9}  {_rf(row['rf'])}")
+    lines.append("")
+    lines.append("* Grad-CAM candidates, best first: " + (", ".join(info["gradcam_candidates"]) or "none found"))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Visualization techniques, one module per family; each returns a typed result."""
