@@ -5,6 +5,9 @@ and compares it with central finite differences (every element for small inputs,
 directions otherwise) or, for linear ops, with the exact adjoint identity
 <seed, A v> = <A^T seed, v>. Rules that are not gradients (guided backprop, deconvnet)
 are checked against a numpy ``reference`` of their defined formula (``check="reference"``).
+``runtime="reference"`` runs the models in ``onnx.reference`` instead of onnxruntime (float64
+where onnxruntime has no kernel); a callable ``runtime(model)`` returns any object with
+onnxruntime's ``run(names, feeds)``, e.g. a ReferenceEvaluator with corrected ``new_ops``.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class Case:
     domain: str = ""
     # check="reference": reference(seed, **inputs, **consts) -> {input name: expected dx}
     reference: Optional[Callable] = None
+    runtime: object = "ort"  # "reference" (onnx.reference) or a callable model -> session
 
     def __str__(self):
         return self.id or self.op
@@ -63,24 +67,30 @@ def node_model(case: Case) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, runtime="ort"):
+    if callable(runtime):
+        return runtime(model)
+    if runtime == "reference":
+        from onnx.reference import ReferenceEvaluator
+
+        return ReferenceEvaluator(model)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def gradients(model, feeds: dict, output: str, wrt, seed: np.ndarray, rules=STANDARD) -> dict:
-    """Analytic d(seed . output)/d(wrt) from the gradient graph, run in onnxruntime."""
+def gradients(model, feeds: dict, output: str, wrt, seed: np.ndarray, rules=STANDARD, runtime="ort") -> dict:
+    """Analytic d(seed . output)/d(wrt) from the gradient graph, run in onnxruntime (or onnx.reference)."""
     gm = gradient_graph(model, output, list(wrt), rules)
-    sess = session(gm.proto)
+    sess = session(gm.proto, runtime)
     wanted = [gm.grads[w] for w in wrt]
     values = sess.run(wanted, {**feeds, gm.seed: seed})
     return dict(zip(wrt, values))
 
 
-def forward(model, output: str):
-    sess = session(model)
+def forward(model, output: str, runtime="ort"):
+    sess = session(model, runtime)
     return lambda feeds: sess.run([output], feeds)[0]
 
 
@@ -112,12 +122,12 @@ def check_case(case: Case, output_index: int = 0) -> float:
     model = node_model(case)
     output = f"y{output_index}"
     rules = case.rules or STANDARD
-    f = forward(model, output)
+    f = forward(model, output, case.runtime)
     feeds = dict(case.inputs)
     y = f(feeds)
     rng = np.random.default_rng(1)
     seed = rng.standard_normal(y.shape).astype(y.dtype)
-    grads = gradients(model, feeds, output, list(case.inputs), seed, rules)
+    grads = gradients(model, feeds, output, list(case.inputs), seed, rules, case.runtime)
     expected = case.reference(seed, **case.inputs, **case.consts) if case.check == "reference" else {}
     worst = 0.0
     for name, x in case.inputs.items():
