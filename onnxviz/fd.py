@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OnnxvizError
 from .gradients import target_array
-from .graph.surgery import head
+from .graph.surgery import expose, head
 from .targets import Objective, objective
 
 log = logging.getLogger("onnxviz")
@@ -29,7 +29,7 @@ class _Scorer:
         proto = model.specialized(h, w)
         self.at = at
         if at == model.input.name:
-            self.graph, self.needs_image = proto, False
+            self.graph, self.needs_image = expose(proto, [obj.tensor], keep_outputs=False), False
         else:
             self.graph, self.needs_image = head(proto, at, [obj.tensor])
         self.key = f"fd:{at}:{obj.tensor}:{h}x{w}"

@@ -110,11 +110,14 @@ def gradients(
     class_axis: Optional[int] = None,
     batch_size: Optional[int] = None,
     progress: bool = False,
+    grad: str = "graph",
 ) -> Gradients:
     """d score / d tensor for each tensor in ``wrt`` ("input" is the model's image input).
 
     ``target``: class index (one for all, or one per image; default the predicted class).
     ``rules``: "standard", "guided" (guided backprop) or "deconvnet", or a RuleSet.
+    ``grad``: "graph" (the gradient graph, one run) or "fd" (central finite differences,
+    2 runs per element of each tensor: the fallback for ops without a backward rule).
 
     >>> g = model.gradients(x, target=3, wrt=["input", "relu_4"])
     >>> g["input"].shape == x.shape
@@ -126,6 +129,10 @@ def gradients(
     obj = objective(model, output, score, class_axis)
     names = resolve_wrt(model, wrt)
     x = model.check_input(x)
+    if grad == "fd":
+        return _gradients_fd(model, x, target, wrt, names, rules, obj, batch_size, progress)
+    if grad != "graph":
+        raise OnnxvizError(f"grad must be 'graph' or 'fd', not {grad!r}")
     h, w = model.input.hw(x)
     gm, key = gradient_model(model, h, w, obj, names, rules)
     feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}
@@ -143,3 +150,24 @@ def gradients(
         score=values[SCORE_OUTPUT],
         objective=obj,
     )
+
+
+def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
+    """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
+    from .fd import gradient_fd
+
+    if rules.name != "standard":
+        raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
+                           "finite-difference equivalent (use grad='graph')")
+    grads, chosen = {}, None
+    for w_, n in zip(wrt, names):
+        grads[w_], chosen = gradient_fd(model, x, target, wrt=n, output=obj.output,
+                                        score="logit" if obj.through_softmax else "prob",
+                                        batch_size=batch_size or 64, progress=progress)
+    values = model.activations(x, list(dict.fromkeys([*model.outputs, *names, obj.tensor])))
+    y = values[obj.tensor].astype(np.float64)
+    seed = (np.arange(y.shape[obj.class_axis]).reshape([-1 if i == obj.class_axis else 1 for i in range(y.ndim)])
+            == chosen.reshape([-1] + [1] * (y.ndim - 1)))
+    score = np.sum(y * seed, axis=tuple(range(1, y.ndim)))
+    return Gradients(grads, outputs={o: values[o] for o in model.outputs},
+                     activations={n: values[n] for n in names}, target=chosen, score=score, objective=obj)
