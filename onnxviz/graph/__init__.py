@@ -1,0 +1,1 @@
+"""Graph passes over ONNX models: surgery, constant folding, node emission, static analysis."""
