@@ -45,6 +45,7 @@ class Case:
     rules: object = None
     id: str = ""
     domain: str = ""
+    dynamic: tuple = ()  # input axes declared symbolic (e.g. (0, 2, 3)), to test the runtime-shape paths
     # check="reference": reference(seed, **inputs, **consts) -> {input name: expected dx}
     reference: Optional[Callable] = None
     runtime: object = "ort"  # "reference" (onnx.reference) or a callable model -> session
@@ -57,7 +58,8 @@ def node_model(case: Case) -> onnx.ModelProto:
     order = case.order if case.order is not None else [*case.inputs, *case.consts]
     outs = [f"y{i}" for i in range(case.outputs)]
     node = helper.make_node(case.op, order, outs, domain=case.domain, **case.attrs)
-    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype),
+                                         [f"{k}_d{i}" if i in case.dynamic else d for i, d in enumerate(v.shape)])
            for k, v in case.inputs.items()]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in case.consts.items()]
     graph = helper.make_graph([node], "case", ins, [helper.make_value_info(o, onnx.TypeProto()) for o in outs],

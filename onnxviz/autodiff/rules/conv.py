@@ -1,8 +1,15 @@
-"""Backward rules for convolutions and dense layers."""
+"""Backward rules for convolutions and dense layers: Conv, ConvTranspose, Gemm, MatMul.
+
+Conv and ConvTranspose are each other's adjoints for fixed weights, so each rule emits the
+other op with explicit pads. Gemm and MatMul differentiate both operands (attention-like
+activation x activation products); convolution weights never get gradients.
+"""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
+
+from onnx import helper
 
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
@@ -12,16 +19,25 @@ from ..ruleset import Node
 def _refuse_weight_grad(node: Node):
     if any(node.needs[1:]):
         raise OnnxvizError(
-            f"{node.op} node {node.name!r} has weights that depend on the input; "
-            "gradients through computed weights are not supported"
+            f"{node.op} node {node.name!r} has weights or a bias that depend on the requested input; "
+            f"gradients with respect to {node.op} weights are not supported (only the data input is "
+            "differentiated). Use finite differences, or request a tensor upstream of the weights' source."
         )
+
+
+def _grads(node: Node, dx: Optional[str]) -> list:
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _window(node: Node, kernel: Sequence[int]):
+    n = len(kernel)
+    return list(node.attr("strides", [1] * n)), list(node.attr("dilations", [1] * n))
 
 
 def conv_pads(node: Node, in_sizes: list, kernel: list) -> Optional[list]:
     """Explicit [begin..., end...] pads of a Conv/pool node; None when they depend on an unknown size."""
     n = len(kernel)
-    strides = node.attr("strides", [1] * n)
-    dilations = node.attr("dilations", [1] * n)
+    strides, dilations = _window(node, kernel)
     auto_pad = node.attr("auto_pad", "NOTSET")
     if auto_pad in ("NOTSET", ""):
         return list(node.attr("pads", [0] * (2 * n)))
@@ -39,10 +55,58 @@ def conv_pads(node: Node, in_sizes: list, kernel: list) -> Optional[list]:
     return begin + end
 
 
+def spatial_sizes(e: Emitter, x: str, n: int):
+    """The last ``n`` dims of ``x``: a list of ints when static, else a runtime int64 tensor."""
+    s = e.shape(x)
+    if s is not None and all(isinstance(d, int) for d in s[-n:]):
+        return list(s[-n:])
+    return e.op("Slice", e.shape_of(x), e.ints([-n]), e.ints([2**62]))
+
+
+def runtime_pads(e: Emitter, node: Node, x: str, kernel, strides, dilations):
+    """(begin, end) pads of auto_pad=SAME_* as runtime int64 tensors (input sizes unknown at build time)."""
+    sizes = spatial_sizes(e, x, len(kernel))
+    sizes = e.ints(sizes) if isinstance(sizes, list) else sizes
+    s = e.ints(strides)
+    eff = e.ints([(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
+    one = e.ints([1])
+    ceil_div = e.op("Div", e.op("Sub", e.op("Add", sizes, s), one), s)
+    total = e.op("Sub", e.op("Add", e.op("Mul", e.op("Sub", ceil_div, one), s), eff), sizes)
+    total = e.op("Max", total, e.ints([0] * len(kernel)))
+    half = e.op("Div", total, e.ints([2]))
+    begin = half if node.attr("auto_pad") == "SAME_UPPER" else e.op("Sub", total, half)
+    return begin, e.op("Sub", total, begin)
+
+
+def transpose_conv_to(e: Emitter, dy: str, w: str, x: str, kernel, strides, dilations, group, begin) -> str:
+    """ConvTranspose(dy, w) without pads, then cropped at ``begin`` and zero-padded to x's spatial size.
+
+    Sizes come from the runtime, so this is right however the forward op rounded its output
+    (ceil_mode, SAME padding, dynamic input sizes). Needs opset >= 11 (Slice/Pad with inputs).
+    """
+    n = len(kernel)
+    if e.opset < 11:
+        raise OnnxvizError(
+            f"this backward pass needs runtime sizes (Slice/Pad with tensor inputs, opset >= 11) but the "
+            f"model uses opset {e.opset}; upgrade it with onnx.version_converter (onnxviz's loader does)"
+        )
+    full = e.op("ConvTranspose", dy, w, strides=list(strides), dilations=list(dilations), group=group,
+                kernel_shape=list(kernel))
+    sizes = spatial_sizes(e, x, n)
+    sizes = e.ints(sizes) if isinstance(sizes, list) else sizes
+    begin = e.ints(begin) if isinstance(begin, (list, tuple)) else begin
+    axes = e.ints(range(2, 2 + n))
+    cropped = e.op("Slice", full, begin, e.op("Add", begin, sizes), axes)
+    got = e.op("Slice", e.op("Shape", cropped), e.ints([2]), e.ints([2 + n]))
+    pad_spec = e.op("Concat", e.ints([0] * (n + 2)), e.ints([0, 0]), e.op("Sub", sizes, got), axis=0)
+    return e.op("Pad", cropped, pad_spec)
+
+
 def conv(e: Emitter, node: Node, dys):
     """dX = ConvTranspose(dY, W) with the forward's strides, dilations, group and explicit pads.
 
     output_padding = (H + pb + pe - ((k-1)d+1)) mod s recovers the rows that striding dropped.
+    Never ConvTranspose's ``output_shape``: ORT then ignores the pads.
     """
     _refuse_weight_grad(node)
     x, w = node.inputs[0], node.inputs[1]
@@ -52,8 +116,7 @@ def conv(e: Emitter, node: Node, dys):
         raise OnnxvizError(f"Conv node {node.name!r}: the rank and kernel shape must be known")
     kernel = list(node.attr("kernel_shape", ws[2:]))
     n = len(kernel)
-    strides = list(node.attr("strides", [1] * n))
-    dilations = list(node.attr("dilations", [1] * n))
+    strides, dilations = _window(node, kernel)
     group = node.attr("group", 1)
     sizes = list(xs[2:])
     pads = conv_pads(node, sizes, kernel)
@@ -64,42 +127,193 @@ def conv(e: Emitter, node: Node, dys):
         ]
         dx = e.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, group=group,
                   pads=pads, kernel_shape=kernel, output_padding=out_pad if any(out_pad) else None)
-        return [dx, None, None][: len(node.inputs)]
-    return [_conv_backward_dynamic(e, node, dy, x, w, kernel, strides, dilations, group, pads), None, None][
-        : len(node.inputs)
-    ]
+        return _grads(node, dx)
+    begin = pads[:n] if pads is not None else runtime_pads(e, node, x, kernel, strides, dilations)[0]
+    return _grads(node, transpose_conv_to(e, dy, w, x, kernel, strides, dilations, group, begin))
 
 
-def _conv_backward_dynamic(e: Emitter, node: Node, dy, x, w, kernel, strides, dilations, group, pads):
-    """Unknown spatial sizes: full ConvTranspose, then Slice off the begin pads and Pad the end to H."""
+def conv_transpose_pads(node: Node, in_sizes: list, kernel: list) -> Optional[list]:
+    """[begin..., end...] crop of a ConvTranspose as ORT applies it (output_padding folded into end).
+
+    With ``output_shape`` or SAME auto_pad the total is (H-1)s + op + eff - out; SAME_UPPER puts
+    floor(total/2) at the begin, everything else (SAME_LOWER, NOTSET with output_shape) ceil(total/2),
+    as onnxruntime does (checked by the tests). None when the total depends on an unknown size.
+    """
     n = len(kernel)
-    full = e.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, group=group, kernel_shape=kernel)
-    sizes = e.op("Slice", e.shape_of(x), e.ints([2]), e.ints([2 + n]))
-    if pads is not None:
-        begin = e.ints(pads[:n])
+    strides, dilations = _window(node, kernel)
+    out_pad = list(node.attr("output_padding", [0] * n))
+    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
+    out_shape = node.attr("output_shape")
+    if out_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * n) if auto_pad == "VALID" else list(node.attr("pads", [0] * (2 * n)))
+        return pads[:n] + [pads[n + i] - out_pad[i] for i in range(n)]
+    if out_shape is not None:
+        out_shape = list(out_shape)[-n:]
+        if any(not isinstance(h, int) for h in in_sizes):
+            return None
+    begin, end = [], []
+    for i in range(n):
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        if out_shape is None:  # SAME: output = H * s, so the total does not depend on H
+            total = out_pad[i] + eff - strides[i]
+        else:
+            total = (in_sizes[i] - 1) * strides[i] + out_pad[i] + eff - out_shape[i]
+        if total < 0:
+            raise OnnxvizError(
+                f"ConvTranspose node {node.name!r}: output_shape {out_shape} is larger than the "
+                "natural output size; its gradient is not supported"
+            )
+        first = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        begin.append(first)
+        end.append(total - first - out_pad[i])
+    return begin + end
+
+
+def conv_transpose(e: Emitter, node: Node, dys):
+    """dX = Conv(dY, W) with the same strides, dilations and group, and the forward's crop as pads.
+
+    Pads here are the effective crop [begin, end - output_padding]: the output_padding rows get
+    no input contribution, so a Conv that pads them away (or a negative end, cropped first) is exact.
+    """
+    _refuse_weight_grad(node)
+    x, w = node.inputs[0], node.inputs[1]
+    dy = dys[0]
+    xs, ws = e.shape(x), e.shape(w)
+    if ws is None or xs is None:
+        raise OnnxvizError(f"ConvTranspose node {node.name!r}: the rank and kernel shape must be known")
+    kernel = list(node.attr("kernel_shape", ws[2:]))
+    n = len(kernel)
+    strides, dilations = _window(node, kernel)
+    group = node.attr("group", 1)
+    pads = conv_transpose_pads(node, list(xs[2:]), kernel)
+    attrs = dict(strides=strides, dilations=dilations, group=group, kernel_shape=kernel)
+    if pads is None:
+        begin, end = _conv_transpose_runtime_pads(e, node, x, kernel, strides, dilations)
+        padded = e.op("Pad", dy, e.op("Concat", e.ints([0, 0]), begin, e.ints([0, 0]), end, axis=0))
+        return _grads(node, e.op("Conv", padded, w, **attrs))
+    if min(pads) < 0:  # output_padding beyond the pads: rows that no input reached
+        ends = [p if p < 0 else 2**62 for p in pads[n:]]
+        dy = _slice(e, dy, [0] * n, ends, list(range(2, 2 + n)))
+        pads = pads[:n] + [max(p, 0) for p in pads[n:]]
+    return _grads(node, e.op("Conv", dy, w, pads=pads, **attrs))
+
+
+def _conv_transpose_runtime_pads(e: Emitter, node: Node, x, kernel, strides, dilations):
+    """(begin, end) crop of a ConvTranspose with output_shape when the input sizes are only known at run time."""
+    n = len(kernel)
+    if e.opset < 11:
+        raise OnnxvizError(f"ConvTranspose node {node.name!r}: dynamic sizes with output_shape need opset >= 11")
+    out_pad = list(node.attr("output_padding", [0] * n))
+    out_shape = list(node.attr("output_shape"))[-n:]
+    sizes = spatial_sizes(e, x, n)
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    natural = e.op("Add", e.op("Mul", e.op("Sub", sizes, e.ints([1] * n)), e.ints(strides)),
+                   e.ints([o + f for o, f in zip(out_pad, eff)]))
+    total = e.op("Sub", natural, e.ints(out_shape))
+    half = e.op("Div", total, e.ints([2] * n))
+    begin = half if node.attr("auto_pad") == "SAME_UPPER" else e.op("Sub", total, half)
+    return begin, e.op("Sub", e.op("Sub", total, begin), e.ints(out_pad))
+
+
+def _slice(e: Emitter, x: str, starts, ends, axes) -> str:
+    if e.opset >= 10:
+        return e.op("Slice", x, e.ints(starts), e.ints(ends), e.ints(axes))
+    return e.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
+
+
+# ---- dense products ------------------------------------------------------------------------
+
+def _gemm(e: Emitter, a: str, b: str, alpha: float, trans_a: int, trans_b: int, like: str) -> str:
+    """alpha * op(a) @ op(b); Gemm needs an explicit C before opset 11."""
+    c = None if e.opset >= 11 else e.scalar(0, like=like)
+    return e.op("Gemm", a, b, c, alpha=float(alpha), transA=trans_a, transB=trans_b)
+
+
+def gemm(e: Emitter, node: Node, dys):
+    """Y = alpha * A' B' + beta * C with A' = A or A^T, B' = B or B^T.
+
+    dA' = alpha dY B'^T and dB' = alpha A'^T dY, each written as one Gemm with adjusted
+    trans flags; dC = beta * unbroadcast(dY).
+    """
+    dy, y = dys[0], node.outputs[0]
+    a, b = node.inputs[0], node.inputs[1]
+    c = node.input(2)
+    alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
+    ta, tb = node.attr("transA", 0), node.attr("transB", 0)
+    grads: list = [None] * len(node.inputs)
+    if node.needs[0]:
+        grads[0] = (_gemm(e, dy, b, alpha, 0, 1 - tb, y) if not ta else _gemm(e, b, dy, alpha, tb, 1, y))
+    if node.needs[1]:
+        grads[1] = (_gemm(e, a, dy, alpha, 1 - ta, 0, y) if not tb else _gemm(e, dy, a, alpha, 1, ta, y))
+    if c is not None and len(node.needs) > 2 and node.needs[2]:
+        scaled = dy if beta == 1.0 else e.op("Mul", dy, e.scalar(beta, like=y))
+        grads[2] = e.unbroadcast(scaled, c, y)
+    return grads
+
+
+def _swap_last(e: Emitter, t: str, rank: int) -> str:
+    perm = list(range(rank))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    return e.op("Transpose", t, perm=perm)
+
+
+def _unbroadcast_batch(e: Emitter, d: str, x: str, y: str) -> str:
+    """Sum ``d`` (y's batch dims, x's matrix dims) over the batch axes that broadcasting added for x.
+
+    The generic unbroadcast compares x's matrix dims with y's and could sum a K=1 axis away.
+    """
+    xs, ys = e.shape(x), e.shape(y)
+    if xs is None or ys is None:
+        return e._unbroadcast_dynamic(d, x)
+    lead = len(ys) - len(xs)
+    axes = list(range(lead))
+    for i, dim in enumerate(xs[:-2]):
+        o = ys[lead + i]
+        if dim == o or (isinstance(dim, int) and dim != 1):
+            continue
+        if dim == 1 and isinstance(o, int):
+            axes.append(lead + i)
+        else:
+            return e._unbroadcast_dynamic(d, x)
+    if not axes:
+        return d
+    return e.reshape_like(e.reduce_sum(d, axes, keepdims=True), x)
+
+
+def matmul(e: Emitter, node: Node, dys):
+    """numpy matmul: dA = dY B^T, dB = A^T dY (last two axes swapped), summed over broadcast batch axes.
+
+    1-D operands are promoted as numpy does (a to [1, K], b to [K, 1]): dY gets the dropped axis back.
+    """
+    dy, y = dys[0], node.outputs[0]
+    a, b = node.inputs
+    ra, rb = e.rank(a), e.rank(b)
+    if ra is None or rb is None:
+        raise OnnxvizError(f"MatMul node {node.name!r}: operand ranks must be known for its gradient")
+    need_a, need_b = node.needs[0], node.needs[1]
+    da = db = None
+    if ra == 1 and rb == 1:  # a dot product
+        da = e.op("Mul", dy, b) if need_a else None
+        db = e.op("Mul", dy, a) if need_b else None
+    elif ra == 1:  # [K] @ [..., K, N] -> [..., N]
+        g = e.unsqueeze(dy, [rb - 2])  # [..., 1, N]
+        if need_a:
+            da = e.reduce_sum(e.op("MatMul", g, _swap_last(e, b, rb)), list(range(rb - 1)), keepdims=False)
+        if need_b:
+            db = e.op("MatMul", e.unsqueeze(a, [1]), g)  # outer product, already B's shape
+    elif rb == 1:  # [..., M, K] @ [K] -> [..., M]
+        g = e.unsqueeze(dy, [ra - 1])  # [..., M, 1]
+        if need_a:
+            da = e.op("MatMul", g, e.unsqueeze(b, [0]))
+        if need_b:
+            full = e.op("MatMul", _swap_last(e, a, ra), g)  # [..., K, 1]
+            db = e.reduce_sum(full, [i for i in range(ra) if i != ra - 2], keepdims=False)
     else:
-        begin = _same_pads_begin(e, node, sizes, kernel, strides, dilations)
-    axes = e.ints(range(2, 2 + n))
-    cropped = e.op("Slice", full, begin, e.op("Add", begin, sizes), axes)
-    got = e.op("Slice", e.op("Shape", cropped), e.ints([2]), e.ints([2 + n]))
-    missing = e.op("Sub", sizes, got)
-    zeros = e.ints([0] * (n + 2))
-    pad_spec = e.op("Concat", zeros, e.ints([0, 0]), missing, axis=0)
-    return e.op("Pad", cropped, pad_spec)
+        if need_a:
+            da = _unbroadcast_batch(e, e.op("MatMul", dy, _swap_last(e, b, rb)), a, y)
+        if need_b:
+            db = _unbroadcast_batch(e, e.op("MatMul", _swap_last(e, a, ra), dy), b, y)
+    return [da, db]
 
 
-def _same_pads_begin(e: Emitter, node: Node, sizes, kernel, strides, dilations):
-    """Begin pads of auto_pad=SAME_* computed at run time from the input sizes."""
-    s = e.ints(strides)
-    eff = e.ints([(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
-    one = e.ints([1])
-    ceil_div = e.op("Div", e.op("Sub", e.op("Add", sizes, s), one), s)
-    total = e.op("Sub", e.op("Add", e.op("Mul", e.op("Sub", ceil_div, one), s), eff), sizes)
-    total = e.op("Max", total, e.ints([0] * len(kernel)))
-    two = e.ints([2])
-    if node.attr("auto_pad") == "SAME_UPPER":
-        return e.op("Div", total, two)
-    return e.op("Sub", total, e.op("Div", total, two))
-
-
-RULES = {"Conv": conv}
+RULES = {"Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul}

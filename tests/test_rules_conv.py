@@ -1,0 +1,207 @@
+"""Backward rules of Conv, ConvTranspose, Gemm and MatMul.
+
+Conv and ConvTranspose have no float64 kernels in ORT's CPU build: they are checked in float32
+with the exact adjoint identity. Gemm and MatMul run in float64 against central differences.
+"""
+import numpy as np
+import pytest
+
+from gradcheck import Case, assert_case, check_case
+
+from onnxviz.autodiff import STANDARD
+from onnxviz.errors import OnnxvizError
+
+rng = np.random.default_rng(0)
+f32, f64 = np.float32, np.float64
+
+
+def r(*shape, dtype=f32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+CASES = []
+
+CONV_TRANSPOSE = [
+    dict(id="plain", x=(1, 3, 5, 5), w=(3, 2, 3, 3), attrs={}),
+    dict(id="stride2-pad", x=(2, 2, 4, 5), w=(2, 3, 3, 3), attrs={"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(id="output-padding", x=(1, 2, 4, 5), w=(2, 3, 3, 3),
+         attrs={"strides": [2, 3], "pads": [1, 0, 1, 1], "output_padding": [1, 2]}),
+    dict(id="output-padding-beyond-pads", x=(1, 2, 4, 5), w=(2, 2, 3, 3),
+         attrs={"strides": [3, 3], "output_padding": [2, 1]}),
+    dict(id="output-shape", x=(1, 2, 5, 6), w=(2, 2, 3, 3), attrs={"strides": [2, 2], "output_shape": [9, 10]}),
+    dict(id="output-shape-odd", x=(1, 2, 5, 6), w=(2, 2, 3, 3), attrs={"strides": [2, 3], "output_shape": [8, 14]}),
+    dict(id="output-shape-output-padding", x=(1, 2, 5, 6), w=(2, 2, 3, 3),
+         attrs={"strides": [2, 2], "output_shape": [9, 10], "output_padding": [1, 1]}),
+    dict(id="output-shape-same-upper", x=(1, 2, 5, 6), w=(2, 2, 3, 3),
+         attrs={"strides": [2, 2], "output_shape": [10, 12], "auto_pad": "SAME_UPPER"}),
+    dict(id="same-upper", x=(1, 2, 5, 6), w=(2, 2, 3, 3), attrs={"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    dict(id="same-lower", x=(1, 2, 5, 6), w=(2, 2, 4, 3), attrs={"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    dict(id="valid", x=(1, 2, 4, 5), w=(2, 2, 3, 3), attrs={"strides": [2, 2], "auto_pad": "VALID"}),
+    dict(id="group", x=(1, 4, 5, 5), w=(4, 3, 3, 3), attrs={"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(id="depthwise", x=(1, 3, 4, 4), w=(3, 1, 4, 4), attrs={"group": 3, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(id="dilated", x=(1, 2, 5, 6), w=(2, 2, 3, 3), attrs={"dilations": [2, 3], "strides": [2, 1], "pads": [1, 2, 0, 1]}),
+    dict(id="1d", x=(2, 2, 7), w=(2, 3, 4), attrs={"strides": [2], "pads": [1, 0], "output_padding": [1]}),
+    dict(id="3d", x=(1, 1, 3, 4, 3), w=(1, 2, 3, 3, 2), attrs={"strides": [2, 1, 2], "pads": [1, 0, 0, 1, 1, 0]}),
+]
+for c in CONV_TRANSPOSE:
+    CASES.append(Case("ConvTranspose", {"x": r(*c["x"])}, consts={"w": r(*c["w"]), "b": r(c["w"][1] * c["attrs"].get("group", 1))},
+                      attrs=c["attrs"], check="adjoint", id="ConvTranspose-" + c["id"], rtol=1e-4))
+CASES += [
+    Case("Conv", {"x": r(2, 2, 7, 8)}, consts={"w": r(3, 2, 3, 4)}, attrs={"strides": [2, 3], "auto_pad": "SAME_UPPER"},
+         dynamic=(0, 2, 3), check="adjoint", rtol=1e-4, id="Conv-same-upper-dynamic"),
+    Case("Conv", {"x": r(1, 2, 7, 8)}, consts={"w": r(3, 2, 3, 3)}, attrs={"strides": [2, 2], "pads": [1, 0, 0, 1]},
+         dynamic=(2, 3), check="adjoint", rtol=1e-4, id="Conv-pads-dynamic"),
+    Case("ConvTranspose", {"x": r(1, 2, 5, 6)}, consts={"w": r(2, 2, 3, 3)},
+         attrs={"strides": [2, 3], "output_shape": [8, 14]}, dynamic=(0, 2, 3), check="adjoint", rtol=1e-4,
+         id="ConvTranspose-output-shape-dynamic"),
+    Case("ConvTranspose", {"x": r(1, 2, 5, 6)}, consts={"w": r(2, 2, 3, 3)},
+         attrs={"strides": [2, 2], "auto_pad": "SAME_LOWER"}, dynamic=(0, 2, 3), check="adjoint", rtol=1e-4,
+         id="ConvTranspose-same-dynamic"),
+]
+CASES.append(Case("ConvTranspose", {"x": r(1, 2, 4, 4)}, consts={"w": r(2, 3, 3, 3)}, attrs={"strides": [2, 2]},
+                  opset=7, check="adjoint", id="ConvTranspose-opset7", rtol=1e-4))
+
+# Gemm: every trans combination, alpha/beta, C broadcast; both operands differentiated.
+for ta in (0, 1):
+    for tb in (0, 1):
+        a = r(*((4, 3) if ta else (3, 4)), dtype=f64)
+        b = r(*((5, 4) if tb else (4, 5)), dtype=f64)
+        CASES.append(Case("Gemm", {"a": a, "b": b, "c": r(1, 5, dtype=f64)},
+                          attrs={"transA": ta, "transB": tb, "alpha": 0.7, "beta": -1.3}, id=f"Gemm-tA{ta}-tB{tb}"))
+CASES += [
+    Case("Gemm", {"a": r(2, 6, dtype=f64)}, consts={"b": r(4, 6, dtype=f64), "c": r(4, dtype=f64)},
+         attrs={"transB": 1}, id="Gemm-linear-layer"),
+    Case("Gemm", {"a": r(2, 6, dtype=f64)}, consts={"b": r(4, 6, dtype=f64)}, attrs={"transB": 1, "alpha": 2.0},
+         id="Gemm-no-C"),
+    Case("Gemm", {"a": r(3, 2, dtype=f64), "c": r(3, 1, dtype=f64)}, consts={"b": r(4, 2, dtype=f64)},
+         attrs={"transB": 1, "beta": 0.5}, order=["a", "b", "c"], id="Gemm-C-column"),
+    Case("Gemm", {"a": r(2, 6, dtype=f32)}, consts={"b": r(6, 4, dtype=f32), "c": r(4, dtype=f32)},
+         attrs={"alpha": 1.5}, opset=7, id="Gemm-opset7"),
+    Case("Gemm", {"a": r(2, 6, dtype=f32)}, consts={"b": r(4, 6, dtype=f32), "c": r(4, dtype=f32)},
+         attrs={"transA": 0, "transB": 1}, opset=9, id="Gemm-opset9"),
+]
+
+MATMUL = [
+    ("2d", (3, 4), (4, 5)),
+    ("batched", (2, 3, 4), (2, 4, 5)),
+    ("broadcast-b", (2, 3, 4), (4, 5)),
+    ("broadcast-a", (3, 4), (2, 2, 4, 5)),
+    ("broadcast-ones", (2, 1, 3, 4), (1, 3, 4, 2)),
+    ("k1", (3, 1), (2, 1, 4)),
+    ("1d-left", (4,), (2, 4, 3)),
+    ("1d-right", (2, 3, 4), (4,)),
+    ("1d-both", (4,), (4,)),
+    ("1d-left-2d", (4,), (4, 3)),
+]
+for name, sa, sb in MATMUL:
+    CASES.append(Case("MatMul", {"a": r(*sa, dtype=f64), "b": r(*sb, dtype=f64)}, id=f"MatMul-{name}"))
+CASES += [
+    Case("MatMul", {"a": r(2, 3, 4, dtype=f64)}, consts={"b": r(4, 5, dtype=f64)}, id="MatMul-const-b"),
+    Case("MatMul", {"b": r(2, 4, 5, dtype=f64)}, consts={"a": r(3, 4, dtype=f64)}, order=["a", "b"], id="MatMul-const-a"),
+    Case("MatMul", {"a": r(3, 4, dtype=f32), "b": r(4, 2, dtype=f32)}, opset=7, id="MatMul-opset7"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_rule(case):
+    assert_case(case)
+
+
+def test_attention_like_product_gets_both_gradients():
+    """softmax-free attention core: Q K^T then V, all three activations depending on x."""
+    from onnx import helper, TensorProto
+    import onnx
+    from gradcheck import forward, gradients
+
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["x", "xt"], ["s"]),
+        helper.make_node("MatMul", ["s", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    x = r(2, 3, 4, dtype=f64)
+    seed = r(2, 3, 4, dtype=f64)
+    g = gradients(model, {"x": x}, "y", ["x"], seed)["x"]
+    # y = x x^T x: dy/dx . seed = seed x^T x + x seed^T x + x x^T seed
+    xt = x.transpose(0, 2, 1)
+    want = seed @ xt @ x + x @ seed.transpose(0, 2, 1) @ x + x @ xt @ seed
+    np.testing.assert_allclose(g, want, rtol=1e-10)
+
+
+def test_conv_output_shape_variant_would_fail():
+    """Conv's backward as ConvTranspose(output_shape=...) lets ORT split the crop itself: wrong values."""
+    def conv_with_output_shape(e, node, dys):
+        return [e.op("ConvTranspose", dys[0], node.inputs[1], strides=node.attr("strides"),
+                     pads=node.attr("pads"), output_shape=[8, 9]), None, None]
+
+    case = Case("Conv", {"x": r(1, 2, 8, 9)}, consts={"w": r(3, 2, 3, 3), "b": r(3)},
+                attrs={"strides": [2, 2], "pads": [0, 1, 2, 1]}, check="adjoint",
+                rules=STANDARD.replace(Conv=conv_with_output_shape))
+    assert check_case(case) > 1e-2
+    assert check_case(Case(**{**case.__dict__, "rules": None})) < 1e-4
+
+
+def test_conv_transpose_wrong_pad_split_would_fail():
+    """With output_shape ORT puts the larger half of an odd total crop first; the other split is caught."""
+    def floor_first(e, node, dys):
+        # total crop is (2, 3) for this case; floor-first gives begin (1, 1) instead of (1, 2)
+        return [e.op("Conv", dys[0], node.inputs[1], strides=[2, 2], pads=[1, 1, 1, 2]), None]
+
+    case = Case("ConvTranspose", {"x": r(1, 2, 5, 6)}, consts={"w": r(2, 2, 3, 3)},
+                attrs={"strides": [2, 2], "output_shape": [9, 10]}, check="adjoint",
+                rules=STANDARD.replace(ConvTranspose=floor_first))
+    assert check_case(case) > 1e-2
+    assert check_case(Case(**{**case.__dict__, "rules": None})) < 1e-4
+
+
+def test_conv_transpose_same_with_output_padding_follows_ort():
+    """SAME + output_padding: onnx shape inference and ORT disagree on the size; the rule follows ORT."""
+    import onnx
+    from gradcheck import node_model, session
+    from onnxviz.autodiff import gradient_graph
+
+    for auto_pad, op in (("SAME_UPPER", [1, 1]), ("SAME_LOWER", [2, 1])):
+        case = Case("ConvTranspose", {"x": r(1, 2, 5, 6)}, consts={"w": r(2, 2, 3, 3)},
+                    attrs={"strides": [3, 2], "auto_pad": auto_pad, "output_padding": op})
+        model = node_model(case)
+        for d in model.graph.output[0].type.tensor_type.shape.dim[2:]:
+            d.dim_param = "s"  # let ORT decide the output size
+        gm = gradient_graph(model, "y0", ["x"], STANDARD)
+        sess = session(gm.proto)
+        x = case.inputs["x"]
+        y = sess.run(["y0"], {"x": x, gm.seed: np.zeros((1, 2, 15, 12), f32)})[0]
+        y0 = sess.run(["y0"], {"x": np.zeros_like(x), gm.seed: np.zeros_like(y)})[0]
+        seed = r(*y.shape)
+        g = sess.run([gm.grads["x"]], {"x": x, gm.seed: seed})[0]
+        lhs, rhs = float(np.sum(seed * (y - y0))), float(np.sum(g * x))
+        assert abs(lhs - rhs) < 1e-4 * abs(lhs), (auto_pad, lhs, rhs)
+
+
+def test_conv_weight_gradient_is_refused():
+    from onnx import helper, TensorProto
+    import onnx
+    from onnxviz.autodiff import gradient_graph
+
+    nodes = [helper.make_node("Conv", ["x", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(OnnxvizError, match="weights"):
+        gradient_graph(model, "y", ["x"], STANDARD)
+
+
+def test_matmul_against_torch():
+    torch = pytest.importorskip("torch")
+    from gradcheck import node_model, gradients
+
+    a, b = r(2, 1, 3, 4, dtype=f64), r(5, 4, 2, dtype=f64)
+    seed = r(2, 5, 3, 2, dtype=f64)
+    model = node_model(Case("MatMul", {"a": a, "b": b}))
+    got = gradients(model, {"a": a, "b": b}, "y0", ["a", "b"], seed)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (torch.matmul(ta, tb) * torch.tensor(seed)).sum().backward()
+    np.testing.assert_allclose(got["a"], ta.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(got["b"], tb.grad.numpy(), rtol=1e-10)
