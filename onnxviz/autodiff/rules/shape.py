@@ -1,15 +1,509 @@
-"""Backward rules for ops that only move data: reshapes, transposes, concatenation, slicing."""
+"""Backward rules for ops that only move, copy or resample data.
+
+Reshapes, transposes, concatenation and splits have closed-form adjoints. Ops that pick
+elements by index (Slice, Gather, Pad, nearest Resize) use the *iota trick*: run the same
+op on the positions 1..n of the input, then scatter-add dy back to the positions it
+picked (0 marks a padded element). Linear resampling uses R^T along each resized axis,
+where R is the same Resize applied to an identity matrix.
+"""
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
+
+BIG = 2**62  # "to the end" for Slice
+
+
+def _op(e: Emitter, op_type: str, *inputs: Optional[str], **attrs) -> str:
+    """e.op without trailing omitted inputs (the checker counts them against the schema's maximum)."""
+    inputs = list(inputs)
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    return e.op(op_type, *inputs, **attrs)
+
+
+def _first(node: Node, dx: Optional[str]) -> list:
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _slice(e: Emitter, x: str, starts, ends, axes, steps=None) -> str:
+    """Slice with static parameters in the opset's spelling (attributes before opset 10)."""
+    if e.opset >= 10:
+        return e.op("Slice", x, e.ints(starts), e.ints(ends), e.ints(axes), None if steps is None else e.ints(steps))
+    if steps is not None and any(s != 1 for s in steps):
+        raise OnnxvizError(f"Slice steps need opset >= 10 (model has {e.opset})")
+    return e.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
+
+
+def _split(e: Emitter, g: str, axis: int, sizes) -> list:
+    """Split g into pieces of ``sizes`` (ints, or a runtime int64 tensor at opset >= 13)."""
+    count = len(sizes) if isinstance(sizes, list) else None
+    if isinstance(sizes, list):
+        if e.opset >= 13:
+            return e.op("Split", g, e.ints(sizes), axis=axis, outputs=count)
+        return e.op("Split", g, axis=axis, split=list(sizes), outputs=count)
+    raise AssertionError("runtime split sizes go through _split_runtime")
+
+
+def _zeros_like(e: Emitter, t: str) -> str:
+    if e.opset >= 9:
+        return e.zeros_like(t)
+    s = e.static_shape(t)
+    if s is None:
+        raise OnnxvizError(f"zeros shaped like {t!r} need a static shape or opset >= 9")
+    return e.const(np.zeros(s, dtype=e.dtype(t)))
+
+
+def _constant(e: Emitter, node: Node, i: int, what: str) -> Optional[np.ndarray]:
+    name = node.input(i)
+    if name is None:
+        return None
+    v = e.value(name)
+    if v is None:
+        raise OnnxvizError(f"{node.op} node {node.name!r}: its {what} must be a constant at this opset/shape")
+    return v
+
+
+# ---- the iota trick --------------------------------------------------------------------------
+
+def iota_backward(e: Emitter, node: Node, x: str, dy: str, apply, injective: bool, int32: bool = False) -> str:
+    """dx for y = apply(x) when y only copies elements of x (or constants).
+
+    apply(iota) re-emits the forward op on ``iota`` = x's positions 1..n (0 then marks an element
+    that came from no input position); dy is scatter-added back to those positions.
+    Injective maps (each input used at most once) need opset 11, others 16 (reduction="add").
+    """
+    need = 11 if injective else 16
+    if e.opset < need:
+        raise OnnxvizError(
+            f"{node.op} node {node.name!r}: its backward pass needs opset >= {need} "
+            f"({'ScatterElements' if injective else 'ScatterElements with reduction=add'}); the model has "
+            f"opset {e.opset}. Upgrade it with onnx.version_converter (onnxviz's loader does)."
+        )
+    one = e.const(np.array(1, np.int64))
+    n = e.op("Size", x)
+    n1 = e.op("Add", n, one)
+    iota = e.reshape_like(e.op("Range", one, n1, one), x)
+    if int32:  # Resize has no int64 kernel in onnxruntime
+        iota = e.op("Cast", iota, to=onnx.TensorProto.INT32)
+    src = apply(iota)
+    if int32:
+        src = e.op("Cast", src, to=onnx.TensorProto.INT64)
+    flat = e.ints([-1])
+    zero = helper.make_tensor("zero", e.elem_type(x), [1], [0])
+    buf = e.op("ConstantOfShape", e.op("Reshape", n1, flat), value=zero)
+    summed = e.op("ScatterElements", buf, e.op("Reshape", src, flat), e.op("Reshape", dy, flat), axis=0,
+                  reduction=None if injective else "add")
+    return e.reshape_like(_slice(e, summed, [1], [BIG], [0]), x)
+
+
+def static_map_backward(e: Emitter, x: str, dy: str, src: np.ndarray) -> str:
+    """dx for a build-time-known map: src[k] = 1 + (flat input position copied to output k), 0 for none.
+
+    Written with Gather only (any opset): dx[j] = sum over the r-th occurrences of j of dy_flat.
+    """
+    xs = e.static_shape(x)
+    n = int(np.prod(xs, dtype=np.int64))
+    flat = np.asarray(src, np.int64).ravel()
+    m = flat.size
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    order = np.argsort(flat, kind="stable")
+    starts = np.searchsorted(flat[order], np.arange(1, n + 1))
+    dy_ext = e.op("Concat", e.op("Reshape", dy, e.ints([-1])), e.const(np.zeros(1, e.dtype(x))), axis=0)
+    terms = []
+    for r in range(int(counts.max()) if n else 0):
+        pick = np.where(counts > r, order[np.minimum(starts + r, max(m - 1, 0))], m)
+        terms.append(e.op("Gather", dy_ext, e.ints(pick), axis=0))
+    if not terms:
+        return _zeros_like(e, x)
+    total = terms[0] if len(terms) == 1 else e.op("Sum", *terms)
+    return e.op("Reshape", total, e.ints(xs))
+
+
+def _static_iota(e: Emitter, node: Node, x: str) -> np.ndarray:
+    xs = e.static_shape(x)
+    if xs is None:
+        raise OnnxvizError(
+            f"{node.op} node {node.name!r}: at opset {e.opset} its backward pass needs a static input shape "
+            "(or upgrade the model to opset >= 16)"
+        )
+    return np.arange(1, int(np.prod(xs, dtype=np.int64)) + 1, dtype=np.int64).reshape(xs)
+
+
+# ---- identities and permutations ------------------------------------------------------------
+
+def identity(e: Emitter, node: Node, dys):
+    """Identity, and the data input of ops that pass it through unchanged."""
+    return _first(node, dys[0])
+
+
+def dropout(e: Emitter, node: Node, dys):
+    """Inference-mode Dropout is the identity; its mask output carries no gradient."""
+    training = node.input(2)
+    if training is not None:
+        v = e.value(training)
+        if v is None or bool(np.asarray(v).item()):
+            raise OnnxvizError(
+                f"Dropout node {node.name!r} runs in training mode (training_mode is "
+                f"{'not a constant' if v is None else 'true'}): its random mask has no reproducible gradient"
+            )
+    return _first(node, dys[0])
+
+
+def cast(e: Emitter, node: Node, dys):
+    """Cast dy back to the input's float type (the driver never differentiates int/bool inputs)."""
+    return [e.cast_like(dys[0], node.inputs[0])]
+
+
+def transpose(e: Emitter, node: Node, dys):
+    """The inverse permutation; the default (reversed axes) is its own inverse."""
+    perm = node.attr("perm")
+    if perm is None:
+        return [e.op("Transpose", dys[0])]
+    return [e.op("Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)])]
 
 
 def reshape(e: Emitter, node: Node, dys):
     """Reshape, Flatten, Squeeze, Unsqueeze: reshape dy back to the input's shape."""
+    return _first(node, e.reshape_like(dys[0], node.inputs[0]))
+
+
+def _block_perm_shape(e: Emitter, x: str, b: int, crd: bool):
+    """Shape [N, C/b^2, H, b, W, b] (CRD) of x = [N, C, H, W], static or at run time."""
+    s = e.static_shape(x)
+    if s is not None:
+        n, c, h, w = s
+        return e.ints([n, c // (b * b), h, b, w, b])
+    shp = e.shape_of(x)
+    part = lambda i: _slice(e, shp, [i], [i + 1], [0])  # noqa: E731
+    c = e.op("Div", part(1), e.ints([b * b]))
+    return e.op("Concat", part(0), c, part(2), e.ints([b]), part(3), e.ints([b]), axis=0)
+
+
+def depth_to_space(e: Emitter, node: Node, dys):
+    """DCR: SpaceToDepth is its exact inverse. CRD: undo its reshape-transpose-reshape."""
+    b = node.attr("blocksize")
+    x, dy = node.inputs[0], dys[0]
+    if node.attr("mode", "DCR") == "DCR":
+        return [e.op("SpaceToDepth", dy, blocksize=b)]
+    six = e.op("Reshape", dy, _block_perm_shape(e, x, b, crd=True))  # [N, C', H, b, W, b]
+    return [e.reshape_like(e.op("Transpose", six, perm=[0, 1, 3, 5, 2, 4]), x)]
+
+
+def space_to_depth(e: Emitter, node: Node, dys):
+    """SpaceToDepth is defined as the inverse of DepthToSpace(DCR)."""
+    return [e.op("DepthToSpace", dys[0], blocksize=node.attr("blocksize"), mode="DCR")]
+
+
+# ---- concatenation and splitting ------------------------------------------------------------
+
+def _axis(e: Emitter, node: Node, x: str, default: int = 0) -> int:
+    axis = node.attr("axis", default)
+    if axis < 0:
+        r = e.rank(x)
+        if r is None:
+            raise OnnxvizError(f"{node.op} node {node.name!r}: a negative axis needs the input rank")
+        axis += r
+    return axis
+
+
+def concat(e: Emitter, node: Node, dys):
+    """Split dy at the inputs' sizes along the axis (static sizes, or taken at run time)."""
+    dy = dys[0]
+    xs = node.inputs
+    if len(xs) == 1:
+        return [dy]
+    axis = _axis(e, node, xs[0])
+    sizes = [(e.shape(x) or (None,) * (axis + 1))[axis] for x in xs]
+    if all(isinstance(s, int) for s in sizes):
+        parts = _split(e, dy, axis, sizes)
+    elif e.opset >= 13:
+        dims = [_slice(e, e.shape_of(x), [axis], [axis + 1], [0]) for x in xs]
+        parts = e.op("Split", dy, e.op("Concat", *dims, axis=0), axis=axis, outputs=len(xs))
+    elif e.opset >= 10:
+        parts, start = [], e.ints([0])
+        for x in xs:
+            end = e.op("Add", start, _slice(e, e.shape_of(x), [axis], [axis + 1], [0]))
+            parts.append(e.op("Slice", dy, start, end, e.ints([axis])))
+            start = end
+    else:
+        raise OnnxvizError(f"Concat node {node.name!r}: sizes along axis {axis} must be static before opset 10")
+    return [p if need else None for p, need in zip(parts, node.needs)]
+
+
+def split(e: Emitter, node: Node, dys):
+    """Concat of the output gradients; outputs without one contribute zeros of their shape."""
+    x = node.inputs[0]
+    axis = _axis(e, node, x)
+    parts = [dy if dy is not None else _zeros_like(e, out) for dy, out in zip(dys, node.outputs)]
+    dx = parts[0] if len(parts) == 1 else e.op("Concat", *parts, axis=axis)
+    return _first(node, dx)
+
+
+# ---- indexing: Slice, Gather, Pad ------------------------------------------------------------
+
+def slice_(e: Emitter, node: Node, dys):
+    """Each input element appears at most once: an injective iota map (any steps, negative included)."""
+    x, dy = node.inputs[0], dys[0]
+    if node.opset < 10:  # attributes, opset 1-9
+        starts, ends = node.attr("starts"), node.attr("ends")
+        axes = node.attr("axes", list(range(len(starts))))
+        rest = ()
+    else:
+        rest = tuple(node.inputs[1:])
+    if e.opset >= 11:
+        return _first(node, iota_backward(e, node, x, dy, lambda t: _op(e, "Slice", t, *rest), injective=True))
+    src = _static_iota(e, node, x)
+    if node.opset >= 10:
+        starts, ends = _constant(e, node, 1, "starts"), _constant(e, node, 2, "ends")
+        axes = _constant(e, node, 3, "axes")
+        axes = list(range(len(starts))) if axes is None else axes
+        steps = _constant(e, node, 4, "steps")
+    else:
+        steps = None
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * src.ndim
+    for s, t, a, st in zip(starts, ends, axes, steps):
+        index[int(a)] = slice(int(s), int(t), int(st))
+    return _first(node, static_map_backward(e, x, dy, src[tuple(index)]))
+
+
+def gather(e: Emitter, node: Node, dys):
+    """Scatter-add dy back along the axis: repeated (and negative) indices are handled by the iota map."""
+    x, idx = node.inputs
+    dy = dys[0]
+    axis = node.attr("axis", 0)
+    values = e.value(idx)
+    injective = False
+    if values is not None:
+        n = (e.shape(x) or [None] * 64)[axis]
+        if isinstance(n, int):
+            norm = np.where(values < 0, values + n, values).ravel()
+            injective = len(np.unique(norm)) == norm.size
+    if e.opset >= (11 if injective else 16):
+        return [iota_backward(e, node, x, dy, lambda t: e.op("Gather", t, idx, axis=axis), injective), None]
+    if values is None:
+        raise OnnxvizError(f"Gather node {node.name!r}: run-time indices need opset >= 16 for their gradient")
+    return [static_map_backward(e, x, dy, np.take(_static_iota(e, node, x), values, axis=axis)), None]
+
+
+def pad(e: Emitter, node: Node, dys):
+    """Constant mode copies each element once; reflect/edge/wrap repeat border elements (scatter-add)."""
+    x, dy = node.inputs[0], dys[0]
+    mode = node.attr("mode", "constant")
+    injective = mode == "constant"
     grads = [None] * len(node.inputs)
-    grads[0] = e.reshape_like(dys[0], node.inputs[0])
+    if node.opset >= 11:
+        pads_in, axes_in = node.input(1), node.input(3)
+        if e.opset >= (11 if injective else 16):
+            grads[0] = iota_backward(e, node, x, dy, lambda t: _op(e, "Pad", t, pads_in, None, axes_in, mode=mode),
+                                     injective)
+            return grads
+        pads = _constant(e, node, 1, "pads")
+        axes = _constant(e, node, 3, "axes")
+    else:
+        pads, axes = node.attr("pads"), None
+    src = _static_iota(e, node, x)
+    r = src.ndim
+    axes = list(range(r)) if axes is None else [int(a) % r for a in axes]
+    k = len(axes)
+    widths = [(0, 0)] * r
+    for i, a in enumerate(axes):
+        widths[a] = (int(pads[i]), int(pads[i + k]))
+    crop = tuple(slice(max(-b, 0), src.shape[a] - max(-t, 0)) for a, (b, t) in enumerate(widths))
+    src = src[crop]  # negative pads crop
+    np_mode = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
+    src = np.pad(src, [(max(b, 0), max(t, 0)) for b, t in widths], mode=np_mode)
+    grads[0] = static_map_backward(e, x, dy, src)
     return grads
 
 
-RULES = {"Reshape": reshape, "Flatten": reshape, "Squeeze": reshape, "Unsqueeze": reshape}
+# ---- broadcasting copies: Expand, Tile ------------------------------------------------------
+
+def expand(e: Emitter, node: Node, dys):
+    return [e.unbroadcast(dys[0], node.inputs[0], node.outputs[0]), None]
+
+
+def tile(e: Emitter, node: Node, dys):
+    """View dy as [r0, d0, r1, d1, ...] and sum over the repeat axes."""
+    x, reps = node.inputs
+    dy = dys[0]
+    r = e.rank(x)
+    if r is None:
+        raise OnnxvizError(f"Tile node {node.name!r}: the input rank must be known")
+    xs, rv = e.static_shape(x), e.value(reps)
+    if xs is not None and rv is not None:
+        shape = e.ints([v for pair in zip(rv, xs) for v in pair])
+    else:
+        pairs = e.op("Concat", e.unsqueeze(reps, [1]), e.unsqueeze(e.shape_of(x), [1]), axis=1)
+        shape = e.op("Reshape", pairs, e.ints([-1]))
+    summed = e.reduce_sum(e.op("Reshape", dy, shape), list(range(0, 2 * r, 2)), keepdims=False)
+    return [e.reshape_like(summed, x), None]
+
+
+# ---- resampling: Resize, Upsample -----------------------------------------------------------
+
+def _resize_axes(e: Emitter, node: Node, x: str, scales: Optional[str], sizes: Optional[str]) -> list:
+    """Axes that may change size (all axes the scales/sizes do not prove unchanged)."""
+    r = e.rank(x)
+    listed = node.attr("axes")
+    listed = list(range(r)) if listed is None else [a % r for a in listed]
+    xs = e.shape(x)
+    out = []
+    sv, zv = e.value(scales), e.value(sizes)
+    for i, a in enumerate(listed):
+        if sv is not None and sv.size and float(sv[i]) == 1.0:
+            continue
+        if zv is not None and zv.size and xs is not None and xs[a] == int(zv[i]):
+            continue
+        out.append(a)
+    return out
+
+
+def _eye_basis(e: Emitter, x: str, a: int, b: int, r: int):
+    """Identity matrix over axis a's positions, laid out on axes (a, b) of an otherwise size-1 rank-r tensor."""
+    n = (e.shape(x) or [None] * r)[a]
+    if isinstance(n, int):
+        shape = [1] * r
+        shape[a] = shape[b] = n
+        return e.const(np.eye(n, dtype=e.dtype(x)).reshape(shape)), e.ints(shape)
+    if e.opset < 9:
+        raise OnnxvizError(f"resizing a dynamic axis needs opset >= 9 for its gradient")
+    nn = _slice(e, e.shape_of(x), [a], [a + 1], [0])
+    zero = helper.make_tensor("zero", e.elem_type(x), [1], [0])
+    eye = e.op("EyeLike", e.op("ConstantOfShape", e.op("Concat", nn, nn, axis=0), value=zero))
+    shape = e.op("Concat", *[nn if i in (a, b) else e.ints([1]) for i in range(r)], axis=0)
+    return e.op("Reshape", eye, shape), shape
+
+
+def _pick(e: Emitter, t: str, i: int) -> str:
+    v = e.value(t)
+    if v is not None:
+        return e.const(np.asarray(v).ravel()[i : i + 1])
+    return _slice(e, t, [i], [i + 1], [0])
+
+
+def _axis_matrix(e: Emitter, node: Node, a: int) -> tuple:
+    """R for axis a as the forward op applied to an identity; returns (matrix, transposed?)."""
+    x, y = node.inputs[0], node.outputs[0]
+    r = e.rank(x)
+    b = r - 1 if a != r - 1 else r - 2
+    basis, basis_shape = _eye_basis(e, x, a, b, r)
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy", "scales")}
+    if node.op == "Upsample" or node.opset < 11:  # Upsample-7/9, Resize-10: (X, scales)
+        scales = node.attr("scales")
+        if scales is not None:  # Upsample-7 attribute
+            basis_scales = [1.0] * r
+            basis_scales[a] = float(scales[a])
+            out = e.op(node.op, basis, scales=basis_scales, **attrs)
+        else:
+            ones = lambda k: e.const(np.ones(k, np.float32))  # noqa: E731
+            pieces = ([ones(a)] if a else []) + [_pick(e, node.inputs[1], a)] + ([ones(r - a - 1)] if a < r - 1 else [])
+            out = e.op(node.op, basis, e.op("Concat", *pieces, axis=0), **attrs)
+    else:
+        listed = node.attr("axes")
+        listed = list(range(r)) if listed is None else [ax % r for ax in listed]
+        pos = listed.index(a)
+        roi_in, scales_in, sizes_in = node.input(1), node.input(2), node.input(3)
+        attrs["extrapolation_value"] = 0.0
+        if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and roi_in:
+            k = len(listed)
+            lo, hi = _pick(e, roi_in, pos), _pick(e, roi_in, pos + k)
+            lo, hi = e.op("Cast", lo, to=onnx.TensorProto.FLOAT), e.op("Cast", hi, to=onnx.TensorProto.FLOAT)
+            zeros = lambda k: e.const(np.zeros(k, np.float32))  # noqa: E731
+            ones = lambda k: e.const(np.ones(k, np.float32))  # noqa: E731
+            roi = e.op("Concat", *[p for p in (zeros(a) if a else None, lo, zeros(r - a - 1) if a < r - 1 else None,
+                                              ones(a) if a else None, hi, ones(r - a - 1) if a < r - 1 else None)
+                                   if p is not None], axis=0)
+        else:
+            roi = e.const(np.array([0.0] * r + [1.0] * r, np.float32))
+        sv = e.value(scales_in)
+        if scales_in and (sv is None or sv.size):
+            s = _pick(e, scales_in, pos)
+            s = e.op("Cast", s, to=onnx.TensorProto.FLOAT)
+            ones = lambda k: e.const(np.ones(k, np.float32))  # noqa: E731
+            pieces = ([ones(a)] if a else []) + [s] + ([ones(r - a - 1)] if a < r - 1 else [])
+            out = e.op("Resize", basis, roi, e.op("Concat", *pieces, axis=0), **attrs)
+        else:
+            policy = node.attr("keep_aspect_ratio_policy", "stretch")
+            if policy != "stretch":
+                raise OnnxvizError(
+                    f"Resize node {node.name!r}: keep_aspect_ratio_policy={policy!r} with mode "
+                    f"{node.attr('mode', 'nearest')!r} has no gradient rule (use mode='nearest' or FD)"
+                )
+            n_out = _slice(e, e.shape_of(y), [a], [a + 1], [0])
+            sizes = e.op("Concat", *[n_out if i == a else _slice(e, basis_shape, [i], [i + 1], [0]) for i in range(r)],
+                         axis=0)
+            no_scales = e.const(np.zeros(0, np.float32)) if e.opset < 13 else None
+            out = e.op("Resize", basis, roi, no_scales, sizes, **attrs)
+    matrix = e.squeeze(out, [i for i in range(r) if i not in (a, b)])
+    return matrix, a > b  # rows follow the lower of the two axes
+
+
+def resample(e: Emitter, node: Node, dys):
+    """Resize/Upsample: nearest via the iota trick (opset >= 16); otherwise dx = R^T dy per resized axis.
+
+    R is the forward op applied to an identity, so every mode, coordinate transformation,
+    cubic coefficient and antialias setting is the runtime's own.
+    """
+    x, dy = node.inputs[0], dys[0]
+    grads = [None] * len(node.inputs)
+    r = e.rank(x)
+    if r is None:
+        raise OnnxvizError(f"{node.op} node {node.name!r}: the input rank must be known")
+    mode = node.attr("mode", "nearest")
+    if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16:
+        attrs = {**node.attrs, "extrapolation_value": 0.0}
+        rest = node.inputs[1:]
+        grads[0] = iota_backward(e, node, x, dy, lambda t: _op(e, "Resize", t, *rest, **attrs), injective=False,
+                                 int32=True)
+        return grads
+    if node.op == "Upsample" or node.opset < 11:
+        scales = node.attr("scales")
+        sv = np.asarray(scales) if scales is not None else e.value(node.input(1))
+        axes = [a for a in range(r) if sv is None or float(sv[a]) != 1.0]
+    else:
+        axes = _resize_axes(e, node, x, node.input(2), node.input(3))
+    g = dy
+    for a in axes:
+        m, transposed = _axis_matrix(e, node, a)
+        if a == r - 1:  # g [..., out] @ R [out, in]
+            g = e.op("MatMul", g, e.op("Transpose", m, perm=[1, 0]) if transposed else m)
+        elif a == r - 2:  # R^T [in, out] @ g [..., out, W]
+            g = e.op("MatMul", m if transposed else e.op("Transpose", m, perm=[1, 0]), g)
+        else:
+            perm = [i for i in range(r) if i != a] + [a]
+            moved = e.op("MatMul", e.op("Transpose", g, perm=perm), m)
+            g = e.op("Transpose", moved, perm=[int(i) for i in np.argsort(perm)])
+    grads[0] = g
+    return grads
+
+
+RULES = {
+    "Identity": identity,
+    "Dropout": dropout,
+    "Cast": cast,
+    "Reshape": reshape,
+    "Flatten": reshape,
+    "Squeeze": reshape,
+    "Unsqueeze": reshape,
+    "Transpose": transpose,
+    "DepthToSpace": depth_to_space,
+    "SpaceToDepth": space_to_depth,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Gather": gather,
+    "Pad": pad,
+    "Expand": expand,
+    "Tile": tile,
+    "Resize": resample,
+    "Upsample": resample,
+}
