@@ -8,6 +8,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
+from ..graph.analysis import spatial_axes
 
 
 @dataclass(frozen=True)
@@ -58,38 +59,28 @@ def filters(model, layer: Optional[str] = None) -> Filters:
 
 
 def activations(model, x: np.ndarray, layer: str) -> Activations:
-    """Values of a 4-D layer for a preprocessed batch, returned channels-first.
+    """Values of a layer for a preprocessed batch, returned channels-first (N, C, h, w).
 
-    Channels-last tensors (a Keras model's layers before its Transposes) are recognised by
-    their last axis matching the model's channel count pattern: the axis is taken from the
-    layer's position relative to the layout Transposes.
+    Which axes are height and width is traced through the graph from the input, so the
+    channels-last tensors of Keras exports come out in the same orientation as the image.
     """
     values = model.activations(x, [layer])[layer]
     if values.ndim == 2:
-        values = values[:, :, None, None]
+        return Activations(layer, values[:, :, None, None])
     if values.ndim != 4:
         raise OnnxvizError(f"layer {layer!r} has shape {values.shape}; expected a 4-D feature map")
-    if channels_last(model, layer):
-        values = values.transpose(0, 3, 1, 2)
-    return Activations(layer, values)
+    return Activations(layer, to_nchw(model, layer, values))
 
 
-def channels_last(model, tensor: str) -> bool:
-    """Whether a 4-D tensor is NHWC: true between an NHWC input and its Transpose to NCHW."""
-    if model.input.layout != "NHWC":
-        return False
-    seen, frontier = set(), [model.input.name]
-    consumers = {}
-    for node in model.proto.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    while frontier:
-        t = frontier.pop()
-        if t == tensor:
-            return True
-        for node in consumers.get(t, []):
-            if node.op_type == "Transpose" or id(node) in seen:
-                continue
-            seen.add(id(node))
-            frontier.extend(o for o in node.output if o)
-    return False
+def layer_axes(model, tensor: str) -> tuple:
+    """(channel axis, height axis, width axis) of a 4-D tensor of the model."""
+    axes = spatial_axes(model.proto, model.input.name, model.input.layout).get(tensor)
+    if axes is None:
+        axes = (1, 2) if model.input.layout == "NHWC" else (2, 3)
+    channel = next(a for a in (1, 2, 3) if a not in axes)
+    return (channel, *axes)
+
+
+def to_nchw(model, tensor: str, values: np.ndarray) -> np.ndarray:
+    """A batch of the 4-D tensor's values as (N, C, H, W)."""
+    return np.transpose(values, (0, *layer_axes(model, tensor)))
