@@ -42,5 +42,5 @@ def test_filters_of_a_named_layer_and_errors(tmp_path):
     assert filters(model, "conv2").weights.shape == (8, 6, 3, 3)
     with pytest.raises(OnnxvizError, match="not a convolution"):
         filters(model, "relu2")
-    with pytest.raises(OnnxvizError, match="expected a 4-D feature map"):
-        activations(model, np.zeros((1, 3, 16, 16), np.float32), "prob")
+    # a vector layer is shown as C maps of 1x1
+    assert activations(model, np.zeros((2, 3, 16, 16), np.float32), "prob").values.shape == (2, 4, 1, 1)
