@@ -1,4 +1,189 @@
-"""Backward rules: pool."""
+"""Backward rules for windowed pooling: MaxPool, AveragePool, LpPool.
+
+MaxPool reuses the forward's own argmax (its optional ``Indices`` output) and scatter-adds
+dy there: overlapping windows can pick the same element, so a plain scatter or MaxUnpool
+would drop contributions. Average and Lp pooling are window sums (S) with per-window
+weights, and S^T is a ConvTranspose with a ones kernel over [N*C, 1, ...] (no channel
+count needed). Output sizes come from the runtime, never from shape inference.
+"""
 from __future__ import annotations
 
-RULES: dict = {}
+import itertools
+import math
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ...errors import OnnxvizError
+from ...graph.emitter import Emitter
+from ..ruleset import Node
+from .conv import conv_pads, runtime_pads, spatial_sizes, transpose_conv_to
+
+BIG = 2**62
+
+
+def _geometry(e: Emitter, node: Node):
+    """kernel, strides, dilations and the explicit (begin, end) pads: ints, or runtime tensors for SAME."""
+    x = node.inputs[0]
+    kernel = list(node.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(node.attr("strides", [1] * n))
+    dilations = list(node.attr("dilations", [1] * n))
+    xs = e.shape(x)
+    pads = conv_pads(node, list(xs[2:]) if xs is not None else [None] * n, kernel)
+    if pads is not None:
+        return kernel, strides, dilations, pads[:n], pads[n:]
+    begin, end = runtime_pads(e, node, x, kernel, strides, dilations)
+    return kernel, strides, dilations, begin, end
+
+
+# ---- MaxPool -------------------------------------------------------------------------------
+
+def max_pool(e: Emitter, node: Node, dys):
+    """dx = ScatterElements(zeros[N*C*H*W], flat(Indices), flat(dy), reduction="add"), reshaped.
+
+    ORT's Indices are flat over the whole N*C*H*W tensor; storage_order=1 makes the spatial
+    part column-major, so the scatter then fills a buffer with the spatial axes reversed.
+    Before opset 16 (no reduction="add") windows are split into classes that do not overlap
+    (output positions congruent mod ceil(eff/s)), each scattered with a read-add-write.
+    """
+    x, dy = node.inputs[0], dys[0]
+    if node.opset < 8:
+        raise OnnxvizError(
+            f"MaxPool node {node.name!r}: opset {node.opset} MaxPool has no Indices output; upgrade the model "
+            "to opset >= 16 (onnxviz's loader does)"
+        )
+    if e.opset < 10:
+        raise OnnxvizError(
+            f"MaxPool node {node.name!r}: its backward pass needs a scatter (opset >= 10, ideally >= 16); "
+            f"the model has opset {e.opset}. Upgrade it (onnxviz's loader does)."
+        )
+    indices = e.add_output(node.proto, 1)
+    kernel = list(node.attr("kernel_shape"))
+    n = len(kernel)
+    flat = e.ints([-1])
+    zero = helper.make_tensor("zero", e.elem_type(x), [1], [0])
+    size = e.op("Reshape", e.op("Size", x), flat)
+    buf = e.op("ConstantOfShape", size, value=zero)
+    if e.opset >= 16:
+        buf = e.op("ScatterElements", buf, e.op("Reshape", indices, flat), e.op("Reshape", dy, flat), axis=0,
+                   reduction="add")
+    else:
+        strides = list(node.attr("strides", [1] * n))
+        dilations = list(node.attr("dilations", [1] * n))
+        period = [math.ceil(((k - 1) * d + 1) / s) for k, s, d in zip(kernel, strides, dilations)]
+        scatter = "ScatterElements" if e.opset >= 11 else "Scatter"
+        axes = list(range(2, 2 + n))
+        for offset in itertools.product(*[range(p) for p in period]):
+            if max(period) == 1:
+                idx, upd = indices, dy
+            else:
+                pick = lambda t: e.op("Slice", t, e.ints(offset), e.ints([BIG] * n), e.ints(axes),  # noqa: E731
+                                      e.ints(period))
+                idx, upd = pick(indices), pick(dy)
+            idx, upd = e.op("Reshape", idx, flat), e.op("Reshape", upd, flat)
+            buf = e.op(scatter, buf, idx, e.op("Add", e.op("Gather", buf, idx, axis=0), upd), axis=0)
+    if node.attr("storage_order", 0) == 1 and n > 1:
+        perm = [0, 1] + list(range(n + 1, 1, -1))
+        xs = e.static_shape(x)
+        shape = e.ints([xs[p] for p in perm]) if xs else e.op("Gather", e.shape_of(x), e.ints(perm), axis=0)
+        buf = e.op("Transpose", e.op("Reshape", buf, shape), perm=perm)
+    return [e.reshape_like(buf, x)]
+
+
+# ---- window sums: AveragePool, LpPool ------------------------------------------------------
+
+def _ones_like_spatial(e: Emitter, x: str, n: int) -> str:
+    """ones[1, 1, *spatial(x)] in x's element type."""
+    sizes = spatial_sizes(e, x, n)
+    if isinstance(sizes, list):
+        return e.const(np.ones([1, 1, *sizes], e.dtype(x)))
+    one = helper.make_tensor("one", e.elem_type(x), [1], [1])
+    return e.op("ConstantOfShape", e.op("Concat", e.ints([1, 1]), sizes, axis=0), value=one)
+
+
+def window_sum_adjoint(e: Emitter, node: Node, g: str) -> str:
+    """S^T g for S = zero-padded window sums with the node's geometry; g is shaped like the output.
+
+    Runs over [N*C, 1, ...] with a ones kernel, so the channel count may be unknown.
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    kernel, strides, dilations, begin, end = _geometry(e, node)
+    n = len(kernel)
+    ones_k = e.const(np.ones([1, 1, *kernel], e.dtype(x)))
+    gb = e.op("Reshape", g, e.ints([-1, 1] + [0] * n))
+    if e.opset >= 11:
+        dx = transpose_conv_to(e, gb, ones_k, x, kernel, strides, dilations, 1, begin)
+        return e.reshape_like(dx, x)
+    xs, ys = e.static_shape(x), e.static_shape(y)
+    if xs is None or ys is None or not isinstance(begin, list):
+        raise OnnxvizError(f"{node.op} node {node.name!r}: before opset 11 its gradient needs static shapes")
+    pads_end, out_pad = [], []
+    for h, o, k, s, d, b in zip(xs[2:], ys[2:], kernel, strides, dilations, begin):
+        v = (o - 1) * s + (k - 1) * d + 1 - b - h
+        pads_end.append(max(v, 0))
+        out_pad.append(max(-v, 0))
+    dx = e.op("ConvTranspose", gb, ones_k, kernel_shape=kernel, strides=strides, dilations=dilations,
+              pads=list(begin) + pads_end, output_padding=out_pad if any(out_pad) else None)
+    return e.reshape_like(dx, x)
+
+
+def _window_counts(e: Emitter, node: Node, like: str) -> str:
+    """Number of real (non-pad) input elements under each output window, shaped like ``like`` [1,1,...]."""
+    x, y = node.inputs[0], node.outputs[0]
+    kernel, strides, dilations, begin, end = _geometry(e, node)
+    n = len(kernel)
+    ones_x = _ones_like_spatial(e, x, n)
+    ones_k = e.const(np.ones([1, 1, *kernel], e.dtype(x)))
+    attrs = dict(kernel_shape=kernel, strides=strides, dilations=dilations)
+    if e.opset >= 11:
+        # s-1 extra end padding covers ceil_mode's last window; then crop to the pool's own output size
+        extra = [s - 1 for s in strides]
+        if isinstance(begin, list) and isinstance(end, list):
+            counts = e.op("Conv", ones_x, ones_k, pads=begin + [p + q for p, q in zip(end, extra)], **attrs)
+        else:
+            spec = e.op("Concat", e.ints([0, 0]), begin, e.ints([0, 0]), e.op("Add", end, e.ints(extra)), axis=0)
+            counts = e.op("Conv", e.op("Pad", ones_x, spec), ones_k, **attrs)
+        out = e.op("Slice", e.op("Shape", like), e.ints([2]), e.ints([BIG]))
+        return e.op("Slice", counts, e.ints([0] * n), out, e.ints(range(2, 2 + n)))
+    xs, ys = e.static_shape(x), e.static_shape(y)
+    pads_end = [max((o - 1) * s + (k - 1) * d + 1 - h - b, 0)
+                for h, o, k, s, d, b in zip(xs[2:], ys[2:], kernel, strides, dilations, begin)]
+    return e.op("Conv", ones_x, ones_k, pads=list(begin) + pads_end, **attrs)
+
+
+def average_pool(e: Emitter, node: Node, dys):
+    """dx = S^T (dy / divisor). The divisor per window is AveragePool(ones) / counts(ones):
+
+    it covers count_include_pad 0/1 and the clipped windows of ceil_mode exactly as the runtime
+    defines them, since the runtime's own AveragePool computes it.
+    """
+    x, dy = node.inputs[0], dys[0]
+    n = len(node.attr("kernel_shape"))
+    ones_x = _ones_like_spatial(e, x, n)
+    mean_of_ones = e.op("AveragePool", ones_x, **node.attrs)
+    weights = e.op("Div", mean_of_ones, _window_counts(e, node, mean_of_ones))
+    return [window_sum_adjoint(e, node, e.op("Mul", dy, weights))]
+
+
+def lp_pool(e: Emitter, node: Node, dys):
+    """y = (S |x|^p)^(1/p): dx = sign(x) |x|^(p-1) * S^T(dy * y^(1-p)); windows with y = 0 pass nothing."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    p = node.attr("p", 2)
+    if e.opset < 9 and p != 2:  # no Sign/Where yet
+        raise OnnxvizError(f"LpPool node {node.name!r}: p={p} needs opset >= 9 for its gradient (p=2 works)")
+    if p == 1:
+        return [e.op("Mul", e.op("Sign", x), window_sum_adjoint(e, node, dy))]
+    scaled = e.op("Div", dy, y if p == 2 else e.op("Pow", y, e.scalar(p - 1, like=y)))
+    if e.opset >= 9:  # an all-zero window has y = 0 and passes nothing
+        zero = e.scalar(0, like=y)
+        scaled = e.op("Where", e.op("Greater", y, zero), scaled, zero)
+    back = window_sum_adjoint(e, node, scaled)
+    if p == 2:
+        return [e.op("Mul", x, back)]
+    local = e.op("Mul", e.op("Sign", x), e.op("Pow", e.op("Abs", x), e.scalar(p - 1, like=x)))
+    return [e.op("Mul", local, back)]
+
+
+RULES = {"MaxPool": max_pool, "AveragePool": average_pool, "LpPool": lp_pool}
