@@ -121,6 +121,13 @@ CASES = [
     Case("LogSoftmax", {"x": r(2, 3, 2, 2, dtype=f64)}, attrs={"axis": 1}, opset=13, id="LogSoftmax-13-axis1"),
     Case("LogSoftmax", {"x": r(2, 5, dtype=f64)}, opset=13, id="LogSoftmax-13-2d"),
     Case("Hardmax", {"x": r(2, 5)}, opset=13),
+    # symbolic dims
+    Case("PRelu", {"x": away(2, 3, 4, dtype=f64), "slope": r(3, 1, dtype=f64)}, opset=16, dynamic=(0, 1, 2),
+         id="PRelu-dynamic"),
+    Case("Softmax", {"x": r(2, 3, 2, 2, dtype=f64)}, attrs={"axis": 1}, opset=11, dynamic=(0, 2, 3),
+         id="Softmax-11-dynamic"),
+    Case("Clip", {"x": away(2, 3, scale=2, kinks=(-0.5,), dtype=f64), "lo": np.array(-0.5)}, opset=13,
+         dynamic=(0, 1), id="Clip-dynamic-computed-min"),
     # guided backprop and deconvnet: defined formulas, not gradients
     Case("Relu", {"x": X4}, rules=GUIDED, check="reference", reference=ref_relu_guided, id="Relu-guided"),
     Case("Relu", {"x": X4}, rules=DECONVNET, check="reference", reference=ref_relu_deconvnet,
@@ -214,3 +221,23 @@ def test_against_torch(op, attrs, opset, fn):
     xt = torch.tensor(x, requires_grad=True)
     fn(torch, xt).backward(torch.tensor(seed))
     np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax11_of_unknown_rank_flattens_like_the_op(op):
+    """Without a known rank, the opset-11 rule flattens at `axis` (as the op does) and reshapes back."""
+    import onnx
+    from onnx import helper
+
+    from gradcheck import forward, numeric_vjp
+
+    x = r(2, 3, 2, 2, dtype=f64)
+    node = helper.make_node(op, ["x"], ["y"], axis=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 10
+    seed = r(2, 3, 2, 2, dtype=f64)
+    g = gradients(model, {"x": x}, "y", ["x"], seed)["x"]
+    dirs, nums = numeric_vjp(forward(model, "y"), {"x": x}, "x", seed, 1e-6)
+    np.testing.assert_allclose([np.sum(g * d) for d in dirs], nums, atol=1e-8)

@@ -55,6 +55,13 @@ CASES = [
     Case("Ceil", {"x": off_grid(2, 3)}),
     Case("Round", {"x": off_grid(2, 3, offset=0.5)}),
     Case("Sign", {"x": away_from_zero(rng, (2, 3), dtype=f64)}),
+    # symbolic dims: unbroadcast and shapes are worked out at run time
+    Case("Div", {"a": r(2, 3, 4), "b": pos(3, 1)}, dynamic=(0, 1), id="Div-dynamic"),
+    Case("Pow", {"a": pos(2, 3), "b": r(3)}, dynamic=(0,), id="Pow-dynamic"),
+    Case("Mean", {"a": r(2, 3, dtype=f32), "b": r(3, dtype=f32)}, dynamic=(0, 1), id="Mean-dynamic"),
+    Case("Max", {"a": r(2, 3, 4), "b": r(3, 1)}, dynamic=(0, 1, 2), id="Max-dynamic"),
+    Case("Where", {"a": r(2, 3), "b": r(3)}, consts={"c": rng.random((2, 1)) > 0.5}, order=["c", "a", "b"],
+         dynamic=(0,), id="Where-dynamic"),
 ]
 
 

@@ -88,6 +88,19 @@ CASES = [
          id="LRN-size2-1d"),
     Case("LRN", {"x": r(1, 6, 2, 2, 2)}, attrs={"size": 6, "alpha": 1.0, "beta": 0.9}, opset=13,
          runtime=spec_lrn_runtime, id="LRN-size6-3d"),
+    # symbolic dims
+    Case("BatchNormalization", {"x": r(2, 3, 4, 5)}, consts=bn_params(3), opset=15, dynamic=(0, 2, 3),
+         id="BN-15-dynamic"),
+    Case("BatchNormalization", {"x": r(2, 3, 2, 3), "scale": r(3)}, consts={"B": r(3), "mean": r(3), "var": pos(3)},
+         order=BN_ORDER, attrs={"training_mode": 1}, outputs=3, opset=15, dynamic=(0, 2, 3),
+         id="BN-15-training-dynamic"),
+    Case("InstanceNormalization", {"x": r(2, 3, 4, 5, dtype=f32)},
+         consts={"scale": r(3, dtype=f32), "B": r(3, dtype=f32)}, opset=13, dynamic=(0, 2, 3),
+         id="InstanceNorm-dynamic"),
+    Case("LayerNormalization", {"x": r(2, 3, 4), "scale": r(4)}, consts={"B": r(4)}, opset=17, dynamic=(0, 1, 2),
+         id="LayerNorm-dynamic"),
+    Case("LRN", {"x": r(2, 5, 3, 3, dtype=f32)}, attrs={"size": 3, "alpha": 1.0}, opset=13, dynamic=(0, 2, 3),
+         id="LRN-dynamic"),
 ]
 
 

@@ -69,6 +69,17 @@ CASES = [
     Case("GlobalAveragePool", {"x": r(1, 2, 3, 3, 2, dtype=f32)}, opset=7, id="GlobalAveragePool-3d-opset7"),
     Case("GlobalMaxPool", {"x": distinct(2, 3, 4, 5)}, opset=13),
     Case("GlobalMaxPool", {"x": distinct(1, 3, 7)}, opset=7, id="GlobalMaxPool-1d-opset7"),
+    # symbolic dims: counts from Size, expansion to Shape(x)
+    Case("ReduceMean", {"x": X}, consts=axes(1, -1), attrs={"keepdims": 0}, opset=18, dynamic=(0, 1, 2, 3),
+         id="ReduceMean-18-dynamic"),
+    Case("ReduceSum", {"x": X}, attrs={"keepdims": 0}, opset=13, dynamic=(0, 2), id="ReduceSum-all-dynamic"),
+    Case("ReduceMax", {"x": X}, attrs={"axes": [2], "keepdims": 0}, opset=13, dynamic=(0, 2),
+         id="ReduceMax-dynamic"),
+    Case("ReduceLogSum", {"x": pos(2, 3, 4)}, attrs={"axes": [1]}, opset=13, dynamic=(0, 1, 2),
+         id="ReduceLogSum-dynamic"),
+    Case("GlobalAveragePool", {"x": r(2, 3, 4, 5, dtype=f32)}, opset=13, dynamic=(0, 2, 3),
+         id="GlobalAveragePool-dynamic"),
+    Case("GlobalMaxPool", {"x": distinct(2, 3, 4, 5)}, opset=13, dynamic=(0, 2, 3), id="GlobalMaxPool-dynamic"),
 ]
 
 
