@@ -1,7 +1,6 @@
 """Reductions and global pools: axes as attribute (before 13/18) or input, keepdims, noop_with_empty_axes."""
 import numpy as np
 import pytest
-from onnx import helper
 
 from gradcheck import Case, assert_case, check_case, forward, gradients, node_model, numeric_vjp
 from onnxviz.autodiff import STANDARD
