@@ -79,6 +79,8 @@ CASES += [
          attrs={"alpha": 1.5}, opset=7, id="Gemm-opset7"),
     Case("Gemm", {"a": r(2, 6, dtype=f32)}, consts={"b": r(4, 6, dtype=f32), "c": r(4, dtype=f32)},
          attrs={"transA": 0, "transB": 1}, opset=9, id="Gemm-opset9"),
+    Case("Gemm", {"a": r(6, 2, dtype=f64), "b": r(4, 6, dtype=f64), "c": r(1, 4, dtype=f64)},
+         attrs={"transA": 1, "transB": 1, "beta": 2.0}, opset=7, id="Gemm-opset7-C-broadcast"),
 ]
 
 MATMUL = [
@@ -205,3 +207,16 @@ def test_matmul_against_torch():
     (torch.matmul(ta, tb) * torch.tensor(seed)).sum().backward()
     np.testing.assert_allclose(got["a"], ta.grad.numpy(), rtol=1e-10)
     np.testing.assert_allclose(got["b"], tb.grad.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", [
+    Case("ConvTranspose", {"x": r(1, 2, 4, 5)}, consts={"w": r(2, 3, 3, 3)},
+         attrs={"strides": [2, 2], "output_padding": [1, 0], "pads": [1, 0, 0, 1]}, check="adjoint", rtol=1e-4),
+    Case("Conv", {"x": r(1, 2, 6, 7)}, consts={"w": r(3, 2, 3, 3)}, attrs={"strides": [2, 2], "auto_pad": "SAME_LOWER"},
+         check="adjoint", rtol=1e-4),
+    Case("Gemm", {"a": r(3, 2, dtype=f64), "b": r(4, 3, dtype=f64)}, attrs={"transA": 1, "transB": 1, "alpha": 0.5}),
+    Case("MatMul", {"a": r(2, 3, 4, dtype=f64), "b": r(4, dtype=f64)}),
+], ids=lambda c: f"{c}-opset22")
+def test_rule_at_opset22(case):
+    case.opset = 22
+    assert_case(case)

@@ -173,3 +173,13 @@ def test_avgpool_against_torch(ceil_mode, include):
     (ty * torch.tensor(seed)).sum().backward()
     g = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
     np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [
+    maxpool("opset22", (1, 2, 7, 7), {**K3S2, "ceil_mode": 1}),
+    avgpool("opset22", (1, 2, 7, 6), {**K3S2, "pads": [1, 1, 1, 0], "ceil_mode": 1}),
+    Case("LpPool", {"x": distinct(1, 2, 6, 6) + f32(0.01)}, attrs={**K3S2}, eps=1e-3, rtol=2e-3, id="LpPool"),
+], ids=lambda c: f"{c}-opset22")
+def test_rule_at_opset22(case):
+    case.opset = 22
+    assert_case(case)

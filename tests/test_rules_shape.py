@@ -226,3 +226,22 @@ def test_resize_against_torch():
                                             align_corners=align)
         (y * torch.tensor(seed)).sum().backward()
         np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+OPSET22 = [
+    adj("Transpose", {"x": r(2, 3, 4)}, attrs={"perm": [2, 0, 1]}),
+    adj("Slice", {"x": r(3, 8)}, consts={"s": ints(6), "e": ints(0), "a": ints(1), "t": ints(-2)}),
+    adj("Pad", {"x": r(2, 3, 4)}, consts={"p": ints(0, 2, 1, 0, 1, 3)}, attrs={"mode": "reflect"}),
+    adj("Gather", {"x": r(4, 3)}, consts={"i": ints(3, 1, 3)}),
+    adj("Concat", {"a": r(2, 3), "b": r(2, 2)}, attrs={"axis": -1}),
+    adj("Split", {"x": r(2, 6)}, attrs={"axis": 1, "num_outputs": 2}, outputs=2),
+    Case("Cast", {"x": r(2, 3, dtype=f32)}, attrs={"to": TensorProto.DOUBLE}),
+    Case("Dropout", {"x": r(2, 3)}),
+    resize("opset22", (1, 2, 3, 4), {**LIN, **ctm("half_pixel_symmetric")}, scales=[1, 1, 2, 1.5]),
+]
+
+
+@pytest.mark.parametrize("case", OPSET22, ids=lambda c: f"{c}-opset22")
+def test_rule_at_opset22(case):
+    case.opset = 22
+    assert_case(case)

@@ -42,14 +42,11 @@ def _slice(e: Emitter, x: str, starts, ends, axes, steps=None) -> str:
     return e.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
 
 
-def _split(e: Emitter, g: str, axis: int, sizes) -> list:
-    """Split g into pieces of ``sizes`` (ints, or a runtime int64 tensor at opset >= 13)."""
-    count = len(sizes) if isinstance(sizes, list) else None
-    if isinstance(sizes, list):
-        if e.opset >= 13:
-            return e.op("Split", g, e.ints(sizes), axis=axis, outputs=count)
-        return e.op("Split", g, axis=axis, split=list(sizes), outputs=count)
-    raise AssertionError("runtime split sizes go through _split_runtime")
+def _split(e: Emitter, g: str, axis: int, sizes: list) -> list:
+    """Split g into pieces of static ``sizes`` (at least two) in the opset's spelling."""
+    if e.opset >= 13:
+        return e.op("Split", g, e.ints(sizes), axis=axis, outputs=len(sizes))
+    return e.op("Split", g, axis=axis, split=list(sizes), outputs=len(sizes))
 
 
 def _zeros_like(e: Emitter, t: str) -> str:
@@ -175,7 +172,7 @@ def reshape(e: Emitter, node: Node, dys):
     return _first(node, e.reshape_like(dys[0], node.inputs[0]))
 
 
-def _block_perm_shape(e: Emitter, x: str, b: int, crd: bool):
+def _crd_shape(e: Emitter, x: str, b: int):
     """Shape [N, C/b^2, H, b, W, b] (CRD) of x = [N, C, H, W], static or at run time."""
     s = e.static_shape(x)
     if s is not None:
@@ -193,7 +190,7 @@ def depth_to_space(e: Emitter, node: Node, dys):
     x, dy = node.inputs[0], dys[0]
     if node.attr("mode", "DCR") == "DCR":
         return [e.op("SpaceToDepth", dy, blocksize=b)]
-    six = e.op("Reshape", dy, _block_perm_shape(e, x, b, crd=True))  # [N, C', H, b, W, b]
+    six = e.op("Reshape", dy, _crd_shape(e, x, b))  # [N, C', H, b, W, b]
     return [e.reshape_like(e.op("Transpose", six, perm=[0, 1, 3, 5, 2, 4]), x)]
 
 
@@ -252,25 +249,20 @@ def split(e: Emitter, node: Node, dys):
 def slice_(e: Emitter, node: Node, dys):
     """Each input element appears at most once: an injective iota map (any steps, negative included)."""
     x, dy = node.inputs[0], dys[0]
-    if node.opset < 10:  # attributes, opset 1-9
-        starts, ends = node.attr("starts"), node.attr("ends")
-        axes = node.attr("axes", list(range(len(starts))))
-        rest = ()
-    else:
-        rest = tuple(node.inputs[1:])
     if e.opset >= 11:
+        rest = node.inputs[1:]
         return _first(node, iota_backward(e, node, x, dy, lambda t: _op(e, "Slice", t, *rest), injective=True))
-    src = _static_iota(e, node, x)
-    if node.opset >= 10:
-        starts, ends = _constant(e, node, 1, "starts"), _constant(e, node, 2, "ends")
-        axes = _constant(e, node, 3, "axes")
-        axes = list(range(len(starts))) if axes is None else axes
-        steps = _constant(e, node, 4, "steps")
+    if node.opset < 10:  # starts/ends/axes are attributes
+        starts, ends = node.attr("starts"), node.attr("ends")
+        axes, steps = node.attr("axes"), None
     else:
-        steps = None
+        starts, ends = _constant(e, node, 1, "starts"), _constant(e, node, 2, "ends")
+        axes, steps = _constant(e, node, 3, "axes"), _constant(e, node, 4, "steps")
+    axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
+    src = _static_iota(e, node, x)
     index = [slice(None)] * src.ndim
-    for s, t, a, st in zip(starts, ends, axes, steps):
+    for s, t, a, st in zip(starts, ends, axes, steps):  # numpy clamps out-of-range bounds as ONNX does
         index[int(a)] = slice(int(s), int(t), int(st))
     return _first(node, static_map_backward(e, x, dy, src[tuple(index)]))
 
