@@ -451,7 +451,9 @@ def resample(e: Emitter, node: Node, dys):
     if r is None:
         raise OnnxvizError(f"{node.op} node {node.name!r}: the input rank must be known")
     mode = node.attr("mode", "nearest")
-    if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16:
+    xs = e.static_shape(x)
+    fits_int32 = xs is None or int(np.prod(xs, dtype=np.int64)) < 2**31 - 1
+    if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16 and fits_int32:
         attrs = {**node.attrs, "extrapolation_value": 0.0}
         rest = node.inputs[1:]
         grads[0] = iota_backward(e, node, x, dy, lambda t: _op(e, "Resize", t, *rest, **attrs), injective=False,
