@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import OnnxvizError
+
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.DOUBLE,
@@ -102,6 +104,9 @@ class Emitter:
 
     # ---- what is known about forward tensors -----------------------------
     def elem_type(self, name: str) -> int:
+        if name not in self.types:
+            raise KeyError(f"the type of {name!r} is not known to the emitter: only forward tensors' "
+                           "types are; pass a forward tensor as `like`")
         return self.types[name][0]
 
     def dtype(self, name: str) -> np.dtype:
@@ -170,7 +175,12 @@ class Emitter:
         return self._axes_op("ReduceSum", x, axes, 13, keepdims=int(keepdims))
 
     def reduce_op(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
-        """ReduceMean/ReduceMax/... with axes; their axes become an input at opset 18."""
+        """ReduceMean/ReduceMax/... with axes; their axes become an input at opset 18.
+
+        Like ``reduce_sum``, an empty ``axes`` returns ``x`` (not a reduction over everything).
+        """
+        if not axes:
+            return x
         since = 13 if op_type == "ReduceSum" else 18
         return self._axes_op(op_type, x, axes, since, keepdims=int(keepdims))
 
@@ -203,6 +213,11 @@ class Emitter:
 
     def _unbroadcast_dynamic(self, g: str, x: str) -> str:
         """Runtime version: reduce the axes where x (left-padded with 1s) is 1 and g is not."""
+        if self.opset < 13:
+            raise OnnxvizError(
+                f"broadcasting between tensors of unknown shapes needs opset >= 13 (ReduceSum with "
+                f"run-time axes); this graph is at opset {self.opset}. Load it with onnxviz.load, which "
+                "converts models to opset 17.")
         gs = self.shape_of(g)
         rank_g = self.op("Shape", gs)
         xs = self.shape_of(x)
