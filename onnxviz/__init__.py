@@ -11,6 +11,10 @@ from .spec import InputSpec
 from .model import Layer, Model, load
 from .images import Preprocess, deprocess, load_labels, preprocess, read_image
 from .gradients import Gradients, gradients
+from .methods.results import Attribution, Heatmap
+from .methods.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_cam, score_cam
+from .methods.saliency import saliency
+from .methods.occlusion import occlusion
 
 __version__ = "0.1.0"
 
@@ -18,5 +22,7 @@ __all__ = [
     "load", "Model", "Layer", "InputSpec", "Runtime",
     "Preprocess", "read_image", "preprocess", "deprocess", "load_labels",
     "gradients", "Gradients",
+    "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
+    "Heatmap", "Attribution",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

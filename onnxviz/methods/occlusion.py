@@ -1,0 +1,210 @@
+"""Occlusion (Zeiler & Fergus, 2014), and the batched perturbation loop it shares with Score-CAM.
+
+Every occluded copy of every image goes through the plain forward graph in large batches,
+built in one reused buffer; the drop of the target score is spread back over the pixels
+each window covers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..errors import OnnxvizError
+from ..graph.surgery import head
+from ..targets import objective
+from .layers import Target, class_scores, layer_axes, resolve_layer, rows
+from .results import Heatmap, scaled, upsampled
+
+BATCH = 64
+
+# run(batch, row per copy) -> score per copy; fill(batch, row per copy, copy index within its row)
+Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Fill = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def perturbed_scores(run: Run, fill: Fill, n_rows: int, per_row: int, shape: tuple, dtype,
+                     batch_size: int = BATCH, progress: bool = False, desc: str = "perturbing") -> np.ndarray:
+    """Scores (n_rows, per_row) of ``per_row`` perturbed copies of each row, in batches of one buffer."""
+    total = n_rows * per_row
+    if total == 0:
+        return np.zeros((n_rows, per_row))
+    size = max(1, min(batch_size, total))
+    buffer = np.empty((size, *shape), dtype)
+    out = np.empty(total, np.float64)
+    starts = range(0, total, size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, leave=False)
+    for start in starts:
+        stop = min(total, start + size)
+        row, copy = np.divmod(np.arange(start, stop), per_row)
+        batch = buffer[:stop - start]
+        fill(batch, row, copy)
+        out[start:stop] = run(batch, row)
+    return out.reshape(n_rows, per_row)
+
+
+def segments(row: np.ndarray):
+    """(row, start, stop) runs of equal rows in a chunk: copies of one image lie side by side."""
+    cuts = np.flatnonzero(np.diff(row)) + 1
+    bounds = [0, *cuts.tolist(), len(row)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield int(row[a]), a, b
+
+
+def window_starts(n: int, window: int, stride: int) -> np.ndarray:
+    """Window origins along an axis of length n: every ``stride``, plus one flush with the end."""
+    window = min(window, n)
+    starts = list(range(0, n - window + 1, stride))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    return np.asarray(starts)
+
+
+def coverage(starts: np.ndarray, window: int, n: int) -> np.ndarray:
+    """(windows, n) indicator: which pixels each window covers."""
+    idx = np.arange(n)
+    return ((idx >= starts[:, None]) & (idx < starts[:, None] + min(window, n))).astype(np.float64)
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    v = tuple(int(a) for a in np.atleast_1d(v))
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2 or min(v) < 1:
+        raise OnnxvizError(f"{what} must be a positive int or (height, width), not {v}")
+    return v
+
+
+def blurred(x: np.ndarray, spatial_axes: tuple, sigma: float) -> np.ndarray:
+    """Gaussian blur of a batch along its two spatial axes."""
+    from scipy.ndimage import gaussian_filter
+
+    sig = [0.0] * x.ndim
+    for a in spatial_axes:
+        sig[a] = sigma
+    return gaussian_filter(x.astype(np.float64), sig, mode="nearest").astype(x.dtype)
+
+
+def baseline_batch(x: np.ndarray, hw_axes: tuple, baseline, sigma: float) -> np.ndarray:
+    """The values that replace occluded pixels, one item per row, in the batch's layout."""
+    hw_axes = tuple(hw_axes)
+    if isinstance(baseline, str):
+        if baseline == "blur":
+            return blurred(x, hw_axes, sigma)
+        if baseline == "mean":
+            return np.broadcast_to(x.mean(axis=hw_axes, keepdims=True), x.shape).astype(x.dtype)
+        raise OnnxvizError(f"baseline {baseline!r}: expected a number, 'blur', 'mean' or an array")
+    b = np.asarray(baseline, dtype=x.dtype)
+    try:
+        return np.broadcast_to(b, x.shape) if b.ndim != x.ndim - 1 else np.broadcast_to(b[None], x.shape)
+    except ValueError:
+        raise OnnxvizError(f"baseline of shape {b.shape} does not fit images of shape {x.shape[1:]}") from None
+
+
+def occlusion(model, x: np.ndarray, target: Target = None, window=32, stride=16,
+              baseline: Union[float, str, np.ndarray] = 0.0, *, layer: Optional[str] = None,
+              top_k: Optional[int] = None, output: Optional[str] = None, score: str = "logit",
+              sigma: Optional[float] = None, batch_size: int = BATCH, progress: bool = False) -> Heatmap:
+    """Mean drop of the target score over the occluding windows covering each pixel.
+
+    ``raw[n, i, j]`` = mean over windows w covering (i, j) of ``score(x) − score(x with w replaced
+    by baseline)``. ``window``/``stride`` are pixels (an int or (height, width)); ``baseline`` a value
+    in the model's input space (0 is the mean image for mean/std-normalized inputs), "blur"
+    (Gaussian, ``sigma`` default window/4), "mean" (each image's channel means) or an array.
+    With ``layer``, windows slide over that tensor's positions instead and only the head after it
+    is re-run: ``raw`` is then at the layer's resolution.
+
+    >>> h = onnxviz.occlusion(model, x, window=16, stride=8)
+    >>> h.raw.shape == (len(x), *model.input.hw(x))
+    True
+    """
+    obj = objective(model, output, score)
+    x, t, image = rows(model, x, obj, target, top_k)
+    spec = model.input
+    if layer is None:
+        values = x
+        clean = model.activations(x, [obj.tensor], batch_size=batch_size)[obj.tensor]
+        hw_axes = spec.spatial_axes
+
+        def forward(batch, row):
+            return model.activations(batch, [obj.tensor])[obj.tensor]
+    else:
+        layer = resolve_layer(model, layer)
+        _, *hw_axes = layer_axes(model, layer)
+        got = model.activations(x, [layer, obj.tensor], batch_size=batch_size)
+        values, clean = got[layer], got[obj.tensor]
+        forward = head_runner(model, x, layer, obj)
+    scores = class_scores(obj, clean)
+    chosen = np.where(t < 0, scores.argmax(axis=1), t)
+    before = scores[np.arange(len(x)), chosen]
+    windows = _Windows(values, hw_axes, window, stride)
+    base = baseline_batch(values, hw_axes, baseline, sigma or max(windows.size) / 4)
+
+    def run(batch, row):
+        return class_scores(obj, forward(batch, row))[np.arange(len(row)), chosen[row]]
+
+    after = perturbed_scores(run, windows.filler(values, base), len(x), windows.count, values.shape[1:],
+                             values.dtype, batch_size, progress, "occlusion")
+    raw = windows.spread(before[:, None] - after)
+    shape = spec.hw(x)
+    return Heatmap(raw=raw, map=scaled(raw) if layer is None else upsampled(raw, shape), target=chosen,
+                   score=before.astype(np.float32), method="occlusion", layer=layer, image=image)
+
+
+class _Windows:
+    """The grid of occluding windows over two spatial axes of a batch."""
+
+    def __init__(self, values: np.ndarray, hw_axes, window, stride):
+        self.axes = tuple(hw_axes)
+        self.shape = tuple(values.shape[a] for a in self.axes)
+        (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
+        self.starts = (window_starts(self.shape[0], wh, sh), window_starts(self.shape[1], ww, sw))
+        self.size = (min(wh, self.shape[0]), min(ww, self.shape[1]))
+        self.count = len(self.starts[0]) * len(self.starts[1])
+
+    def region(self, k: int) -> list:
+        """Index of window k in one item (batch axis dropped)."""
+        ys, xs = self.starts
+        y0, x0 = ys[k // len(xs)], xs[k % len(xs)]
+        at = [slice(None)] * 3
+        at[self.axes[0] - 1] = slice(y0, y0 + self.size[0])
+        at[self.axes[1] - 1] = slice(x0, x0 + self.size[1])
+        return tuple(at)
+
+    def filler(self, values: np.ndarray, base: np.ndarray):
+        def fill(batch, row, copy):
+            for r, a, b in segments(row):
+                batch[a:b] = values[r]
+                for j, k in enumerate(copy[a:b], start=a):
+                    at = self.region(k)
+                    batch[j][at] = base[r][at]
+
+        return fill
+
+    def spread(self, drops: np.ndarray) -> np.ndarray:
+        """(N, windows) score drops -> (N, h, w): per position the mean over the windows covering it."""
+        ry = coverage(self.starts[0], self.size[0], self.shape[0])
+        rx = coverage(self.starts[1], self.size[1], self.shape[1])
+        grid = drops.reshape(len(drops), len(ry), len(rx))
+        total = np.einsum("py,npq,qx->nyx", ry, grid, rx)
+        count = ry.sum(axis=0)[:, None] * rx.sum(axis=0)[None, :]
+        return (total / count).astype(np.float32)
+
+
+def head_runner(model, x: np.ndarray, layer: str, obj):
+    """Run only the graph after ``layer`` (with the image too when residual paths bypass the layer)."""
+    h, w = model.input.hw(x)
+    graph, needs_image = head(model.specialized(h, w), layer, [obj.tensor])
+    key = f"head:{layer}:{obj.tensor}:{h}x{w}"
+
+    def forward(batch, row):
+        feeds = {layer: batch}
+        if needs_image:
+            feeds[model.input.name] = x[row]
+        return model.runtime.run(graph, feeds, outputs=[obj.tensor], key=key, batch_size=model.input.batch,
+                                 desc="head")[obj.tensor]
+
+    return forward

@@ -1,0 +1,112 @@
+"""Gradient saliency and its relatives, all on the input.
+
+* vanilla (Simonyan et al., 2014): ∂score/∂x.
+* deconvnet and guided backprop (Springenberg et al., 2015): the same backward pass with the
+  ReLU rule swapped (the "deconvnet" / "guided" rule sets).
+* SmoothGrad (Smilkov et al., 2017): the mean gradient over noisy copies.
+* Integrated Gradients (Sundararajan et al., 2017): ``(x − x') ⊙ ∫₀¹ ∂score/∂x(x' + α(x − x')) dα``,
+  Gauss–Legendre nodes, all path points in batched gradient runs.
+
+``raw`` keeps the shape and layout of ``x``; ``map`` is max over channels of ``|raw|`` in [0, 1].
+
+>>> s = onnxviz.saliency(model, x, method="guided")
+>>> s.raw.shape == x.shape
+True
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import OnnxvizError
+from ..targets import objective
+from .layers import Target, chosen_targets, rows
+from .occlusion import blurred
+from .results import Attribution, scaled
+
+METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
+_RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
+
+
+def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla", *,
+             top_k: Optional[int] = None, output: Optional[str] = None, score: str = "logit",
+             samples: int = 25, noise: float = 0.15, steps: int = 32,
+             baseline: Union[str, float, np.ndarray] = "zero", sigma: Optional[float] = None,
+             seed: int = 0, batch_size: Optional[int] = None, progress: bool = False) -> Attribution:
+    """Input attribution by ``method``: "vanilla", "deconvnet", "guided", "smoothgrad" or "integrated".
+
+    SmoothGrad: ``samples`` copies with Gaussian noise of std ``noise`` × (max − min) of each image.
+    Integrated Gradients: ``steps`` path points from ``baseline``: "zero" (0 in the model's input
+    space), "blur" (Gaussian, ``sigma`` default size/20 pixels), a number or an array like one image.
+
+    >>> s = onnxviz.saliency(model, x, target=[3, 1], method="smoothgrad", samples=16)
+    """
+    if method not in METHODS:
+        raise OnnxvizError(f"unknown saliency method {method!r}: choose from {', '.join(METHODS)}")
+    obj = objective(model, output, score)
+    xr, t, image = rows(model, x, obj, target, top_k)
+    common = dict(output=obj.output, score=score, class_axis=obj.class_axis, batch_size=batch_size,
+                  progress=progress)
+    if method in _RULES:
+        g = model.gradients(xr, target=t, wrt=["input"], rules=_RULES[method], **common)
+        raw, chosen, value = g["input"], g.target, g.score
+    else:
+        y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
+        chosen, value = chosen_targets(obj, y, t)
+        if method == "smoothgrad":
+            raw = _smoothgrad(model, xr, chosen, samples, noise, seed, common)
+        else:
+            raw = _integrated(model, xr, chosen, steps, baseline, sigma, common)
+    raw = np.asarray(raw, dtype=xr.dtype)
+    return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
+                       score=np.asarray(value, np.float32), method=method, image=image)
+
+
+def channel_map(raw: np.ndarray, spec) -> np.ndarray:
+    """(N, H, W): max over channels of |raw|, scaled to [0, 1] per image."""
+    return scaled(np.abs(raw).max(axis=spec.channel_axis))
+
+
+def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common) -> np.ndarray:
+    if samples < 1:
+        raise OnnxvizError(f"samples must be at least 1, not {samples}")
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    spread = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))).astype(np.float64) * noise
+    spec = model.input
+    noisy = np.repeat(x, samples, axis=0).astype(np.float64)
+    draws = rng.standard_normal(spec.to_nchw(noisy).shape)  # drawn in NCHW order: same noise for any layout
+    noisy += spec.from_nchw(draws) * np.repeat(spread, samples)[:, None, None, None]
+    g = model.gradients(noisy.astype(x.dtype), target=np.repeat(target, samples), wrt=["input"], **common)
+    return g["input"].reshape(n, samples, *x.shape[1:]).mean(axis=1, dtype=np.float64)
+
+
+def ig_baseline(x: np.ndarray, spec, baseline, sigma: Optional[float]) -> np.ndarray:
+    """The Integrated Gradients starting point, one per image, in the model's layout."""
+    if isinstance(baseline, str):
+        if baseline == "zero":
+            return np.zeros_like(x)
+        if baseline == "blur":
+            return blurred(x, spec.spatial_axes, sigma or max(spec.hw(x)) / 20)
+        raise OnnxvizError(f"baseline {baseline!r}: expected 'zero', 'blur', a number or an array")
+    b = np.asarray(baseline, dtype=x.dtype)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(b, x.shape))
+    except ValueError:
+        raise OnnxvizError(f"baseline of shape {b.shape} does not fit the batch of shape {x.shape}") from None
+
+
+def _integrated(model, x, target, steps: int, baseline, sigma, common) -> np.ndarray:
+    if steps < 1:
+        raise OnnxvizError(f"steps must be at least 1, not {steps}")
+    base = ig_baseline(x, model.input, baseline, sigma).astype(np.float64)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas, weights = (nodes + 1) / 2, weights / 2  # from [-1, 1] to [0, 1]
+    delta = x.astype(np.float64) - base
+    n = len(x)
+    path = base[:, None] + alphas[None, :, None, None, None] * delta[:, None]  # (n, steps, ...)
+    g = model.gradients(path.reshape(n * steps, *x.shape[1:]).astype(x.dtype), target=np.repeat(target, steps),
+                        wrt=["input"], **common)
+    grads = g["input"].reshape(n, steps, *x.shape[1:]).astype(np.float64)
+    return delta * np.tensordot(weights, grads, axes=([0], [1]))
