@@ -94,10 +94,10 @@ def flatten_head_cnn(size=8, classes=3, seed=0) -> onnx.ModelProto:
     return _model(nodes, inits, ["N", 3, size, size], "logits", classes)
 
 
-def linear_model(weight: np.ndarray, layout="NCHW") -> onnx.ModelProto:
-    """logits = Flatten(x) · W (+ 0): W has shape (C·H·W, classes) in the NCHW order of x."""
+def linear_model(weight: np.ndarray, layout="NCHW", size=(4, 5)) -> onnx.ModelProto:
+    """logits = Flatten(x) · W: x is (N, 3, h, w) and W (3·h·w, classes), rows in the NCHW order of x."""
     classes = weight.shape[1]
-    c, h, w = 3, 4, 5
+    c, (h, w) = 3, size
     x, nodes = "image", []
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
