@@ -129,9 +129,12 @@ def gradient_graph(
     graph.node.extend(emitter.nodes)
     graph.initializer.extend(emitter.initializers)
     if seed_builder is None:
+        # Symbolic dims: where onnx's shape inference and onnxruntime disagree on a size
+        # (Resize's float rounding, ConvTranspose with SAME and output_padding), a fixed
+        # declared shape would make onnxruntime reject a correctly shaped seed.
         elem_type, shape = types[output]
-        dims = [d if d is not None else f"seed_d{i}" for i, d in enumerate(shape or [])]
-        graph.input.append(helper.make_tensor_value_info(seed, elem_type, dims if shape is not None else None))
+        dims = None if shape is None else [f"seed_d{i}" for i in range(len(shape))]
+        graph.input.append(helper.make_tensor_value_info(seed, elem_type, dims))
     graph.input.extend(extra_inputs)
     wanted = [o.name for o in graph.output] + list(wrt) + list(extra_outputs)
     del graph.output[:]

@@ -90,6 +90,8 @@ class Emitter:
         """Append one node; return its output name (or a list when ``outputs`` > 1)."""
         outs = [self.fresh(op_type) for _ in range(outputs)]
         ins = ["" if i is None else i for i in inputs]
+        while ins and not ins[-1]:  # the checker counts trailing omitted inputs against the schema
+            ins.pop()
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, ins, outs, name=self.fresh(op_type + "_node"), **attrs))
         return outs[0] if outputs == 1 else outs
@@ -209,9 +211,9 @@ class Emitter:
                 if not axes:
                     return g
                 return self.reshape_like(self.reduce_sum(g, axes, keepdims=True), x)
-        return self._unbroadcast_dynamic(g, x)
+        return self.unbroadcast_dynamic(g, x)
 
-    def _unbroadcast_dynamic(self, g: str, x: str) -> str:
+    def unbroadcast_dynamic(self, g: str, x: str) -> str:
         """Runtime version: reduce the axes where x (left-padded with 1s) is 1 and g is not."""
         if self.opset < 13:
             raise OnnxvizError(

@@ -264,7 +264,7 @@ def _unbroadcast_batch(e: Emitter, d: str, x: str, y: str) -> str:
     """
     xs, ys = e.shape(x), e.shape(y)
     if xs is None or ys is None:
-        return e._unbroadcast_dynamic(d, x)
+        return e.unbroadcast_dynamic(d, x)
     lead = len(ys) - len(xs)
     axes = list(range(lead))
     for i, dim in enumerate(xs[:-2]):
@@ -274,7 +274,7 @@ def _unbroadcast_batch(e: Emitter, d: str, x: str, y: str) -> str:
         if dim == 1 and isinstance(o, int):
             axes.append(lead + i)
         else:
-            return e._unbroadcast_dynamic(d, x)
+            return e.unbroadcast_dynamic(d, x)
     if not axes:
         return d
     return e.reshape_like(e.reduce_sum(d, axes, keepdims=True), x)

@@ -21,14 +21,6 @@ from ..ruleset import Node
 BIG = 2**62  # "to the end" for Slice
 
 
-def _op(e: Emitter, op_type: str, *inputs: Optional[str], **attrs) -> str:
-    """e.op without trailing omitted inputs (the checker counts them against the schema's maximum)."""
-    inputs = list(inputs)
-    while inputs and not inputs[-1]:
-        inputs.pop()
-    return e.op(op_type, *inputs, **attrs)
-
-
 def _first(node: Node, dx: Optional[str]) -> list:
     return [dx] + [None] * (len(node.inputs) - 1)
 
@@ -251,7 +243,7 @@ def slice_(e: Emitter, node: Node, dys):
     x, dy = node.inputs[0], dys[0]
     if e.opset >= 11:
         rest = node.inputs[1:]
-        return _first(node, iota_backward(e, node, x, dy, lambda t: _op(e, "Slice", t, *rest), injective=True))
+        return _first(node, iota_backward(e, node, x, dy, lambda t: e.op("Slice", t, *rest), injective=True))
     if node.opset < 10:  # starts/ends/axes are attributes
         starts, ends = node.attr("starts"), node.attr("ends")
         axes, steps = node.attr("axes"), None
@@ -295,7 +287,7 @@ def pad(e: Emitter, node: Node, dys):
     if node.opset >= 11:
         pads_in, axes_in = node.input(1), node.input(3)
         if e.opset >= (11 if injective else 16):
-            grads[0] = iota_backward(e, node, x, dy, lambda t: _op(e, "Pad", t, pads_in, None, axes_in, mode=mode),
+            grads[0] = iota_backward(e, node, x, dy, lambda t: e.op("Pad", t, pads_in, None, axes_in, mode=mode),
                                      injective)
             return grads
         pads = _constant(e, node, 1, "pads")
@@ -456,7 +448,7 @@ def resample(e: Emitter, node: Node, dys):
     if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16 and fits_int32:
         attrs = {**node.attrs, "extrapolation_value": 0.0}
         rest = node.inputs[1:]
-        grads[0] = iota_backward(e, node, x, dy, lambda t: _op(e, "Resize", t, *rest, **attrs), injective=False,
+        grads[0] = iota_backward(e, node, x, dy, lambda t: e.op("Resize", t, *rest, **attrs), injective=False,
                                  int32=True)
         return grads
     if node.op == "Upsample" or node.opset < 11:
