@@ -6,6 +6,8 @@ import logging
 import click
 
 from .. import __version__
+from .attribution import cam_cmd, occlusion_cmd, saliency_cmd
+from .dataset import COMMANDS as DATASET_COMMANDS
 from .demo import demo
 from .describe import activations_cmd, filters_cmd, inspect
 from .grad import check_grad, export_grad
@@ -20,7 +22,10 @@ def main(verbose):
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s")
 
 
-for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo):
+for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo,
+                cam_cmd, saliency_cmd, occlusion_cmd):
+    main.add_command(command)
+for command in DATASET_COMMANDS:
     main.add_command(command)
 
 __all__ = ["main"]

@@ -1,0 +1,234 @@
+"""cam, saliency, occlusion: where the model looks, for many images, in batches.
+
+For each image, ``OUT/<image stem>/`` gets ``<method>.npy`` (the [0, 1] map at input size),
+``<method>.raw.npy`` (the unnormalized map) and ``<method>.png`` (the map over the image);
+``OUT/results.json`` lists every map with its target, label, score, layer and files. Every file
+is written atomically, and results.json after each batch, so Ctrl-C leaves no partial files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import click
+import numpy as np
+
+from ..errors import OnnxvizError
+from ..images import deprocess
+from ..io import check_not_input, ensure_out_dir, save_figure, save_json, save_npy
+from ..methods.cam import METHODS as CAM_METHODS
+from ..methods.occlusion import occlusion
+from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
+from ..render import heatmap_figure
+from .common import Session, handle_errors, model_options, open_session, preprocess_options
+
+TITLES = {"gradcam": "Grad-CAM", "cam": "CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
+          "layercam": "Layer-CAM", "guided-gradcam": "Guided Grad-CAM", "vanilla": "gradient saliency",
+          "deconvnet": "deconvnet", "guided": "guided backprop", "smoothgrad": "SmoothGrad",
+          "integrated": "Integrated Gradients", "occlusion": "occlusion"}
+
+
+def attribution_options(fn):
+    """--target, --top-k, --output, --score, --out, --batch-size."""
+    options = [
+        click.option("--target", default=None,
+                     help="Class to explain: an index or label name, one for all images or a comma list with "
+                          "one per image (default: the predicted class)."),
+        click.option("--top-k", "top_k", type=click.IntRange(1), default=None,
+                     help="Explain each image's K highest-scoring classes (files get a _<class> suffix)."),
+        click.option("--output", default=None, help="Model output to explain (default: the first)."),
+        click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+                     help="logit: explain the pre-softmax value when the output ends in Softmax."),
+        click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
+                     help="Output folder."),
+        click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+                     help="Images per batch."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_MODEL = click.argument("model", type=click.Path(exists=True, dir_okay=False))
+_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+
+
+@click.command("cam")
+@_MODEL
+@_IMAGES
+@click.option("--method", type=click.Choice(list(CAM_METHODS)), default="gradcam", show_default=True,
+              help="gradcam, cam (GAP+FC heads), gradcam++, scorecam, layercam or guided-gradcam.")
+@click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
+              "head; `onnxviz inspect` marks the candidates).")
+@attribution_options
+@model_options
+@preprocess_options
+@handle_errors
+def cam_cmd(model, images, method, layer, **opts):
+    """Class activation maps (Grad-CAM and relatives) for one or more images.
+
+    \b
+    Example:
+      onnxviz cam models/shapes_cnn.onnx models/images/star_0.png --method gradcam --out out
+    """
+    fn = CAM_METHODS[method]
+    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts)
+
+
+@click.command("saliency")
+@_MODEL
+@_IMAGES
+@click.option("--method", type=click.Choice(list(SALIENCY_METHODS)), default="vanilla", show_default=True,
+              help="vanilla gradient, deconvnet, guided backprop, smoothgrad or integrated gradients.")
+@click.option("--samples", type=click.IntRange(1), default=25, show_default=True, help="SmoothGrad: noisy copies.")
+@click.option("--noise", type=click.FloatRange(0), default=0.15, show_default=True,
+              help="SmoothGrad: noise std as a fraction of each image's value range.")
+@click.option("--steps", type=click.IntRange(1), default=32, show_default=True,
+              help="Integrated Gradients: path points.")
+@click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
+              help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
+@attribution_options
+@model_options
+@preprocess_options
+@handle_errors
+def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts):
+    """Input-gradient maps: vanilla, deconvnet, guided backprop, SmoothGrad, Integrated Gradients.
+
+    \b
+    Example:
+      onnxviz saliency models/shapes_cnn.onnx models/images/star_0.png --method guided --out out
+    """
+    kw = dict(samples=samples, noise=noise, steps=steps, baseline=baseline)
+    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts)
+
+
+@click.command("occlusion")
+@_MODEL
+@_IMAGES
+@click.option("--window", type=click.IntRange(1), default=32, show_default=True,
+              help="Occluding square, in pixels (in positions of --layer when given).")
+@click.option("--stride", type=click.IntRange(1), default=16, show_default=True, help="Step between windows.")
+@click.option("--baseline", default="0", show_default=True,
+              help="What covers the window: a number in model-input units, 'blur' or 'mean'.")
+@click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
+              "only the graph after it (faster on large models).")
+@attribution_options
+@model_options
+@preprocess_options
+@handle_errors
+def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
+    """Occlusion: how much the target score drops when a sliding window hides each part of the image.
+
+    \b
+    Example:
+      onnxviz occlusion models/shapes_cnn.onnx models/images/star_0.png --window 16 --stride 8 --out out
+    """
+    base = _baseline(baseline)
+    _explain(model, images, "occlusion",
+             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
+             opts)
+
+
+def _baseline(text: str):
+    if text in ("blur", "mean"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a number, 'blur' or 'mean'", param_hint="--baseline")
+
+
+# ---------------------------------------------------------------------------- the shared loop
+
+
+def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict) -> None:
+    target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
+    out, batch_size = opts.pop("out"), opts.pop("batch_size")
+    session = open_session(model_path, **opts)
+    targets = parse_targets(target, len(images), session)
+    folder = ensure_out_dir(out)
+    check_not_input(folder / "results.json", [model_path, *images])
+    dirs = image_dirs(images, folder)
+    entries: list = []
+    summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
+    with click.progressbar(length=len(images), label=f"{TITLES[method]}", file=sys.stderr) as bar:
+        for start in range(0, len(images), batch_size):
+            paths = list(images[start:start + batch_size])
+            x, _, _ = session.batch(paths)
+            t = None if targets is None else targets[start:start + len(paths)]
+            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score)
+            shown = deprocess(x, session.model.input, session.pre)
+            for i, path in enumerate(paths):
+                rows = np.flatnonzero(result.image == i)
+                entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
+                                            top_k is not None, targets is not None))
+            save_json(summary, folder / "results.json")
+            bar.update(len(paths))
+    for e in entries:
+        maps = "; ".join(f"{m['label']} ({m['score']:.3g})" for m in e["maps"])
+        click.echo(f"{e['image']}: {maps} -> {e['dir']}")
+    click.echo(f"wrote {folder / 'results.json'}")
+
+
+def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
+                 chosen: bool) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for r in rows:
+        k = int(result.target[r])
+        stem = f"{method}_{k}" if suffixed else method
+        label = session.label(k)
+        caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
+        title = TITLES[method] + (f" @ {result.layer}" if result.layer else "")
+        files = {
+            "map": save_npy(result.map[r], folder / f"{stem}.npy"),
+            "raw": save_npy(result.raw[r], folder / f"{stem}.raw.npy"),
+            "png": save_figure(heatmap_figure(shown, result.map[r], title, label=caption), folder / f"{stem}.png"),
+        }
+        maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
+                     "method": method, "files": {kind: str(p) for kind, p in files.items()}})
+    return {"image": os.path.abspath(path), "dir": str(folder), "maps": maps}
+
+
+def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.ndarray]:
+    """"3", "cat" or "3,1,cat": one class for all images or one per image; names need --labels."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    classes = [_class_index(p, session) for p in parts]
+    if len(classes) == 1:
+        return np.full(n, classes[0], np.int64)
+    if len(classes) != n:
+        raise OnnxvizError(f"--target has {len(classes)} classes for {n} images: give one, or one per image")
+    return np.asarray(classes, np.int64)
+
+
+def _class_index(text: str, session: Session) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        labels = session.labels or []
+        if text in labels:
+            return labels.index(text)
+        hint = "" if labels else " (no label file: pass --labels, or give class indices)"
+        raise OnnxvizError(f"--target {text!r} is neither a class index nor a label name{hint}") from None
+    if k < 0:
+        raise OnnxvizError(f"--target {k}: class indices start at 0")
+    return k
+
+
+def image_dirs(images: Sequence[str], folder: Path) -> list:
+    """OUT/<stem> per image; stems shared by several images get -2, -3... in order."""
+    seen: dict = {}
+    out = []
+    for path in images:
+        stem = _safe(Path(path).stem)
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
