@@ -1,0 +1,178 @@
+"""2-D maps of a feature space: t-SNE (after PCA to ~50 dims) or PCA, deterministic for a seed.
+
+>>> proj = projection(embed(model, "photos/"), method="tsne", perplexity=30, seed=0)
+>>> save_figure(scatter_figure(proj), "tsne.png")
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import OnnxvizError
+from .embed import Embedding
+
+METHODS = ("tsne", "pca")
+
+
+@dataclass
+class Projection:
+    """Each image of an embedding placed at a 2-D point; ``params`` are the settings actually used."""
+
+    coords: np.ndarray  # (n, 2)
+    method: str
+    paths: list
+    labels: np.ndarray
+    classes: tuple
+    layer: str
+    params: dict = field(default_factory=dict)
+
+    def label_name(self, i: int) -> str:
+        k = int(self.labels[i])
+        return self.classes[k] if k >= 0 else ""
+
+
+def project(features: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
+            pca_dims: int = 50, threads: int = 1) -> tuple[np.ndarray, dict]:
+    """(n, 2) coordinates of (n, d) features, and the parameters used.
+
+    t-SNE (scikit-learn, Barnes-Hut, PCA initialisation) runs on the features reduced by PCA to
+    ``pca_dims`` dimensions (when there are more), as van der Maaten recommends for speed and
+    noise. ``perplexity`` is lowered to (n - 1) / 3 for small sets. Same input and seed, same map.
+    ``threads``: OpenMP threads for t-SNE's gradient; 1 by default, since OpenMP's spin-waiting
+    made it 15x slower, not faster, on a busy 2-core machine.
+    """
+    from sklearn.decomposition import PCA
+
+    if method not in METHODS:
+        raise OnnxvizError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    if n < 3:
+        raise OnnxvizError(f"a 2-D map needs at least 3 images, got {n}")
+    if not np.isfinite(x).all():
+        raise OnnxvizError("the features contain NaN or infinite values")
+    x = x - x.mean(axis=0)
+    params: dict = {"method": method, "seed": seed}
+    if method == "pca" or x.shape[1] <= 2:
+        coords = _pca(x, 2, seed)
+        return coords, params
+    if x.shape[1] > pca_dims:
+        x = PCA(n_components=min(pca_dims, n), random_state=seed, svd_solver="full").fit_transform(x)
+        params["pca_dims"] = int(x.shape[1])
+    from sklearn.manifold import TSNE
+
+    used = float(min(perplexity, (n - 1) / 3))
+    if used <= 0:
+        raise OnnxvizError(f"perplexity must be positive, got {perplexity}")
+    params["perplexity"] = used
+    tsne = TSNE(n_components=2, perplexity=used, init="pca", learning_rate="auto", random_state=seed)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        coords = tsne.fit_transform(x.astype(np.float32))
+    return coords.astype(np.float64), params
+
+
+def _pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    k_eff = min(k, *x.shape)
+    coords = PCA(n_components=k_eff, random_state=seed, svd_solver="full").fit_transform(x)
+    if k_eff < k:  # fewer dimensions than asked: pad with zeros
+        coords = np.pad(coords, ((0, 0), (0, k - k_eff)))
+    return coords
+
+
+def projection(embedding: Embedding, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
+               pca_dims: int = 50, threads: int = 1) -> Projection:
+    """The 2-D map of an embedding (see ``project``)."""
+    coords, params = project(embedding.features, method, perplexity, seed, pca_dims, threads)
+    return Projection(coords, method, list(embedding.paths), np.asarray(embedding.labels), embedding.classes,
+                      embedding.layer, params)
+
+
+def save_csv(proj: Projection, path: Union[str, Path]) -> Path:
+    """``path,label,x,y`` per image."""
+    from ..io import atomic_write
+
+    with atomic_write(path, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "x", "y"])
+        for i, p in enumerate(proj.paths):
+            w.writerow([str(p), proj.label_name(i), f"{proj.coords[i, 0]:.6g}", f"{proj.coords[i, 1]:.6g}"])
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+def scatter_figure(proj: Projection, title: Optional[str] = None, point_size: Optional[float] = None):
+    """The map as a scatter plot, one colour per class (grey for unlabelled images)."""
+    from ..render.figures import new_figure
+    import matplotlib
+
+    fig = new_figure((8, 7))
+    ax = fig.add_subplot()
+    size = point_size or float(np.clip(2000 / max(len(proj.paths), 1), 4, 40))
+    cmap = matplotlib.colormaps["tab10" if len(proj.classes) <= 10 else "tab20"]
+    unlabelled = proj.labels < 0
+    if unlabelled.any():
+        ax.scatter(*proj.coords[unlabelled].T, s=size, c="0.6", label="(no label)", linewidths=0)
+    for k, name in enumerate(proj.classes):
+        sel = proj.labels == k
+        if sel.any():
+            ax.scatter(*proj.coords[sel].T, s=size, color=cmap(k % cmap.N), label=name, linewidths=0)
+    if len(proj.classes) and len(proj.classes) <= 30:
+        ax.legend(loc="best", fontsize=8, markerscale=max(1.0, 30 / size) ** 0.5, frameon=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{_name(proj)} of {proj.layer} ({len(proj.paths)} images)")
+    return fig
+
+
+def thumbnail_map(proj: Projection, size: int = 2000, thumb: Optional[int] = None, limit: int = 1500,
+                  seed: int = 0, background: int = 255) -> tuple[np.ndarray, int]:
+    """Thumbnails of the images pasted at their map positions: (uint8 (size, size, 3), images placed).
+
+    At most ``limit`` images (a seeded random choice) are read, one at a time; unreadable ones
+    are left out. Each thumbnail (``thumb`` px on its longer side; default from the image count)
+    gets a border in its class colour.
+    """
+    import matplotlib
+    from PIL import Image
+
+    from ..images import read_image
+
+    n = len(proj.paths)
+    order = np.arange(n)
+    if n > limit:
+        order = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    thumb = thumb or int(np.clip(0.8 * size / np.sqrt(len(order)), 24, 96))
+    lo, hi = proj.coords.min(axis=0), proj.coords.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    inner = size - thumb - 4
+    cmap = matplotlib.colormaps["tab10" if len(proj.classes) <= 10 else "tab20"]
+    canvas = Image.new("RGB", (size, size), (background,) * 3)
+    placed = 0
+    for i in order:
+        try:
+            im = read_image(proj.paths[i]).convert("RGB")
+        except Exception:
+            continue
+        scale = thumb / max(im.width, im.height)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+        k = int(proj.labels[i])
+        colour = tuple(int(255 * c) for c in cmap(k % cmap.N)[:3]) if k >= 0 else (150, 150, 150)
+        framed = Image.new("RGB", (im.width + 4, im.height + 4), colour)
+        framed.paste(im, (2, 2))
+        x, y = (proj.coords[i] - lo) / span * inner
+        canvas.paste(framed, (int(x), int(inner - y)))  # y up, as in the scatter
+        placed += 1
+    return np.asarray(canvas), placed
+
+
+def _name(proj: Projection) -> str:
+    return {"tsne": "t-SNE", "pca": "PCA"}[proj.method]
