@@ -199,6 +199,8 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
 @click.option("--perplexity", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="t-SNE perplexity (lowered to (n-1)/3 for small folders).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same map.")
+@click.option("--init", type=click.Choice(["pca", "random"]), default="pca", show_default=True,
+              help="t-SNE's starting layout (random: drawn from --seed).")
 @click.option("--thumbnails", type=click.IntRange(0), default=1500, show_default=True,
               help="At most this many images on the thumbnail map (0: no thumbnail map).")
 @click.option("--out", default="onnxviz-out/tsne", show_default=True, help="Output folder.")
@@ -208,8 +210,8 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
 @preprocess_options
 @handle_errors
 @resumable
-def tsne_cmd(model, folder, method, perplexity, seed, thumbnails, out, layer, pool, cache, no_cache, batch_size,
-             workers, progress, **opts):
+def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, layer, pool, cache, no_cache,
+             batch_size, workers, progress, **opts):
     """Map the images of FOLDER to 2-D by their features (t-SNE after PCA to 50 dims, or PCA).
 
     Saves <method>.png (points coloured by label), <method>_thumbnails.png (the images at their
@@ -224,7 +226,7 @@ def tsne_cmd(model, folder, method, perplexity, seed, thumbnails, out, layer, po
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/tsne")
     emb = _features(session, folder, layer, pool, cache, no_cache, folder_out, batch_size, workers, progress)
-    proj = projection(emb, method, perplexity, seed)
+    proj = projection(emb, method, perplexity, seed, init=init)
     written = [save_figure(scatter_figure(proj), folder_out / f"{method}.png"),
                save_csv(proj, folder_out / f"{method}.csv")]
     if thumbnails:

@@ -36,12 +36,14 @@ class Projection:
 
 
 def project(features: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
-            pca_dims: int = 50, threads: int = 1) -> tuple[np.ndarray, dict]:
+            pca_dims: int = 50, threads: int = 1, init: str = "pca") -> tuple[np.ndarray, dict]:
     """(n, 2) coordinates of (n, d) features, and the parameters used.
 
-    t-SNE (scikit-learn, Barnes-Hut, PCA initialisation) runs on the features reduced by PCA to
-    ``pca_dims`` dimensions (when there are more), as van der Maaten recommends for speed and
-    noise. ``perplexity`` is lowered to (n - 1) / 3 for small sets. Same input and seed, same map.
+    t-SNE (scikit-learn, Barnes-Hut) runs on the features reduced by PCA to ``pca_dims``
+    dimensions (when there are more), as van der Maaten recommends for speed and noise.
+    ``perplexity`` is lowered to (n - 1) / 3 for small sets. ``init``: "pca" (stable global
+    layout; the seed then hardly matters) or "random" (drawn from ``seed``). Same input and
+    seed, same map.
     ``threads``: OpenMP threads for t-SNE's gradient; 1 by default, since OpenMP's spin-waiting
     made it 15x slower, not faster, on a busy 2-core machine.
     """
@@ -68,8 +70,11 @@ def project(features: np.ndarray, method: str = "tsne", perplexity: float = 30.0
     used = float(min(perplexity, (n - 1) / 3))
     if used <= 0:
         raise OnnxvizError(f"perplexity must be positive, got {perplexity}")
+    if init not in ("pca", "random"):
+        raise OnnxvizError(f"init {init!r}: expected 'pca' or 'random'")
     params["perplexity"] = used
-    tsne = TSNE(n_components=2, perplexity=used, init="pca", learning_rate="auto", random_state=seed)
+    params["init"] = init
+    tsne = TSNE(n_components=2, perplexity=used, init=init, learning_rate="auto", random_state=seed)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
@@ -88,9 +93,9 @@ def _pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def projection(embedding: Embedding, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
-               pca_dims: int = 50, threads: int = 1) -> Projection:
+               pca_dims: int = 50, threads: int = 1, init: str = "pca") -> Projection:
     """The 2-D map of an embedding (see ``project``)."""
-    coords, params = project(embedding.features, method, perplexity, seed, pca_dims, threads)
+    coords, params = project(embedding.features, method, perplexity, seed, pca_dims, threads, init)
     return Projection(coords, method, list(embedding.paths), np.asarray(embedding.labels), embedding.classes,
                       embedding.layer, params)
 
