@@ -44,6 +44,7 @@ def test_cam_writes_maps_per_image(files, tmp_path, method):
     r = run("cam", files["model"], *files["images"], "--method", method, "--out", out, "--batch-size", 2,
             "--labels", files["labels"])
     assert r.exit_code == 0, r.output
+    assert "at layer 'feat'" in r.output
     summary = results(out)
     assert summary["method"] == method and len(summary["images"]) == 3
     for entry, name in zip(summary["images"], "abc"):

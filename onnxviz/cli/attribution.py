@@ -166,6 +166,9 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
                                             top_k is not None, targets is not None))
             save_json(summary, folder / "results.json")
             bar.update(len(paths))
+    layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
+    if layers:
+        click.echo(f"{TITLES[method]} at layer {', '.join(map(repr, layers))}")
     for e in entries:
         maps = "; ".join(f"{m['label']} ({m['score']:.3g})" for m in e["maps"])
         click.echo(f"{e['image']}: {maps} -> {e['dir']}")

@@ -25,7 +25,7 @@ from ..errors import OnnxvizError
 from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
 from ..targets import Objective, objective
-from .layers import Target, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
+from .layers import Target, cached, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
 from .occlusion import BATCH, head_runner, perturbed_scores, segments
 from .results import Attribution, Heatmap, scaled, upsampled
 
@@ -85,9 +85,9 @@ def class_activation_map(model, x, weigh: Weigher, method: str, target: Target =
     layer = resolve_layer(model, layer)
     ctx = Context(model, xr, t, layer, layer_axes(model, layer), obj, score, batch_size, progress)
     w = weigh(ctx)
-    weights = w.weights if w.weights.ndim == 4 else w.weights[:, :, None, None]
-    raw = np.maximum(np.einsum("nkhw,nkhw->nhw", np.broadcast_to(weights, w.acts.shape).astype(np.float64),
-                               w.acts.astype(np.float64)), 0).astype(np.float32)
+    weights = np.asarray(w.weights, np.float64)
+    fused = np.einsum("nk,nkhw->nhw" if weights.ndim == 2 else "nkhw,nkhw->nhw", weights, w.acts)
+    raw = np.maximum(fused, 0).astype(np.float32)
     return Heatmap(raw=raw, map=upsampled(raw, model.input.hw(xr)), target=np.asarray(w.target, np.int64),
                    score=np.asarray(w.score, np.float32), method=method, layer=layer, image=image,
                    weights=w.weights)
@@ -192,7 +192,7 @@ def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Op
     times h·w. A model without such a head raises an error pointing to :func:`grad_cam`.
     """
     spec = model.input
-    head_ = cam_head(model.proto, spec.name, spec.layout, output=output)
+    head_ = cached(model, ("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
     if head_ is None:
         raise OnnxvizError(
             "CAM needs a global-average-pool → fully-connected (Gemm, MatMul or 1x1 Conv) head before the "
@@ -201,7 +201,8 @@ def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Op
     if layer is not None and layer != head_.feature:
         raise OnnxvizError(f"CAM is defined on the tensor its head pools, {head_.feature!r}, not {layer!r}; "
                            "use Grad-CAM for other layers")
-    options.pop("score", None)  # CAM explains the logits the head computes
+    if options.pop("score", "logit") != "logit":
+        raise OnnxvizError("CAM explains the logits its head computes; use Grad-CAM for score='prob'")
     return class_activation_map(model, x, _cam_weights(head_), "cam", target, head_.feature,
                                 output=head_.output, **options)
 

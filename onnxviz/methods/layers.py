@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -13,24 +13,34 @@ from ..targets import Objective
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 
-_AXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached(model, key, compute: Callable):
+    """A graph-analysis result computed once per model (each is a walk over the whole graph)."""
+    table = _CACHE.setdefault(model, {})
+    if key not in table:
+        table[key] = compute()
+    return table[key]
 
 
 def _axes_table(model) -> dict:
-    """Spatial axes of every tensor, computed once per model (a walk over the whole graph)."""
-    table = _AXES.get(model)
-    if table is None:
-        table = spatial_axes(model.proto, model.input.name, model.input.layout)
-        _AXES[model] = table
-    return table
+    return cached(model, "axes", lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
+
+
+def _candidates(model) -> list:
+    return cached(model, "candidates",
+                  lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
 
 
 def resolve_layer(model, layer: Optional[str] = None) -> str:
     """``layer`` checked against the graph, or the best Grad-CAM candidate when None."""
     if layer is None:
-        return best_gradcam_layer(model.proto, model.input.name, model.input.layout)
+        if not _candidates(model):
+            best_gradcam_layer(model.proto, model.input.name, model.input.layout)  # raises its clear error
+        return _candidates(model)[0]
     if not model.has_tensor(layer) or layer == model.input.name:
-        hint = ", ".join(gradcam_candidates(model.proto, model.input.name, model.input.layout)[:5])
+        hint = ", ".join(_candidates(model)[:5])
         what = "the image input" if layer == model.input.name else "no tensor"
         raise OnnxvizError(f"{what} named {layer!r} cannot be used as a CAM layer; "
                            f"candidates: {hint or 'none found'} (`onnxviz inspect` lists every tensor)")
@@ -44,8 +54,7 @@ def layer_axes(model, layer: str) -> tuple[int, int, int]:
     if axes is None or (shape is not None and len(shape) != 4):
         raise OnnxvizError(
             f"layer {layer!r} (shape {_fmt(shape)}) has no spatial extent: CAMs need a 4-D tensor that "
-            f"still has the image's height and width; candidates: "
-            f"{', '.join(gradcam_candidates(model.proto, model.input.name, model.input.layout)[:5]) or 'none'}")
+            f"still has the image's height and width; candidates: {', '.join(_candidates(model)[:5]) or 'none'}")
     h, w = axes
     c = next(a for a in (1, 2, 3) if a not in (h, w))
     if shape is not None and shape[h] == 1 and shape[w] == 1:
