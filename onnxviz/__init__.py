@@ -15,6 +15,7 @@ from .methods.results import Attribution, Heatmap
 from .methods.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_cam, score_cam
 from .methods.saliency import saliency
 from .methods.occlusion import occlusion
+from .methods.classvis import Visualization, channel_visualization, class_visualization
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,6 @@ __all__ = [
     "gradients", "Gradients",
     "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
     "Heatmap", "Attribution",
+    "class_visualization", "channel_visualization", "Visualization",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

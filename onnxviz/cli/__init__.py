@@ -7,6 +7,7 @@ import click
 
 from .. import __version__
 from .attribution import cam_cmd, occlusion_cmd, saliency_cmd
+from .classvis import classvis_cmd
 from .dataset import COMMANDS as DATASET_COMMANDS
 from .demo import demo
 from .describe import activations_cmd, filters_cmd, inspect
@@ -23,7 +24,7 @@ def main(verbose):
 
 
 for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo,
-                cam_cmd, saliency_cmd, occlusion_cmd):
+                cam_cmd, saliency_cmd, occlusion_cmd, classvis_cmd):
     main.add_command(command)
 for command in DATASET_COMMANDS:
     main.add_command(command)
