@@ -15,6 +15,10 @@ from .methods.results import Attribution, Heatmap
 from .methods.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_cam, score_cam
 from .methods.saliency import saliency
 from .methods.occlusion import occlusion
+from .methods.embed import Embedding, embed
+from .methods.neighbors import Neighbors, nearest_neighbors
+from .methods.projection import Projection, projection
+from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
 
 __version__ = "0.1.0"
@@ -26,5 +30,6 @@ __all__ = [
     "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
     "Heatmap", "Attribution",
     "class_visualization", "channel_visualization", "Visualization",
+    "embed", "Embedding", "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

@@ -315,3 +315,16 @@ def test_a_batch_one_model_runs_image_by_image(tmp_path):
     data = shapes_folder(tmp_path / "d", n=5)
     emb = embed(m, data, batch_size=4)
     assert emb.features.shape == (5, 8)
+
+
+def test_default_layer_on_real_architectures():
+    from builders import LIGHT_MODELS
+
+    # (AlexNet and VGG, whose FC inputs are 4096-wide Dropout outputs, take seconds to load; not here)
+    expected = {"light_resnet50": (2048,), "light_squeezenet": (512, 13, 13), "light_densenet121": (1024, 1, 1),
+                "light_inception_v1": (1024,), "light_shufflenet": (544,)}
+    for path in LIGHT_MODELS:
+        name = os.path.basename(path)[:-5]
+        if name in expected:
+            model = onnxviz.load(path, verify=False)
+            assert tuple(model.tensor_shape(penultimate_layer(model))[1:]) == expected[name], name
