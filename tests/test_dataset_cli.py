@@ -128,3 +128,67 @@ def test_ctrl_c_keeps_the_cache_and_says_how_to_resume(files, tmp_path, monkeypa
 def test_every_command_has_help_with_an_example(command):
     r = run(command.name, "--help")
     assert r.exit_code == 0 and "Example:" in r.output and "onnxviz " + command.name in r.output
+
+
+def _slow_cnn(path):
+    """About 0.25 GMAC per 128x128 image: slow enough to interrupt a run of a couple hundred images."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+             for name, shape in (("w1", (32, 3, 7, 7)), ("w2", (32, 32, 3, 3)), ("fc", (32, 4)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[3, 3, 3, 3]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", 1, ["N", 3, 128, 128])],
+                              [helper.make_tensor_value_info("logits", 1, ["N", 4])], inits)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def test_a_real_sigint_leaves_a_cache_the_next_run_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import onnxviz
+    from onnxviz.methods.embed import image_features
+
+    n = 240
+    folder, out, model = tmp_path / "many", tmp_path / "emb", _slow_cnn(tmp_path / "slow.onnx")
+    save_folder(make_shapes(n, 32, seed=5), folder)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "onnxviz", "embed", model, str(folder), "--out", str(out), "--batch-size", "4",
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if (np.load(out / "status.npy") == 1).sum() >= 4:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be interrupted")
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "resume" in output, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = int((np.load(out / "status.npy") == 1).sum())
+    assert 4 <= done < n and not manifest["complete"], done
+    r = run("embed", model, folder, "--out", out, "--batch-size", 16)
+    assert f"({n - done} computed, {done} reused)" in r.output, r.output
+    m = onnxviz.load(model)
+    rows = [0, done - 1, done, n - 1]  # on both sides of the interruption
+    paths = [folder / f["path"] for f in json.loads((out / "manifest.json").read_text())["files"]]
+    expected = image_features(m, [paths[i] for i in rows], "flat")
+    np.testing.assert_allclose(np.load(out / "features.npy")[rows], expected, rtol=1e-5, atol=1e-6)
