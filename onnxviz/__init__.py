@@ -20,6 +20,7 @@ from .methods.neighbors import Neighbors, nearest_neighbors
 from .methods.projection import Projection, projection
 from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
+from .report import report
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
     "Heatmap", "Attribution",
     "class_visualization", "channel_visualization", "Visualization",
+    "report",
     "embed", "Embedding", "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

@@ -15,7 +15,9 @@ from ..io import atomic_write, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
+from ..report import report
 from .common import handle_errors, open_session
+from .report import echo_progress
 
 SAMPLE = "shapes_cnn.onnx"
 
@@ -36,13 +38,15 @@ def bundled_models_dir() -> Path:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @handle_errors
 def demo(model_path, out, device):
-    """Run every visualization on the bundled sample model and its images; write them to a folder.
+    """Run every visualization on the bundled sample model and its images; write them to a folder,
+    with the audit report (report.html) of the model on them.
 
     \b
     Example:
       onnxviz demo --out onnxviz-demo
     """
-    folder = bundled_models_dir() if model_path is None else Path(model_path).parent
+    bundled = model_path is None
+    folder = bundled_models_dir() if bundled else Path(model_path).parent
     model_path = model_path or str(folder / SAMPLE)
     images = sorted(p for p in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else []
     out = Path(out)
@@ -88,7 +92,26 @@ def demo(model_path, out, device):
             fh.write(format_rows(rows) + "\n")
         timings["check-grad"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    page = out / "report.html"
+    dataset = sample_dataset(out / "dataset", model.input.size) if bundled else None
+    report(model, [str(p) for p in images], page, dataset=dataset, labels=session.labels, pre=session.pre,
+           progress=echo_progress)
+    timings["report"] = time.perf_counter() - start
+
     save_json({"model": model_path, "images": [str(p) for p in images], "timings_s": timings},
               out / "demo.json")
     click.echo(f"wrote the demo to {out.resolve()}/ "
-               f"(inspect.txt, filters.png, per-image activations, check-grad.txt)")
+               f"(inspect.txt, filters.png, per-image activations, check-grad.txt, report.html)")
+    click.echo(f"report: {page.resolve()} (open it in a browser)")
+
+
+def sample_dataset(folder: Path, size, per_class: int = 10):
+    """A small labelled folder of the shapes the sample model was trained on, for the report's dataset
+    section; None when onnxviz.synthetic is not available."""
+    try:
+        from ..synthetic import CLASSES, make_shapes, save_folder
+    except ImportError:
+        return None
+    save_folder(make_shapes(per_class * len(CLASSES), size=(size or (64, 64))[0], seed=4242), folder)
+    return folder
