@@ -40,7 +40,7 @@ from ..images import Preprocess, deprocess
 from ..targets import objective
 from .layers import cached, class_scores, layer_axes
 from .parameterization import PARAMETERIZATIONS, Fourier, Pixels
-from .transforms import blur, random_warp, total_variation
+from .transforms import blur, random_warp, tv_gradient
 
 Indices = Union[int, Sequence[int], np.ndarray]
 
@@ -285,8 +285,8 @@ class _Space:
             raise OnnxvizError(f"model input {spec.name!r} has {spec.channels} channels; images have 1 or 3")
         mean, std = pre.stats(spec.channels)
         self.spec, self.dtype, self.pre = spec, dtype, pre
-        self.mean = (np.asarray(mean, np.float64) / 255).reshape(1, -1, 1, 1)
-        self.std = (np.asarray(std, np.float64) / 255).reshape(1, -1, 1, 1)
+        self.mean = (np.asarray(mean, np.float32) / 255).reshape(1, -1, 1, 1)
+        self.std = (np.asarray(std, np.float32) / 255).reshape(1, -1, 1, 1)
         # I of λ‖I‖²: the image centred on the dataset mean; presets that subtract nothing centre on grey
         self.center = self.mean if np.any(mean) else np.full_like(self.mean, 0.5)
 
@@ -295,10 +295,29 @@ class _Space:
 
     def gradient(self, gx: np.ndarray) -> np.ndarray:
         """d/dp from d/dx (x = (p − mean)/std)."""
-        return self.spec.to_nchw(gx.astype(np.float64)) / self.std
+        return self.spec.to_nchw(gx) / self.std
 
     def show(self, p: np.ndarray) -> np.ndarray:
         return deprocess(self.spec.from_nchw((p - self.mean) / self.std), self.spec, self.pre)
+
+
+class _Adam:
+    """Adam (Kingma & Ba, 2015) ascending in place, bias corrections folded into the step size."""
+
+    def __init__(self, params: np.ndarray, lr: float, betas: tuple, eps: float = 1e-8):
+        self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+        self.lr, (self.b1, self.b2), self.eps, self.t = lr, betas, eps, 0
+
+    def ascend(self, params: np.ndarray, g: np.ndarray) -> None:
+        self.t += 1
+        self.m *= self.b1
+        self.m += (1 - self.b1) * g
+        self.v *= self.b2
+        self.v += (1 - self.b2) * (g * g)
+        c1, c2 = 1 - self.b1 ** self.t, np.sqrt(1 - self.b2 ** self.t)
+        denom = np.sqrt(self.v)
+        denom += self.eps * c2  # = (sqrt(v̂) + eps) · c2
+        params += (self.lr * c2 / c1) * self.m / denom
 
 
 def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Optional[Preprocess], size,
@@ -312,7 +331,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         param = Fourier((n, c, h, w), rng, decay=ascent.fourier_decay, bgr=bool(pre.bgr and c == 3))
     else:
         noise = rng.standard_normal((n, c, h, w)) * ascent.init_std
-        param = Pixels(np.clip(space.center + noise, 0.0, 1.0))
+        param = Pixels(np.clip(space.center + noise, 0.0, 1.0).astype(np.float32))
 
     p = param.image()
     y0 = model.activations(space.to_input(p), [tensor])[tensor]
@@ -327,9 +346,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         if ascent.snapshots else set()
     snap_steps, snaps = [], []
     history = np.zeros((ascent.steps, n), np.float32)
-    m = np.zeros_like(param.params)
-    v = np.zeros_like(param.params)
-    (b1, b2), eps = ascent.betas, 1e-8
+    adam = _Adam(param.params, ascent.lr, ascent.betas)
     warps = ascent.jitter > 0 or ascent.rotate > 0 or (ascent.zoom is not None and ascent.zoom != (1.0, 1.0))
     steps = range(ascent.steps)
     bar = None
@@ -344,23 +361,20 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
             snaps.append(space.show(p))
         warp = random_warp(rng, (h, w), ascent.jitter, ascent.zoom, ascent.rotate) if warps else None
         seen = warp.apply(p) if warp is not None else p
-        y, gx = (model.runtime.run(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
-                                   outputs=[tensor, grad_name], batch_size=chunk, key=key)[k]
-                 for k in (tensor, grad_name))
+        values = model.runtime.run(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
+                                   outputs=[tensor, grad_name], batch_size=chunk, key=key)
+        y, gx = values[tensor], values[grad_name]
         history[t] = _valued(seed_, y)
         g = space.gradient(gx)
         if warp is not None:
             g = warp.adjoint(g)
-        rms = np.sqrt(np.mean(g * g, axis=(1, 2, 3), keepdims=True))
-        g = np.divide(g, rms, out=np.zeros_like(g), where=rms > 0)
+        rms = np.sqrt(np.einsum("nchw,nchw->n", g, g) / g[0].size).reshape(-1, 1, 1, 1)
+        g *= np.divide(1.0, rms, out=np.zeros_like(rms), where=rms > 0)
         if ascent.l2:
-            g -= 2.0 * ascent.l2 * (p - space.center)
+            g -= (2.0 * ascent.l2) * (p - space.center)
         if ascent.tv:
-            g -= ascent.tv * total_variation(p)[1]
-        g = param.backward(g)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        param.params += ascent.lr * (m / (1 - b1 ** (t + 1))) / (np.sqrt(v / (1 - b2 ** (t + 1))) + eps)
+            g -= ascent.tv * tv_gradient(p)
+        adam.ascend(param.params, param.backward(g))
         param.project()
         if isinstance(param, Pixels) and ascent.blur_every and ascent.blur_sigma and (t + 1) % ascent.blur_every == 0:
             param.params = blur(param.params, ascent.blur_sigma)

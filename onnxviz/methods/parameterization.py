@@ -15,6 +15,8 @@ the exact adjoint of the map's Jacobian).
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft
+from scipy.special import expit
 
 # sqrt of the ImageNet RGB colour covariance (lucid.optvis.param.color), columns scaled to unit max norm
 _COLOR_SVD_SQRT = np.array([[0.26, 0.09, 0.02],
@@ -29,13 +31,13 @@ class Pixels:
     name = "pixel"
 
     def __init__(self, start: np.ndarray):
-        self.params = np.array(start, dtype=np.float64)
+        self.params = np.array(start)
 
     def image(self) -> np.ndarray:
         return self.params
 
     def backward(self, g: np.ndarray) -> np.ndarray:
-        return g
+        return g.astype(self.params.dtype, copy=False)
 
     def project(self) -> None:
         np.clip(self.params, 0.0, 1.0, out=self.params)
@@ -56,26 +58,25 @@ class Fourier:
         fy = np.fft.fftfreq(h)[:, None]
         fx = np.fft.rfftfreq(w)[None, :]
         freq = np.sqrt(fy * fy + fx * fx)
-        self.scale = np.sqrt(h * w) / np.maximum(freq, 1.0 / max(h, w)) ** decay / 4.0
+        self.scale = (np.sqrt(h * w) / np.maximum(freq, 1.0 / max(h, w)) ** decay / 4.0).astype(np.float32)
         color = _COLOR[::-1, ::-1] if bgr else _COLOR
-        self.color = color if c == 3 else np.eye(c)
+        self.color = (color if c == 3 else np.eye(c)).astype(np.float32)
         # irfft2's adjoint: rfft2 / (H W), with the columns that stand for two conjugate
         # coefficients (all but k = 0 and, for even W, the Nyquist column) counted twice
         twice = np.full(w // 2 + 1, 2.0)
         twice[0] = 1.0
         if w % 2 == 0:
             twice[-1] = 1.0
-        self._adjoint = twice[None, :] / (h * w)
-        self.params = rng.standard_normal((n, c, h, w // 2 + 1, 2)) * std
+        self._adjoint = (twice[None, :] / (h * w) * self.scale).astype(np.float32)
+        self.params = (rng.standard_normal((n, c, h, w // 2 + 1, 2)) * std).astype(np.float32)
         self._pre = None
 
     def _spatial(self) -> np.ndarray:
         spectrum = (self.params[..., 0] + 1j * self.params[..., 1]) * self.scale
-        return np.fft.irfft2(spectrum, s=self.hw)
+        return fft.irfft2(spectrum, s=self.hw)
 
     def image(self) -> np.ndarray:
-        z = np.einsum("ij,njhw->nihw", self.color, self._spatial())
-        self._pre = 1.0 / (1.0 + np.exp(-z))
+        self._pre = expit(np.einsum("ij,njhw->nihw", self.color, self._spatial()))
         return self._pre
 
     def backward(self, g: np.ndarray) -> np.ndarray:
@@ -83,7 +84,7 @@ class Fourier:
         p = self._pre if self._pre is not None else self.image()
         gz = g * p * (1.0 - p)
         gs = np.einsum("ij,nihw->njhw", self.color, gz)  # Cᵀ
-        spec = np.fft.rfft2(gs) * self._adjoint * self.scale
+        spec = fft.rfft2(gs.astype(self.params.dtype, copy=False)) * self._adjoint
         return np.stack([spec.real, spec.imag], axis=-1)
 
     def project(self) -> None:

@@ -10,7 +10,8 @@ warped batch, and maps the gradient back with the warp's *exact* adjoint:
 
 The warp is a linear map: each output pixel is a bilinear blend of 4 source pixels (edges
 replicated, the roll wrapping around), so ``Wᵀ`` scatters each output gradient back onto the
-same 4 pixels with the same weights. Both are one gather/one ``bincount`` over (N·C, H·W).
+same 4 pixels with the same weights: ``W`` is a sparse (H·W, H·W) matrix built once per warp,
+and both directions are one sparse product over the N·C images.
 
 Images are (N, C, H, W) float arrays throughout.
 """
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
+from scipy import sparse
 from scipy.ndimage import gaussian_filter
 
 
@@ -43,42 +46,65 @@ class Warp:
         if self.is_roll:
             return np.roll(x, self.shift, axis=(2, 3))
         n, c, h, w = x.shape
-        index, weight = _bilinear(self, h, w)
-        flat = x.reshape(n * c, h * w)
-        out = sum(flat[:, index[k]] * weight[k] for k in range(4))
-        return out.reshape(x.shape)
+        return (_matrix(self, h, w) @ x.reshape(n * c, h * w).T).T.reshape(x.shape)
 
     def adjoint(self, g: np.ndarray) -> np.ndarray:
         """Wᵀ g: the gradient with respect to the unwarped batch."""
         if self.is_roll:
             return np.roll(g, (-self.shift[0], -self.shift[1]), axis=(2, 3))
         n, c, h, w = g.shape
-        index, weight = _bilinear(self, h, w)
-        rows = n * c
-        flat = g.reshape(rows, h * w)
-        offsets = (np.arange(rows) * (h * w))[:, None]
-        where = np.concatenate([(index[k][None, :] + offsets).ravel() for k in range(4)])
-        values = np.concatenate([(flat * weight[k]).ravel() for k in range(4)])
-        return np.bincount(where, weights=values, minlength=rows * h * w).reshape(g.shape)
+        return (_matrix(self, h, w).T @ g.reshape(n * c, h * w).T).T.reshape(g.shape)
 
 
-def _bilinear(warp: Warp, h: int, w: int) -> tuple[list, list]:
-    """For each output pixel, its 4 source pixels (flat indices) and bilinear weights."""
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = np.meshgrid(np.arange(h, dtype=np.float64) - cy, np.arange(w, dtype=np.float64) - cx,
-                         indexing="ij")
+_CURRENT: dict = {}
+
+
+def _matrix(warp: "Warp", h: int, w: int) -> sparse.csr_matrix:
+    """W as a sparse (H·W, H·W) matrix with 4 bilinear weights per row (``.T`` is a free CSC view).
+
+    Every W of a size has the same sparsity structure, so one matrix per size is refilled in
+    place: a step's ``apply`` and ``adjoint`` share it, and no constructor runs per step.
+    """
+    mat, key = _CURRENT.get((h, w), (None, None))
+    if mat is None:
+        indptr = np.arange(0, 4 * h * w + 1, 4, dtype=np.int32 if 4 * h * w < 2**31 else np.int64)
+        mat = sparse.csr_matrix((np.zeros(4 * h * w, np.float32), np.zeros(4 * h * w, indptr.dtype), indptr),
+                                shape=(h * w, h * w))
+        if len(_CURRENT) > 4:
+            _CURRENT.clear()
+    if key != warp:
+        index, weight = _bilinear(warp, h, w)
+        # float32 weights: float32 images stay float32; W and Wᵀ share the same numbers (exact adjoints)
+        mat.data[:] = weight.ravel()
+        mat.indices[:] = index.ravel()
+        _CURRENT[(h, w)] = (mat, warp)
+    return mat
+
+
+@lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates relative to the image centre, flat."""
+    yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
+    return yy.ravel(), xx.ravel()
+
+
+def _bilinear(warp: Warp, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each output pixel (row), its 4 source pixels (flat indices) and bilinear weights, (H·W, 4)."""
+    yy, xx = _grid(h, w)
     t = math.radians(warp.angle)
     cos, sin = math.cos(t) / warp.zoom, math.sin(t) / warp.zoom
     # inverse map: output pixel -> source position (rotate by -angle, shrink by zoom)
-    sy = np.clip(cos * yy - sin * xx + cy, 0, h - 1).ravel()
-    sx = np.clip(sin * yy + cos * xx + cx, 0, w - 1).ravel()
-    y0 = np.minimum(np.floor(sy).astype(np.int64), h - 2 if h > 1 else 0)
-    x0 = np.minimum(np.floor(sx).astype(np.int64), w - 2 if w > 1 else 0)
+    sy = np.clip(cos * yy - sin * xx + (h - 1) / 2.0, 0, h - 1)
+    sx = np.clip(sin * yy + cos * xx + (w - 1) / 2.0, 0, w - 1)
+    y0 = np.minimum(sy.astype(np.int64), max(h - 2, 0))  # sy >= 0: truncation is floor
+    x0 = np.minimum(sx.astype(np.int64), max(w - 2, 0))
     fy, fx = sy - y0, sx - x0
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
     dy, dx = warp.shift
-    index = [((yi - dy) % h) * w + (xi - dx) % w for yi, xi in ((y0, x0), (y0, x1), (y1, x0), (y1, x1))]
-    weight = [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]
+    ry0, ry1 = ((y0 - dy) % h) * w, ((y1 - dy) % h) * w
+    rx0, rx1 = (x0 - dx) % w, (x1 - dx) % w
+    index = np.stack([ry0 + rx0, ry0 + rx1, ry1 + rx0, ry1 + rx1], axis=1)
+    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
     return index, weight
 
 
@@ -107,10 +133,19 @@ def total_variation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     dy = np.diff(x, axis=2)
     dx = np.diff(x, axis=3)
-    value = (dy ** 2).sum(axis=(1, 2, 3)) + (dx ** 2).sum(axis=(1, 2, 3))
+    value = np.einsum("nchw,nchw->n", dy, dy) + np.einsum("nchw,nchw->n", dx, dx)
+    return value, tv_gradient(x, dy, dx)
+
+
+def tv_gradient(x: np.ndarray, dy: Optional[np.ndarray] = None, dx: Optional[np.ndarray] = None) -> np.ndarray:
+    """The gradient of :func:`total_variation` alone."""
+    dy = np.diff(x, axis=2) if dy is None else dy
+    dx = np.diff(x, axis=3) if dx is None else dx
+    dy *= 2
+    dx *= 2
     grad = np.zeros_like(x)
-    grad[:, :, 1:] += 2 * dy
-    grad[:, :, :-1] -= 2 * dy
-    grad[:, :, :, 1:] += 2 * dx
-    grad[:, :, :, :-1] -= 2 * dx
-    return value, grad
+    grad[:, :, 1:] += dy
+    grad[:, :, :-1] -= dy
+    grad[:, :, :, 1:] += dx
+    grad[:, :, :, :-1] -= dx
+    return grad
