@@ -192,6 +192,22 @@ def test_channel_of_a_channels_last_layer(tmp_path):
     np.testing.assert_allclose(a.x, b.x, atol=1e-5)
 
 
+def test_a_channel_dead_on_the_start_noise_comes_alive(tmp_path):
+    """A large negative bias kills the channel on any grey-ish image: the standard gradient is zero,
+    the redirected ReLU rule (lucid's) lets the ascent revive it."""
+    model = tiny_cnn(size=16)
+    b2 = next(t for t in model.graph.initializer if t.name == "b2")
+    bias = onnx.numpy_helper.to_array(b2).copy()
+    bias[3] = -6.0
+    b2.CopyFrom(onnx.numpy_helper.from_array(bias, "b2"))
+    m = onnxviz.load(save(model, tmp_path / "dead.onnx"), device="cpu")
+    vis = onnxviz.channel_visualization(m, "relu2", [3, 4], steps=60)
+    assert vis.start_score[0] == 0 and vis.score[0] > 0.5
+    # the redirected rules were only used while needed: channel 4 follows the standard gradient alone
+    alone = onnxviz.channel_visualization(m, "relu2", 4, steps=60)
+    np.testing.assert_allclose(alone.score, vis.score[1:], rtol=0.2)
+
+
 @pytest.mark.parametrize("norm", ["imagenet", "caffe", "unit", "symmetric"])
 @pytest.mark.parametrize("param", ["pixel", "fourier"])
 def test_images_stay_in_the_valid_range(tiny, norm, param):

@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..autodiff import STANDARD, gradient_graph
+from ..autodiff.rules.elementwise import positive, select, where_zero
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
 from ..targets import objective
@@ -253,10 +254,28 @@ def _valued(seed: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("ni,ni->n", seed.reshape(len(seed), -1), y.reshape(len(y), -1).astype(np.float32))
 
 
-def gradient_model(model, height: int, width: int, tensor: str):
-    """The gradient graph of ``seed · tensor`` with respect to the input, cached per size."""
-    return cached(model, ("classvis", height, width, tensor), lambda: gradient_graph(
-        model.specialized(height, width), tensor, [model.input.name], STANDARD, extra_outputs=[tensor]))
+def relu_redirected(e, node, dys):
+    """Lucid's redirected ReLU gradient: for an image where no gradient passes a ReLU at all (a
+    dead target channel), also pass it where it pushes the output up (dy > 0), so the ascent can
+    revive the channel; otherwise the standard rule."""
+    y, dy = node.outputs[0], dys[0]
+    passed = where_zero(e, positive(e, y), dy, like=y)
+    rank = e.rank(y)
+    if not rank or rank < 2:
+        return [passed]
+    upward = where_zero(e, e.op("Or", positive(e, y), e.op("Greater", dy, e.scalar(0, like=y))), dy, like=y)
+    magnitude = e.reduce_sum(e.op("Abs", passed), list(range(1, rank)), keepdims=True)
+    return [select(e, e.op("Greater", magnitude, e.scalar(0, like=y)), passed, upward, like=y)]
+
+
+REDIRECTED = STANDARD.replace("redirected", Relu=relu_redirected)
+REDIRECT_STEPS = 16  # steps on the redirected rules after an image's gradient came out all zero
+
+
+def gradient_model(model, height: int, width: int, tensor: str, rules=STANDARD):
+    """The gradient graph of ``seed · tensor`` with respect to the input, cached per size and rule set."""
+    return cached(model, ("classvis", height, width, tensor, rules.name), lambda: gradient_graph(
+        model.specialized(height, width), tensor, [model.input.name], rules, extra_outputs=[tensor]))
 
 
 def _size(model, pre: Preprocess, size) -> tuple[int, int]:
@@ -337,10 +356,8 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
     y0 = model.activations(space.to_input(p), [tensor])[tensor]
     seed_ = make_seed(y0.shape)
     start_score = _valued(seed_, y0)
-    gm = gradient_model(model, h, w, tensor)
-    key = f"classvis:{h}x{w}:{tensor}"
-    grad_name = gm.grads[model.input.name]
     chunk = model._chunk(None)
+    redirect = 0
 
     snap_at = set(np.unique(np.linspace(0, ascent.steps, ascent.snapshots).round().astype(int)).tolist()) \
         if ascent.snapshots else set()
@@ -361,8 +378,12 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
             snaps.append(space.show(p))
         warp = random_warp(rng, (h, w), ascent.jitter, ascent.zoom, ascent.rotate) if warps else None
         seen = warp.apply(p) if warp is not None else p
+        rules = REDIRECTED if redirect else STANDARD
+        gm = gradient_model(model, h, w, tensor, rules)
+        grad_name = gm.grads[model.input.name]
         values = model.runtime.run(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
-                                   outputs=[tensor, grad_name], batch_size=chunk, key=key)
+                                   outputs=[tensor, grad_name], batch_size=chunk,
+                                   key=f"classvis:{h}x{w}:{tensor}:{rules.name}")
         y, gx = values[tensor], values[grad_name]
         history[t] = _valued(seed_, y)
         g = space.gradient(gx)
@@ -370,6 +391,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
             g = warp.adjoint(g)
         rms = np.sqrt(np.einsum("nchw,nchw->n", g, g) / g[0].size).reshape(-1, 1, 1, 1)
         g *= np.divide(1.0, rms, out=np.zeros_like(rms), where=rms > 0)
+        redirect = REDIRECT_STEPS if not redirect and (rms == 0).any() else max(redirect - 1, 0)
         if ascent.l2:
             g -= (2.0 * ascent.l2) * (p - space.center)
         if ascent.tv:
