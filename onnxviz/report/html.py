@@ -6,13 +6,17 @@ Plain string templates; every text from the model or the user goes through ``htm
 """
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime
 from html import escape
+from pathlib import Path
 from typing import Optional
 
 from .pictures import Picture
 from .sections import JITTER
+
+log = logging.getLogger("onnxviz")
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -75,13 +79,17 @@ def model_html(card) -> str:
     for io in info["inputs"]:
         rows.append(("Input", f"<code>{e(io['name'])}</code> {e(io['dtype'])}[{e(', '.join(map(str, io['shape'])))}]"
                               f" <span class=muted>· read as {e(spec['layout'])}, {spec['channels']} channel(s), "
-                              f"{e(spec['height'] or 'any')}×{e(spec['width'] or 'any')}</span>"))
+                              f"{e(_size(spec))}</span>"))
     for io in info["outputs"]:
         rows.append(("Output", f"<code>{e(io['name'])}</code> {e(io['dtype'])}[{e(', '.join(map(str, io['shape'])))}]"))
     rows.append(("Preprocessing", "<br>".join(f"<span class=muted>{e(k)}:</span> {e(v)}" for k, v in card.preprocessing)))
     t = info["totals"]
-    rows.append(("Size of the network", f"{e(human(t['params']))} parameters, {e(human(t['macs']))} MACs per image"
-                 + (f" <span class=muted>({t['macs_unknown']} layers of unknown size)</span>" if t["macs_unknown"] else "")))
+    if t["macs_unknown"]:
+        macs = (f"at least {e(human(t['macs']))} MACs per image <span class=muted>({t['macs_unknown']} layers' "
+                "sizes depend on the input size)</span>")
+    else:
+        macs = f"{e(human(t['macs']))} MACs per image"
+    rows.append(("Size of the network", f"{e(human(t['params']))} parameters, {macs}"))
     rows.append(("Runtime", e(card.runtime)))
     rows.append(("Environment", e(card.environment)))
     rows.append(("Images", e(", ".join(card.images) or "none")))
@@ -91,6 +99,11 @@ def model_html(card) -> str:
         rows.append(("Loading notes", "<br>".join(e(n) for n in info["notes"])))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<dl class="facts">{dl}</dl>' + layer_table(info)
+
+
+def _size(spec: dict) -> str:
+    h, w = spec["height"], spec["width"]
+    return f"{h}×{w}" if h and w else "any size" if not (h or w) else f"{h or 'any'}×{w or 'any'}"
 
 
 def _rf(rf) -> str:
@@ -260,9 +273,7 @@ def section_html(s) -> str:
         try:
             body = RENDERERS[s.key](s.result)
         except Exception as exc:  # a rendering bug shows in its section, like a computing one
-            import logging
-
-            logging.getLogger("onnxviz").error("report: rendering %s failed", s.title, exc_info=True)
+            log.error("report: rendering %s failed", s.title, exc_info=True)
             body = notice("error", f"internal error, please report it: {type(exc).__name__}: {exc}",
                           "This section could not be drawn.")
     elif s.status == "skipped":
@@ -291,7 +302,7 @@ def render(sections, inputs, generated: Optional[datetime] = None, seconds: floa
     """The whole page for the computed sections."""
     from .. import __version__
 
-    name = _model_name(inputs)
+    name = Path(inputs.model.path).name
     when = (generated or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip()
     nav = "".join(f'<a href="#{e(s.key)}" class="{e(s.status)}">{e(s.title)}</a>' for s in sections)
     nav += '<a href="#timings">Timings</a>'
@@ -304,12 +315,6 @@ def render(sections, inputs, generated: Optional[datetime] = None, seconds: floa
         title=e(f"onnxviz report — {name}"), css=CSS, csp=escape(CSP, quote=False), name=e(name),
         meta=" · ".join(e(m) for m in meta), nav=nav, alert=alert, body=body,
         timings=timings_html(sections, seconds))
-
-
-def _model_name(inputs) -> str:
-    from pathlib import Path
-
-    return Path(inputs.model.path).name
 
 
 PAGE = """<!DOCTYPE html>
@@ -391,6 +396,7 @@ figcaption{font-size:12px;color:var(--muted);margin-top:4px;line-height:1.35}
 img.px{image-rendering:pixelated}
 figure.filters img,figure.map img{border:1px solid var(--line)}
 .legend{display:flex;align-items:center;gap:8px;font-size:12px;color:var(--muted)}
+.legend>span:not(.muted){white-space:nowrap;flex:none}
 .legend .bar{display:inline-block;width:160px;height:10px;border-radius:3px}
 article.image{border-top:1px solid var(--line);padding-top:6px;margin-top:14px}
 article.image h3 .pred{font-weight:500;color:var(--accent);margin-left:6px}
