@@ -24,9 +24,14 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def describe(model) -> dict:
-    """The model card and layer table of a loaded model (graph analysis only: no sessions)."""
+def describe(model, size=None) -> dict:
+    """The model card and layer table of a loaded model (graph analysis only: no sessions).
+
+    ``size`` (height, width) fixes a dynamic-size model's input so that shapes and MACs are known.
+    """
     proto, spec = model.proto, model.input
+    if size and spec.size is None:
+        proto = model.specialized(*size)
     rows = layer_table(proto, spec.name, spec.layout)
     candidates = gradcam_candidates(proto, spec.name, spec.layout)
     original = model.original
@@ -43,6 +48,7 @@ def describe(model) -> dict:
         "outputs": [_io(vi) for vi in original.graph.output],
         "input_spec": {"name": spec.name, "layout": spec.layout, "channels": spec.channels,
                        "height": spec.height, "width": spec.width, "dtype": str(spec.dtype)},
+        "analyzed_size": list(size) if size and spec.size is None else None,
         "totals": summarize(rows),
         "gradcam_candidates": candidates,
         "layers": [
@@ -96,7 +102,8 @@ def format_table(info: dict, show_all: bool = False) -> str:
         lines.append(f"output    {io['name']}: {io['dtype']}[{', '.join(map(str, io['shape']))}]")
     lines.append(f"layout    {spec['layout']}, {spec['channels']} channels, "
                  f"{spec['height'] or 'any'}x{spec['width'] or 'any'}")
-    lines.append(f"totals    {_human(t['params'])} params, {_human(t['macs'])} MACs per image"
+    at = f" at {info['analyzed_size'][0]}x{info['analyzed_size'][1]}" if info.get("analyzed_size") else ""
+    lines.append(f"totals    {_human(t['params'])} params, {_human(t['macs'])} MACs per image{at}"
                  + (f" ({t['macs_unknown']} layers of unknown size)" if t["macs_unknown"] else ""))
     for note in info["notes"]:
         lines.append(f"note      {note}")

@@ -32,7 +32,7 @@ def inspect(model, as_json, show_all, **opts):
       onnxviz inspect models/shapes_cnn.onnx
     """
     session = open_session(model, verify=False, **opts)
-    info = describe(session.model)
+    info = describe(session.model, size=session.pre.size)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
