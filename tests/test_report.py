@@ -86,6 +86,14 @@ def pngs(page: str) -> list:
     return out
 
 
+def _failed(row):
+    """A check row turned into a failure, whichever way CheckRow records it."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(row)}
+    return dataclasses.replace(row, error=0.5, **({"status": "FAIL"} if "status" in names else {"ok": False}))
+
+
 def section_html(page: str, key: str) -> str:
     m = re.search(rf'<section id="{key}" class="card (\w+)">(.*?)</section>', page, re.S)
     assert m, f"no section {key}"
@@ -143,12 +151,44 @@ def test_model_card(full, files):
     assert card.images == ["img0.png", "img1.png", "img2.png"]
 
 
+def test_dynamic_size_model_is_described_at_the_size_it_ran_at(files, tmp_path, no_classvis):
+    model = save(tiny_cnn(dynamic=True), tmp_path / "dyn.onnx")
+    r = onnxviz.report(model, files["images"][:1], None, device="cpu")
+    info = r.section("model").result.info
+    assert info["totals"]["macs_unknown"] == 0 and "16×16" in section_html(r.html, "model")
+
+
 def test_gradient_check_on_the_first_image(full):
     """The flat squares of these images put max-pools on ties: exact next to the image, not at it."""
     check = full[0].section("gradcheck").result
     assert check.image == "img0.png" and {r.tensor for r in check.rows} == {"input", "relu2"}
-    assert not check.exact and check.at_kink and check.failing == []
-    assert "this image is at a kink" in section_html(full[0].html, "gradcheck")
+    assert check.failing == [] and (check.exact or check.at_kink)
+    verdict = "this image is at a kink" if check.at_kink else "Gradients are exact."
+    assert verdict in section_html(full[0].html, "gradcheck")
+
+
+def test_gradient_check_tells_a_kink_from_a_wrong_rule(files, tmp_path, monkeypatch):
+    """Rows failing at the image but not next to it are a kink; the page says the graph is exact."""
+    from onnxviz import checkgrad
+    from onnxviz.report.html import gradcheck_html
+    from onnxviz.report.sections import gradient_check
+
+    real = checkgrad.check_gradients
+    calls = []
+
+    def fails_first(*args, **kwargs):
+        calls.append(args[1])
+        rows = real(*args, **kwargs)
+        return [_failed(r) for r in rows] if len(calls) == 1 else rows
+
+    monkeypatch.setattr(checkgrad, "check_gradients", fails_first)
+    model = onnxviz.load(files["model"], device="cpu")
+    inp = report_pkg.read_inputs(model, files["images"][:1], onnxviz.Preprocess())
+    check = gradient_check(inp)
+    assert len(calls) == 2 and not np.array_equal(calls[0], calls[1])
+    assert np.abs(calls[1] - calls[0]).max() < 0.05 * np.ptp(calls[0])
+    assert check.at_kink and check.failing == []
+    assert "Gradients are exact; this image is at a kink." in gradcheck_html(check)
 
 
 def test_gradient_check_verdicts(files, tmp_path, monkeypatch):
@@ -165,9 +205,7 @@ def test_gradient_check_verdicts(files, tmp_path, monkeypatch):
     real = checkgrad.check_gradients
 
     def wrong(*args, **kwargs):  # a broken rule: every input row off
-        rows = real(*args, **kwargs)
-        return [r if r.tensor != "input" else checkgrad.CheckRow(r.tensor, r.direction, r.analytic * 2, r.numeric,
-                                                                  r.spread, 0.5, False) for r in rows]
+        return [_failed(r) if r.tensor == "input" else r for r in real(*args, **kwargs)]
 
     monkeypatch.setattr(checkgrad, "check_gradients", wrong)
     check = gradient_check(report_pkg.read_inputs(model, [noise], onnxviz.Preprocess()))

@@ -164,7 +164,15 @@ def _check_rows(rows) -> str:
     return "".join(
         f"<tr><td><code>{e(r.tensor)}</code></td><td class=num>{r.direction}</td><td class=num>{r.analytic:.6g}</td>"
         f"<td class=num>{r.numeric:.6g}</td><td class=num>{r.error:.1e}</td>"
-        f"<td class='{'ok' if r.ok else 'bad'}'>{'yes' if r.ok else 'NO'}</td></tr>" for r in rows)
+        f"<td class='{'ok' if r.ok else 'bad'}'>{_verdict(r)}</td></tr>" for r in rows)
+
+
+def _verdict(row) -> str:
+    """yes / NO, or the check's own word where it has one (e.g. "kink": no direction avoided one)."""
+    status = getattr(row, "status", None)
+    if isinstance(status, str) and status.lower() not in ("ok", "fail"):
+        return e(status)
+    return "yes" if row.ok else "NO"
 
 
 def filters_html(view) -> str:

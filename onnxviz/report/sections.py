@@ -132,7 +132,8 @@ def model_card(inp: Inputs) -> ModelCard:
     from ..inspection import describe, sha256
 
     model = inp.model
-    info = describe(model)
+    size = model.input.hw(inp.x) if inp.x is not None else inp.pre.size
+    info = describe(model, size=size)  # a dynamic-size model is described at the size it ran at
     return ModelCard(
         info=info,
         name=Path(model.path).name,
@@ -273,7 +274,7 @@ def first_filters(inp: Inputs) -> FilterView:
     colour = "colour: the three input channels" if w.shape[1] == 3 else "one row per filter, one column per input channel"
     caption = (f"{shown} filters of {f.layer!r}, {kh}×{kw}; grey = 0, each filter scaled to its own "
                f"largest weight ({colour})")
-    pic = picture(tiles, caption, f"filters of {f.layer}", side=max(side, min(4 * side, 480)), smooth=False)
+    pic = picture(tiles, caption, f"filters of {f.layer}", side=max(side, min(3 * side, 360)), smooth=False)
     return FilterView(f.layer, f.node, tuple(f.weights.shape), len(w), pic)
 
 
