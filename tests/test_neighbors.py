@@ -29,7 +29,8 @@ def sample(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shapes")
     save_folder(make_shapes(300, 64, seed=4242), folder)  # unseen by training
     model = onnxviz.load(str(SAMPLE))
-    return model, embed(model, folder, cache=folder.parent / "cache")
+    pre = Preprocess(size=64, resize="stretch")  # as its sidecar JSON says
+    return model, embed(model, folder, pre=pre, cache=folder.parent / "cache")
 
 
 def test_knn_classification_in_the_sample_models_embedding(sample):

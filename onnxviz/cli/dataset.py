@@ -145,7 +145,7 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
 
     \b
     Example:
-      onnxviz embed models/shapes_cnn.onnx images/ --out out/features
+      onnxviz embed models/shapes_cnn.onnx models/images --out out/features
     """
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/embed")
@@ -176,7 +176,7 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
 
     \b
     Example:
-      onnxviz neighbors models/shapes_cnn.onnx images/ --query images/star/00012.png -k 8
+      onnxviz neighbors models/shapes_cnn.onnx models/images --query models/images/star_0.png -k 3
     """
     from ..methods.neighbors import nearest_neighbors, neighbors_figure
 
@@ -219,7 +219,7 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
 
     \b
     Example:
-      onnxviz tsne models/shapes_cnn.onnx images/ --perplexity 30 --seed 0
+      onnxviz tsne models/shapes_cnn.onnx models/images --perplexity 30 --seed 0
     """
     from ..methods.projection import projection, save_csv, scatter_figure, thumbnail_map
 
@@ -235,7 +235,8 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
         if placed < min(len(proj.paths), thumbnails):
             click.echo(f"thumbnail map: {min(len(proj.paths), thumbnails) - placed} image(s) could not be re-read",
                        err=True)
-    settings = ", ".join(f"{k}={v}" for k, v in proj.params.items() if k != "method")
+    settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in proj.params.items() if k != "method")
     click.echo(f"{method} of {emb.layer} ({len(emb)} images; {settings}) -> {', '.join(map(str, written))}")
 
 
@@ -265,7 +266,8 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
 
     \b
     Example:
-      onnxviz patches models/shapes_cnn.onnx images/ --layer relu_2 --channels 4 --top 16
+      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
+        --channels 4 --top 4
     """
     from ..methods.patches import patches_grid, patches_overview, to_json, top_patches
 
