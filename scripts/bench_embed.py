@@ -105,7 +105,13 @@ def no_spinning() -> None:
     Runtime._options = quiet
 
 
-def child(model_path: str, folder: str, cache: str, batch_size: int, workers: int, spin: bool = True) -> None:
+def model_input(model, image_size: int) -> Preprocess:
+    """The preprocessing at the model's own size, or ``image_size`` when its size is dynamic."""
+    return fixed_size(model.input, Preprocess(size=None if model.input.size else image_size))
+
+
+def child(model_path: str, folder: str, cache: str, batch_size: int, workers: int, spin: bool = True,
+          image_size: int = 64) -> None:
     """One embed run in this process; prints a JSON line of timings and peaks."""
     import threading
     import tracemalloc
@@ -125,7 +131,8 @@ def child(model_path: str, folder: str, cache: str, batch_size: int, workers: in
     tracemalloc.start()
     watcher.start()
     t = time.perf_counter()
-    emb = embed(model, folder, cache=cache, batch_size=batch_size, workers=workers)
+    emb = embed(model, folder, pre=model_input(model, image_size), cache=cache, batch_size=batch_size,
+                workers=workers)
     seconds = time.perf_counter() - t
     stop.set()
     watcher.join()
@@ -169,21 +176,21 @@ def bench_embed(model_path: str, sizes=(1000, 10000), image_size: int = 64, batc
     folders = {n: make_folder(work / f"images_{n}", n, image_size) for n in sizes}
     model = onnxviz.load(model_path)
     layer = penultimate_layer(model)
-    pre = fixed_size(model.input, Preprocess())
+    pre = model_input(model, image_size)
     small = folders[min(sizes)]
     paths = sorted(small.rglob("*.png"))
     n = len(paths)
-    embed(model, small, batch_size=batch_size, workers=workers)  # warm sessions and the page cache
+    embed(model, small, pre=pre, batch_size=batch_size, workers=workers)  # warm sessions and the page cache
     plain, full, serial = [], [], []
     for r in range(repeats):  # interleaved, so machine load hits all three alike
         plain.append(plain_forward(model, paths, layer, pre, batch_size))
         shutil.rmtree(work / f"cache_tp_{r}", ignore_errors=True)  # a cold run, not a resume
         t = time.perf_counter()
-        embed(model, small, cache=work / f"cache_tp_{r}", batch_size=batch_size, workers=workers)
+        embed(model, small, pre=pre, cache=work / f"cache_tp_{r}", batch_size=batch_size, workers=workers)
         full.append(time.perf_counter() - t)
         serial.append(serial_embed(model, paths, layer, pre, batch_size))
     t = time.perf_counter()
-    resumed = embed(model, small, cache=work / "cache_tp_0", batch_size=batch_size, workers=workers)
+    resumed = embed(model, small, pre=pre, cache=work / "cache_tp_0", batch_size=batch_size, workers=workers)
     resume_s = time.perf_counter() - t
     report = {"model": os.path.basename(model_path), "layer": layer, "images": n, "image_size": image_size,
               "batch_size": batch_size, "workers": workers, "cpus": os.cpu_count(), "spinning": spin,
@@ -193,7 +200,8 @@ def bench_embed(model_path: str, sizes=(1000, 10000), image_size: int = 64, batc
     for size, folder in folders.items() if memory else ():
         shutil.rmtree(work / f"cache_mem_{size}", ignore_errors=True)
         out = subprocess.run([sys.executable, __file__, "--child", model_path, str(folder),
-                              str(work / f"cache_mem_{size}"), str(batch_size), str(workers), str(int(spin))],
+                              str(work / f"cache_mem_{size}"), str(batch_size), str(workers), str(int(spin)),
+                              str(image_size)],
                              capture_output=True, text=True, check=True)
         report["memory"][size] = json.loads(out.stdout.strip().splitlines()[-1])
     _print(report)
@@ -216,7 +224,8 @@ def _print(r: dict) -> None:
 
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), bool(int(sys.argv[7])))
+        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), bool(int(sys.argv[7])),
+              int(sys.argv[8]))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="ONNX model (default: models/shapes_cnn.onnx, else a small CNN)")

@@ -282,3 +282,25 @@ def test_bad_layers_channels_and_files(tmp_path):
     assert overview.dtype == np.uint8 and overview.ndim == 3 and grid.shape[-1] == 3
     info = to_json(result)
     assert info["channels"][0]["patches"][0]["value"] == result.channels[0].patches[0].value
+
+
+def test_a_winner_that_disappears_before_cropping_is_reported(tmp_path):
+    model = onnxviz.load(save(tiny_cnn(size=32), tmp_path / "tiny.onnx"))
+    folder = _folder(tmp_path / "d", SIZES[:3])
+    first = scan_folder(folder).paths[0]
+    run, calls = model.runtime.run, []
+
+    def delete_on_last_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            first.unlink()  # read and run already; gone when its patch is cropped
+        return run(*args, **kwargs)
+
+    model.runtime.run = delete_on_last_batch
+    result = top_patches(model, folder, "relu2", channels=[0], top=3, batch_size=1, workers=1)
+    patches = result.channels[0].patches
+    assert len(patches) == 3 and result.images == 3
+    gone = [p for p in patches if p.path == first]
+    assert gone[0].image is None and all(p.image is not None for p in patches if p.path != first)
+    assert [f.path for f in result.failures] == [first] and "cannot crop" in result.failures[0].reason
+    assert patches_grid(result.channels[0]).shape[-1] == 3  # drawn as a grey tile
