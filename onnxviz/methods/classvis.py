@@ -48,30 +48,33 @@ Indices = Union[int, Sequence[int], np.ndarray]
 
 @dataclass(frozen=True)
 class Ascent:
-    """How the ascent runs. The defaults follow lucid/lucent and tf-keras-vis, scaled to the image:
+    """How the ascent runs; every default below. Peers' choices (lucid/lucent, tf-keras-vis,
+    Yosinski et al. 2015), scaled to the image, and checked on models they were not tuned on.
 
-    * ``steps=256`` Adam steps with ``lr=0.05`` (pixel fractions: ~13 grey levels per step at
-      most; lucid's rate); ``betas=(0.9, 0.999)``.
-    * ``l2=0.5``: λ of ``λ‖I‖²₂``, relative to the unit-RMS objective gradient (a pixel where
-      the objective's gradient is g·RMS settles near ``|I| ≈ g / (2λ)``).
-    * ``tv=0.1``: τ of the squared total variation, same units.
-    * ``blur_every=4``, ``blur_sigma=0.5`` pixels (Yosinski et al., 2015); 0 turns it off.
-      Pixel parameterization only (the Fourier one already favours low frequencies).
-    * ``jitter=0.05`` of each side (8 px at 160, 11 at 224, 3 at 64: lucid's 8–16 px at 224);
-      ``zoom=(0.95, 1.05)``; ``rotate=5`` degrees either way. One warp per step, shared by the
-      batch; ``jitter=0, zoom=None, rotate=0`` turns them off.
+    * ``steps=256`` Adam steps with ``lr=0.05`` (pixel fractions: at most ~13 grey levels per
+      step; lucid's rate), ``betas=(0.9, 0.999)``.
+    * ``l2=1.0``: λ of ``λ‖I‖²₂``, relative to the unit-RMS objective gradient: a pixel whose
+      gradient is g × the RMS settles near ``|I| ≈ g / (2λ)``, so pixels the objective does not
+      care about fade to the mean colour.
+    * ``tv=0.05``: weight of the squared total variation, same units.
+    * ``blur_every=8``, ``blur_sigma=0.5`` pixels: a periodic Gaussian blur against pixel-level
+      noise (Yosinski et al., 2015); without it the sample model's triangle drifts towards ring
+      dots. 0 turns it off. Pixel parameterization only.
+    * ``jitter=0.05`` of each side (11 px at 224, 3 px at 64; lucid uses 8–16 px at 224),
+      ``zoom=(0.95, 1.05)``, ``rotate=5`` degrees either way: one random warp per step,
+      shared by the batch; ``jitter=0, zoom=None, rotate=0`` turns them off.
     * ``param="pixel"``, or ``"fourier"`` for lucid's decorrelated spectrum (``fourier_decay=1``).
     * ``init_std=0.05``: the start is the preprocessing mean (mid-grey when it is 0) plus
-      Gaussian noise of this std in pixel fractions, clipped; low-contrast noise as in lucid.
+      Gaussian noise of this std in pixel fractions, clipped: low-contrast noise, as lucid's.
     * ``snapshots=8``: images kept over the steps (the start and the final image included).
     """
 
     steps: int = 256
     lr: float = 0.05
     betas: tuple = (0.9, 0.999)
-    l2: float = 0.5
-    tv: float = 0.1
-    blur_every: int = 4
+    l2: float = 1.0
+    tv: float = 0.05
+    blur_every: int = 8
     blur_sigma: float = 0.5
     jitter: float = 0.05
     zoom: Optional[tuple] = (0.95, 1.05)
@@ -121,7 +124,8 @@ class Visualization:
     of the others with ``subtract_others``) or the channel's mean activation; ``start_score``:
     the same on the starting noise; ``probability``: the target's softmax probability on ``x``
     (class objective only); ``norm``: ‖I‖₂, the image centred on the preprocessing mean, in
-    pixel fractions; ``history``: (steps, N) the objective at each step (on the warped image);
+    pixel fractions; ``history``: (steps, N) the objective at each step (on that step's warped
+    image) and ``norm_history`` the norm of the image it was computed from;
     ``snapshots``: (S, N, H, W, 3) uint8 images after ``snapshot_steps`` steps.
     """
 
@@ -132,6 +136,7 @@ class Visualization:
     start_score: np.ndarray
     norm: np.ndarray
     history: np.ndarray
+    norm_history: np.ndarray
     snapshots: np.ndarray
     snapshot_steps: np.ndarray
     kind: str
@@ -363,6 +368,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         if ascent.snapshots else set()
     snap_steps, snaps = [], []
     history = np.zeros((ascent.steps, n), np.float32)
+    norms = np.zeros((ascent.steps, n), np.float32)
     adam = _Adam(param.params, ascent.lr, ascent.betas)
     warps = ascent.jitter > 0 or ascent.rotate > 0 or (ascent.zoom is not None and ascent.zoom != (1.0, 1.0))
     steps = range(ascent.steps)
@@ -370,7 +376,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
     if progress:
         from tqdm.auto import tqdm
 
-        steps = bar = tqdm(steps, desc=f"ascent on {tensor}", leave=False, unit="step")
+        steps = bar = tqdm(steps, desc=f"gradient ascent on {tensor}", leave=False, unit="step", mininterval=0.5)
 
     for t in steps:
         if t in snap_at:
@@ -386,6 +392,8 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
                                    key=f"classvis:{h}x{w}:{tensor}:{rules.name}")
         y, gx = values[tensor], values[grad_name]
         history[t] = _valued(seed_, y)
+        centred = p - space.center
+        norms[t] = np.sqrt(np.einsum("nchw,nchw->n", centred, centred))
         g = space.gradient(gx)
         if warp is not None:
             g = warp.adjoint(g)
@@ -393,7 +401,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         g *= np.divide(1.0, rms, out=np.zeros_like(rms), where=rms > 0)
         redirect = REDIRECT_STEPS if not redirect and (rms == 0).any() else max(redirect - 1, 0)
         if ascent.l2:
-            g -= (2.0 * ascent.l2) * (p - space.center)
+            g -= (2.0 * ascent.l2) * centred
         if ascent.tv:
             g -= ascent.tv * tv_gradient(p)
         adam.ascend(param.params, param.backward(g))
@@ -402,7 +410,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
             param.params = blur(param.params, ascent.blur_sigma)
         p = param.image()
         if bar is not None:
-            bar.set_postfix(score=f"{float(history[t].mean()):.3g}")
+            bar.set_postfix(score=f"{float(history[t].mean()):.3g}", refresh=False)
     if ascent.steps in snap_at:
         snap_steps.append(ascent.steps)
         snaps.append(space.show(p))
@@ -413,7 +421,7 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
     empty = np.zeros((0, n, h, w, 3), np.uint8)
     return Visualization(
         x=x, image=space.show(p), target=rows, score=final, start_score=start_score,
-        norm=norm.astype(np.float32), history=history,
+        norm=norm.astype(np.float32), history=history, norm_history=norms,
         snapshots=np.stack(snaps) if snaps else empty, snapshot_steps=np.array(snap_steps, np.int64),
         kind="", tensor=tensor, settings={**dataclasses.asdict(ascent), "seed": seed},
     )
