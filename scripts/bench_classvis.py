@@ -60,6 +60,21 @@ def small_cnn(path: Path, size: int) -> str:
     return str(path)
 
 
+def no_spinning() -> None:
+    """onnxruntime's intra-op threads sleep between runs instead of spinning (this process only):
+    on a machine with few cores, spinning threads take the CPU the step's numpy work needs."""
+    from onnxviz.runtime import Runtime
+
+    options = Runtime._options
+
+    def quiet(self):
+        opts = options(self)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return opts
+
+    Runtime._options = quiet
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -97,8 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps per timed ascent")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--no-spin", action="store_true", help="onnxruntime threads sleep between runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.no_spin:
+        no_spinning()
 
     path = args.model or (SAMPLE if SAMPLE.exists() else None)
     if path is None:
@@ -107,7 +125,8 @@ def main(argv=None) -> int:
     session = open_session(str(path), device="cpu", threads=args.threads)
     model, pre = session.model, session.pre
     size = (args.size, args.size) if args.size else (model.input.size or (pre.size or (64, 64)))
-    print(f"{path} at {size[0]}x{size[1]}, {model.runtime.describe()}")
+    print(f"{path} at {size[0]}x{size[1]}, {model.runtime.describe()}, threads {args.threads or 'default'}"
+          f"{', no spinning' if args.no_spin else ''}")
     rows = []
     for batch in args.batch:
         for param in args.param:

@@ -72,8 +72,7 @@ class Fourier:
         self._pre = None
 
     def _spatial(self) -> np.ndarray:
-        spectrum = (self.params[..., 0] + 1j * self.params[..., 1]) * self.scale
-        return fft.irfft2(spectrum, s=self.hw)
+        return fft.irfft2(_complex(self.params) * self.scale, s=self.hw)
 
     def image(self) -> np.ndarray:
         self._pre = expit(np.einsum("ij,njhw->nihw", self.color, self._spatial()))
@@ -84,11 +83,18 @@ class Fourier:
         p = self._pre if self._pre is not None else self.image()
         gz = g * p * (1.0 - p)
         gs = np.einsum("ij,nihw->njhw", self.color, gz)  # Cᵀ
-        spec = fft.rfft2(gs.astype(self.params.dtype, copy=False)) * self._adjoint
-        return np.stack([spec.real, spec.imag], axis=-1)
+        spec = fft.rfft2(gs.astype(self.params.dtype, copy=False))
+        spec *= self._adjoint
+        return spec.view(self.params.dtype).reshape(self.params.shape)
 
     def project(self) -> None:
         pass
+
+
+def _complex(pairs: np.ndarray) -> np.ndarray:
+    """(..., 2) real/imaginary pairs as a complex array (..., ), without copying."""
+    kind = np.complex64 if pairs.dtype == np.float32 else np.complex128
+    return np.ascontiguousarray(pairs, dtype=pairs.dtype if kind == np.complex64 else np.float64).view(kind)[..., 0]
 
 
 PARAMETERIZATIONS = ("pixel", "fourier")

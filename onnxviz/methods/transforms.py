@@ -73,10 +73,8 @@ def _matrix(warp: "Warp", h: int, w: int) -> sparse.csr_matrix:
         if len(_CURRENT) > 4:
             _CURRENT.clear()
     if key != warp:
-        index, weight = _bilinear(warp, h, w)
         # float32 weights: float32 images stay float32; W and Wᵀ share the same numbers (exact adjoints)
-        mat.data[:] = weight.ravel()
-        mat.indices[:] = index.ravel()
+        _bilinear(warp, h, w, mat.indices.reshape(-1, 4), mat.data.reshape(-1, 4))
         _CURRENT[(h, w)] = (mat, warp)
     return mat
 
@@ -85,26 +83,48 @@ def _matrix(warp: "Warp", h: int, w: int) -> sparse.csr_matrix:
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates relative to the image centre, flat."""
     yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
-    return yy.ravel(), xx.ravel()
+    return yy.ravel().astype(np.float32), xx.ravel().astype(np.float32)
 
 
-def _bilinear(warp: Warp, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each output pixel (row), its 4 source pixels (flat indices) and bilinear weights, (H·W, 4)."""
+def _bilinear(warp: Warp, h: int, w: int, index: Optional[np.ndarray] = None,
+              weight: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each output pixel (row), its 4 source pixels (flat indices) and bilinear weights, (H·W, 4),
+    written into ``index``/``weight`` when given."""
     yy, xx = _grid(h, w)
     t = math.radians(warp.angle)
-    cos, sin = math.cos(t) / warp.zoom, math.sin(t) / warp.zoom
+    cos, sin = np.float32(math.cos(t) / warp.zoom), np.float32(math.sin(t) / warp.zoom)
     # inverse map: output pixel -> source position (rotate by -angle, shrink by zoom)
-    sy = np.clip(cos * yy - sin * xx + (h - 1) / 2.0, 0, h - 1)
-    sx = np.clip(sin * yy + cos * xx + (w - 1) / 2.0, 0, w - 1)
-    y0 = np.minimum(sy.astype(np.int64), max(h - 2, 0))  # sy >= 0: truncation is floor
-    x0 = np.minimum(sx.astype(np.int64), max(w - 2, 0))
+    sy = cos * yy - sin * xx
+    sy += np.float32((h - 1) / 2.0)
+    np.clip(sy, 0, h - 1, out=sy)
+    sx = sin * yy + cos * xx
+    sx += np.float32((w - 1) / 2.0)
+    np.clip(sx, 0, w - 1, out=sx)
+    y0 = np.minimum(sy.astype(np.int32), max(h - 2, 0))  # sy >= 0: truncation is floor
+    x0 = np.minimum(sx.astype(np.int32), max(w - 2, 0))
     fy, fx = sy - y0, sx - x0
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    gy, gx = 1 - fy, 1 - fx
     dy, dx = warp.shift
-    ry0, ry1 = ((y0 - dy) % h) * w, ((y1 - dy) % h) * w
-    rx0, rx1 = (x0 - dx) % w, (x1 - dx) % w
-    index = np.stack([ry0 + rx0, ry0 + rx1, ry1 + rx0, ry1 + rx1], axis=1)
-    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
+    ry0, rx0 = (y0 - dy) % h, (x0 - dx) % w
+    ry1, rx1 = ry0 + 1, rx0 + 1  # the next row/column, wrapping around with the roll
+    ry1[ry1 == h] = 0
+    rx1[rx1 == w] = 0
+    if h == 1:
+        ry1 = ry0
+    if w == 1:
+        rx1 = rx0
+    ry0 *= w
+    ry1 *= w
+    index = np.empty((h * w, 4), np.int64) if index is None else index
+    weight = np.empty((h * w, 4), np.float64) if weight is None else weight
+    np.add(ry0, rx0, out=index[:, 0])
+    np.add(ry0, rx1, out=index[:, 1])
+    np.add(ry1, rx0, out=index[:, 2])
+    np.add(ry1, rx1, out=index[:, 3])
+    np.multiply(gy, gx, out=weight[:, 0], casting="unsafe")
+    np.multiply(gy, fx, out=weight[:, 1], casting="unsafe")
+    np.multiply(fy, gx, out=weight[:, 2], casting="unsafe")
+    np.multiply(fy, fx, out=weight[:, 3], casting="unsafe")
     return index, weight
 
 
