@@ -17,7 +17,7 @@ from onnxviz.cli import main
 from onnxviz.errors import OnnxvizError, UnsupportedOpError
 from onnxviz.images import Preprocess
 from onnxviz.methods import classvis as cv
-from onnxviz.methods.parameterization import Fourier, Pixels
+from onnxviz.methods.parameterization import Fourier
 from onnxviz.methods.transforms import Warp, blur, random_warp, total_variation
 
 SAMPLE = Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"
@@ -338,7 +338,7 @@ def test_cli_class_visualization_files(cli_model, tmp_path):
         assert x.shape == (1, 3, 20, 20)
         assert abs(m.run(x)["prob"][0, e["target"]] - e["probability"]) < 1e-5
         assert Image.open(e["files"]["png"]).size == (20, 20)
-        assert Image.open(e["files"]["steps"]).size == (4 * 20 + 3 * 2, 20)
+        assert Image.open(e["files"]["steps"]).size == (4 * 120 + 3 * 2, 120)  # 20 px shown at 6x
     assert "star: score" in r.output
 
 

@@ -2,8 +2,8 @@
 
 ``OUT/`` gets, per visualization, ``<stem>.png`` (the image, normalization and layout undone),
 ``<stem>.npy`` (the raw model input), ``<stem>_steps.png`` (snapshots over the steps, left to
-right) and ``classvis.json`` with every score, probability and file. Stems are
-``class<K>[_<start>]`` or ``<layer>_ch<C>[_<start>]``.
+right; inputs under 128 pixels enlarged by pixel repetition) and ``classvis.json`` with every
+score, probability and file. Stems are ``class<K>[_<start>]`` or ``<layer>_ch<C>[_<start>]``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import os
 from typing import Optional
 
 import click
-import numpy as np
 
 from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_json, save_npy, save_png
@@ -90,7 +89,7 @@ def classvis_cmd(model, target, layer, channel, steps, lr, seed, batch, l2, tv, 
     \b
     Examples:
       onnxviz classvis models/shapes_cnn.onnx --target all --out vis
-      onnxviz classvis models/shapes_cnn.onnx --layer input.12 --channel 0,1,2 --steps 128
+      onnxviz classvis models/shapes_cnn.onnx --layer /features/features.6/Relu_output_0 --channel 0,1,2
     """
     if (target is None) == (layer is None):
         raise click.UsageError("give either --target (class visualization) or --layer with --channel")
@@ -156,13 +155,14 @@ def _write(vis, session, folder, batch: int) -> list:
     entries = []
     for r in range(len(vis)):
         k = int(vis.target[r])
-        stem = f"class{k}" if vis.kind == "class" else f"{_safe(vis.layer)}_ch{k}"
+        stem = f"class{k}" if vis.kind == "class" else f"{_safe(vis.layer).strip('_')}_ch{k}"
         if batch > 1:
             stem += f"_{r % batch}"
         files = {"png": save_png(vis.image[r], folder / f"{stem}.png"),
                  "npy": save_npy(vis.x[r:r + 1], folder / f"{stem}.npy")}
         if len(vis.snapshots):
-            files["steps"] = save_png(grid(vis.snapshots[:, r], cols=len(vis.snapshots), pad=2),
+            zoom = max(1, 128 // max(vis.image.shape[1:3]))  # small inputs enlarged, pixels repeated
+            files["steps"] = save_png(grid(vis.snapshots[:, r], cols=len(vis.snapshots), pad=2, zoom=zoom),
                                       folder / f"{stem}_steps.png")
         entry = {"target": k, "start": r % batch, "start_score": float(vis.start_score[r]),
                  "score": float(vis.score[r]), "norm": float(vis.norm[r]),
