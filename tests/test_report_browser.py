@@ -268,8 +268,9 @@ def assert_not_blank(png: bytes):
 def browser(tmp_path_factory):
     binary = find_chromium()
     if binary is None:
-        pytest.skip("Chromium not found and not installable here: install Debian's package "
-                    "(apt-get install -y chromium) or set ONNXVIZ_CHROMIUM to a Chrome/Chromium binary")
+        pytest.skip("Chromium not found, so the report cannot be checked in a browser here: .ci/run installs "
+                    "Debian's package (apt-get install -y chromium) where it can; ONNXVIZ_CHROMIUM may name "
+                    "another Chrome/Chromium binary")
     chrome = Chromium(binary, tmp_path_factory.mktemp("chromium") / "profile")
     try:
         tools = chrome.page()

@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import OnnxvizError
 from .pictures import PANEL, Picture, gradient_image, picture, resized
 from .sections import Inputs, NotApplicable, Part, guarded
 
@@ -65,16 +64,13 @@ def explanations(inp: Inputs) -> Explanations:
     model, x = inp.model, inp.x
     chosen = guarded("layer", resolve_layer, model, inp.layer)
     layer = chosen.value if chosen.status == "ok" else None
-    source = ("chosen with --layer" if inp.layer else
+    source = ("as given (--layer)" if inp.layer else
               "chosen automatically: the last tensor with spatial extent before the classifier head")
     through = guarded("objective", objective, model)
     softmax = through.status == "ok" and through.value.through_softmax
     explained = "pre-softmax logit" if softmax else "output score"
 
-    top = guarded("predictions", predictions, model, x, inp.top, inp.label)
-    if top.status != "ok":
-        raise OnnxvizError(f"could not run the model on the images: {top.message}")
-    preds, prob_source = top.value
+    preds, prob_source = predictions(model, x, inp.top, inp.label)  # nothing below works without these
 
     parts = [guarded(title, fn, model, x, layer) for title, fn in _METHODS]
     acts = guarded("activations", _activations, model, x, layer, chosen)
