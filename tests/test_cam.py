@@ -7,7 +7,7 @@ from attribution_models import flatten_head_cnn, keras_cnn, save, strided_cnn, w
 from builders import tiny_cnn
 from onnxviz.errors import OnnxvizError
 from onnxviz.fd import channel_gradient_sums
-from onnxviz.methods.results import bilinear, upsampled
+from onnxviz.methods.results import upsampled
 from onnxviz.render import normalize01, upsample
 
 CAMS = [onnxviz.grad_cam, onnxviz.cam, onnxviz.grad_cam_pp, onnxviz.score_cam, onnxviz.layer_cam]
@@ -124,12 +124,6 @@ def test_map_is_upsampled_half_pixel_and_scaled(strided, x):
     assert h.map.shape == (3, 16, 16) and h.map.dtype == np.float32
     assert np.allclose(h.map.min(axis=(1, 2)), 0) and np.allclose(h.map.max(axis=(1, 2)), 1)
     np.testing.assert_allclose(h.map, normalize01(upsample(h.raw, (16, 16)), axis=(1, 2)), atol=1e-6)
-
-
-@pytest.mark.parametrize("size", [(16, 16), (7, 30), (3, 2), (1, 1)])
-def test_bilinear_is_render_upsample(size):
-    m = np.random.default_rng(0).standard_normal((2, 5, 4))
-    np.testing.assert_allclose(bilinear(m, size), upsample(m, size), atol=1e-12)
 
 
 def test_all_zero_raw_gives_zero_map():

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..render.tiles import normalize01
+from ..render.tiles import normalize01, upsample
 
 
 @dataclass(frozen=True)
@@ -60,25 +60,4 @@ def scaled(maps: np.ndarray) -> np.ndarray:
 
 def upsampled(raw: np.ndarray, size: tuple) -> np.ndarray:
     """(N, h, w) -> (N, H, W) bilinear with half-pixel centres, scaled to [0, 1] per map."""
-    return scaled(bilinear(raw, tuple(size)))
-
-
-def bilinear(m: np.ndarray, size: tuple) -> np.ndarray:
-    """The same resize as ``render.upsample`` (torch interpolate, align_corners=False), by two gathers.
-
-    Element-wise only: the interpolation matrices go through BLAS, whose threads fight
-    onnxruntime's spinning pool for the cores right after a run (30x slower on 2 cores).
-    """
-    m = np.asarray(m, dtype=np.float64)
-    (h, w), (H, W) = m.shape[-2:], size
-    a, b, f = _taps(h, H)
-    rows = m[..., a, :] * (1 - f)[:, None] + m[..., b, :] * f[:, None]
-    a, b, f = _taps(w, W)
-    return rows[..., a] * (1 - f) + rows[..., b] * f
-
-
-def _taps(n_in: int, n_out: int) -> tuple:
-    """Source pixels and weights of half-pixel sampling: source = (dst + 0.5) · n_in / n_out − 0.5, clamped."""
-    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(np.intp)
-    return lo, np.minimum(lo + 1, n_in - 1), src - lo
+    return scaled(upsample(raw, tuple(size)))

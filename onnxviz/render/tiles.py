@@ -122,28 +122,23 @@ def activation_grid(acts: np.ndarray, top: Optional[int] = None, order: Optional
     return grid(colorize(shown, cmap), cols, pad), chosen
 
 
-def _interp_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
-    """(n_out, n_in) weights of half-pixel sampling: source = (dst + 0.5) * n_in / n_out - 0.5."""
+def _taps(n_in: int, n_out: int, mode: str) -> tuple:
+    """Source pixels and weights of half-pixel sampling: source = (dst + 0.5) · n_in / n_out − 0.5."""
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
     if mode == "nearest":
-        m[rows, np.clip(np.floor(src + 0.5), 0, n_in - 1).astype(int)] = 1.0
-        return m
+        near = np.clip(np.floor(src + 0.5), 0, n_in - 1).astype(np.intp)
+        return near, near, np.zeros(n_out)
     src = np.clip(src, 0, n_in - 1)
-    i0 = np.floor(src).astype(int)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    np.add.at(m, (rows, i0), 1.0 - frac)
-    np.add.at(m, (rows, i1), frac)
-    return m
+    lo = np.floor(src).astype(np.intp)
+    return lo, np.minimum(lo + 1, n_in - 1), src - lo
 
 
 def upsample(m: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
     """Resize (..., h, w) maps to (..., H, W) as torch's interpolate(align_corners=False) and cv2 do.
 
     Bilinear with half-pixel centres, edges clamped (no antialiasing when shrinking);
-    "nearest" takes the pixel whose centre is nearest.
+    "nearest" takes the pixel whose centre is nearest. Two gathers, element-wise only:
+    BLAS threads would compete with onnxruntime's pool for the cores right after a run.
 
     >>> upsample(cam, (224, 224))
     """
@@ -153,7 +148,10 @@ def upsample(m: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np
     if m.ndim < 2:
         raise ValueError(f"upsample needs (..., h, w) maps, got shape {m.shape}")
     (h, w), (H, W) = m.shape[-2:], size
-    return _interp_matrix(h, H, mode) @ m @ _interp_matrix(w, W, mode).T
+    a, b, f = _taps(h, H, mode)
+    rows = m[..., a, :] * (1 - f)[:, None] + m[..., b, :] * f[:, None]
+    a, b, f = _taps(w, W, mode)
+    return rows[..., a] * (1 - f) + rows[..., b] * f
 
 
 def colorize(map01: np.ndarray, cmap: str = "jet") -> np.ndarray:
