@@ -48,13 +48,40 @@ def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def spec_lrn():
+    """LRN as the ONNX spec defines it, over the channel axis, for any rank >= 3.
+
+    onnx.reference's own LRN (onnx 1.23) sums the window over the batch axis, which is
+    wrong whenever N != C: Caffe-era networks (AlexNet, GoogLeNet) would be refereed wrongly.
+    """
+    from onnx.reference.op_run import OpRun
+
+    class LRN(OpRun):  # the class name is the op type it replaces
+        op_domain = ""
+
+        def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+            alpha = 1e-4 if alpha is None else alpha
+            beta = 0.75 if beta is None else beta
+            bias = 1.0 if bias is None else bias
+            before, after = (size - 1) // 2, size // 2
+            sq = x.astype(np.float64) ** 2
+            pad = [(0, 0)] * x.ndim
+            pad[1] = (before + 1, after)
+            csum = np.cumsum(np.pad(sq, pad), axis=1)
+            c = x.shape[1]
+            window = np.take(csum, np.arange(c) + before + after + 1, axis=1) - np.take(csum, np.arange(c), axis=1)
+            return ((x / (bias + alpha / size * window) ** beta).astype(x.dtype),)
+
+    return LRN
+
+
 class Reference:
     """Runs a model in float64 with onnx's reference evaluator; inputs are cast to float64."""
 
     def __init__(self, model: onnx.ModelProto):
         from onnx.reference import ReferenceEvaluator
 
-        self.evaluator = ReferenceEvaluator(to_double(model))
+        self.evaluator = ReferenceEvaluator(to_double(model), new_ops=[spec_lrn()])
 
     def __call__(self, feeds: dict, outputs=None) -> dict:
         feeds = {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
