@@ -127,8 +127,9 @@ def _initializers_out_of_inputs(model: onnx.ModelProto):
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
-        if model.ir_version < 4:
-            model.ir_version = 4
+    # Below IR 4 every initializer must also be a graph input (the converter and onnxruntime
+    # refuse the model otherwise); from IR 4 on they need not be, which is what we want.
+    model.ir_version = max(model.ir_version, 4)
 
 
 def _convert(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
@@ -217,6 +218,7 @@ def _free_batch(proto: onnx.ModelProto, spec: InputSpec, notes: list, runtime: R
                 node.input[1] = name
     del free.graph.value_info[:]
     free = infer_shapes(free)
+    runtime.forget("forward")  # the session of the batch-1 graph, if the conversion check made one
     try:
         x = np.random.default_rng(0).standard_normal(spec.shape(2, spec.height or 224, spec.width or 224))
         x = x.astype(spec.dtype)

@@ -159,3 +159,25 @@ def test_upsample_converted_to_resize_keeps_asymmetric_semantics(tmp_path):
     model = load(save(m, tmp_path / "up.onnx"), device="cpu")
     assert model.opset == 17
     np.testing.assert_allclose(model.run(x)["y"], ref, rtol=1e-6)
+
+
+def test_batch_one_export_gets_a_dynamic_batch(tmp_path):
+    """Exported with batch 1 and a Reshape to [1, -1]: onnxviz frees the batch and checks it."""
+    m = tiny_cnn(opset=11)
+    flat = next(n for n in m.graph.node if n.op_type == "Flatten")
+    flat.op_type = "Reshape"
+    flat.input.append("shape")
+    del flat.attribute[:]
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    m.ir_version = 3  # old exporters: IR 3, where initializers must also be inputs
+    for init in m.graph.initializer:
+        m.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    model = load(save(m, tmp_path / "b1.onnx"), device="cpu")
+    assert model.input.batch is None and model.opset == 17
+    assert any("batch dimension dynamic" in n for n in model.notes)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    both = model.run(x)["prob"]
+    singles = np.concatenate([model.run(x[i:i + 1])["prob"] for i in range(3)])
+    np.testing.assert_allclose(both, singles, rtol=1e-5, atol=1e-7)

@@ -75,13 +75,35 @@ def spec_lrn():
     return LRN
 
 
+def spec_batchnorm():
+    """Inference BatchNormalization as the spec defines it (onnx.reference's opset-9 version is wrong)."""
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None,
+                 training_mode=None, is_test=None, consumed_inputs=None):
+            if training_mode:
+                raise NotImplementedError("the float64 referee covers inference BatchNormalization only")
+            eps = 1e-5 if epsilon is None else epsilon
+            if scale.ndim == x.ndim - 1:  # spatial=0 (opset < 9): statistics per (C, H, W)
+                shape = (1, *scale.shape)
+            else:
+                shape = (1, -1) + (1,) * (x.ndim - 2)
+            s = (scale / np.sqrt(var + eps)).reshape(shape)
+            return ((x - mean.reshape(shape)) * s + bias.reshape(shape)).astype(x.dtype),
+
+    return BatchNormalization
+
+
 class Reference:
     """Runs a model in float64 with onnx's reference evaluator; inputs are cast to float64."""
 
     def __init__(self, model: onnx.ModelProto):
         from onnx.reference import ReferenceEvaluator
 
-        self.evaluator = ReferenceEvaluator(to_double(model), new_ops=[spec_lrn()])
+        self.evaluator = ReferenceEvaluator(to_double(model), new_ops=[spec_lrn(), spec_batchnorm()])
 
     def __call__(self, feeds: dict, outputs=None) -> dict:
         feeds = {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
