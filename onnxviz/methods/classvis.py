@@ -311,11 +311,14 @@ class _Space:
         self.spec, self.dtype, self.pre = spec, dtype, pre
         self.mean = (np.asarray(mean, np.float32) / 255).reshape(1, -1, 1, 1)
         self.std = (np.asarray(std, np.float32) / 255).reshape(1, -1, 1, 1)
+        self._scale, self._offset = 1 / self.std, -self.mean / self.std  # x = (p − mean) / std
         # I of λ‖I‖²: the image centred on the dataset mean; presets that subtract nothing centre on grey
         self.center = self.mean if np.any(mean) else np.full_like(self.mean, 0.5)
 
     def to_input(self, p: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.spec.from_nchw((p - self.mean) / self.std), dtype=self.dtype)
+        x = p * self._scale
+        x += self._offset
+        return np.ascontiguousarray(self.spec.from_nchw(x), dtype=self.dtype)
 
     def gradient(self, gx: np.ndarray) -> np.ndarray:
         """d/dp from d/dx (x = (p − mean)/std)."""

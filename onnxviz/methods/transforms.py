@@ -46,14 +46,25 @@ class Warp:
         if self.is_roll:
             return np.roll(x, self.shift, axis=(2, 3))
         n, c, h, w = x.shape
-        return (_matrix(self, h, w) @ x.reshape(n * c, h * w).T).T.reshape(x.shape)
+        return _product(_matrix(self, h, w), x.reshape(n * c, h * w)).reshape(x.shape)
 
     def adjoint(self, g: np.ndarray) -> np.ndarray:
         """Wᵀ g: the gradient with respect to the unwarped batch."""
         if self.is_roll:
             return np.roll(g, (-self.shift[0], -self.shift[1]), axis=(2, 3))
         n, c, h, w = g.shape
-        return (_matrix(self, h, w).T @ g.reshape(n * c, h * w).T).T.reshape(g.shape)
+        return _product(_matrix(self, h, w).T, g.reshape(n * c, h * w)).reshape(g.shape)
+
+
+def _product(mat, rows: np.ndarray) -> np.ndarray:
+    """``mat`` applied to every row of (M, H·W): row by row for a few rows (no transposed copies),
+    as one multi-vector product for many."""
+    if len(rows) > 6:
+        return (mat @ rows.T).T
+    out = np.empty(rows.shape, np.result_type(rows.dtype, mat.dtype))
+    for i, row in enumerate(rows):
+        out[i] = mat @ row
+    return out
 
 
 _CURRENT: dict = {}
