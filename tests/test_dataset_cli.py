@@ -181,8 +181,10 @@ def test_a_real_sigint_leaves_a_cache_the_next_run_resumes(tmp_path):
         pytest.skip("the run finished before it could be interrupted")
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "resume" in output, output
     manifest = json.loads((out / "manifest.json").read_text())
+    if proc.returncode == 0 and manifest["complete"]:
+        pytest.skip("the run finished before the interrupt reached it (a loaded machine)")
+    assert proc.returncode == 130 and "resume" in output, output
     done = int((np.load(out / "status.npy") == 1).sum())
     assert 4 <= done < n and not manifest["complete"], done
     r = run("embed", model, folder, "--out", out, "--batch-size", 16)
