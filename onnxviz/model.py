@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelError, OnnxvizError
-from .graph.emitter import FLOAT_TYPES, tensor_types
+from .graph.view import FLOAT_TYPES, tensor_types
 from .graph.fold import fold_constants
 from .graph.surgery import default_opset, expose
 from .runtime import Runtime

@@ -15,7 +15,8 @@ import numpy as np
 from ..datasets import scan_folder
 from ..images import read_image
 from ..io import save_figure, save_json, save_png
-from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest, penultimate_layer
+from ..graph.heads import penultimate_layer
+from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest
 from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
 
 SHOWN_FAILURES = 20
