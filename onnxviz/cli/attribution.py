@@ -200,7 +200,7 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     if text is None:
         return None
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    classes = [_class_index(p, session) for p in parts]
+    classes = [class_index(p, session) for p in parts]
     if len(classes) == 1:
         return np.full(n, classes[0], np.int64)
     if len(classes) != n:
@@ -208,7 +208,8 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     return np.asarray(classes, np.int64)
 
 
-def _class_index(text: str, session: Session) -> int:
+def class_index(text: str, session: Session) -> int:
+    """A --target class given as an index or, with --labels, a label name."""
     try:
         k = int(text)
     except ValueError:

@@ -16,7 +16,7 @@ from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_json, save_npy, save_png
 from ..methods.classvis import Ascent, channel_visualization, class_visualization
 from ..render.tiles import grid
-from .attribution import _class_index, _safe
+from .attribution import class_index, _safe
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 _D = Ascent()
@@ -131,7 +131,7 @@ def _targets(text: str, session, output: Optional[str]) -> list:
         if not k:
             raise OnnxvizError("--target all: the number of classes is unknown; list the classes")
         return list(range(k))
-    return [_class_index(p.strip(), session) for p in text.split(",") if p.strip()]
+    return [class_index(p.strip(), session) for p in text.split(",") if p.strip()]
 
 
 def _channels(text: str, model, layer: str) -> list:

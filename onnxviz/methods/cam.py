@@ -26,8 +26,8 @@ from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
 from ..targets import Objective, objective
 from .layers import Target, cached, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
-from .occlusion import BATCH, head_runner, perturbed_scores, segments
-from .results import Attribution, Heatmap, scaled, upsampled
+from .perturb import BATCH, head_runner, perturbed_scores, segments
+from .results import Attribution, Heatmap, channel_map, upsampled
 
 EPS = 1e-7
 
@@ -222,12 +222,10 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
     spec = model.input
     cam_ = np.expand_dims(h.map, spec.channel_axis)
     raw = (g.raw * cam_).astype(g.raw.dtype)
-    return Attribution(raw=raw, map=_channel_max(raw, spec), target=h.target, score=h.score,
+    return Attribution(raw=raw, map=channel_map(raw, spec), target=h.target, score=h.score,
                        method="guided-gradcam", layer=h.layer, image=h.image)
 
 
-def _channel_max(raw: np.ndarray, spec) -> np.ndarray:
-    return scaled(np.abs(raw).max(axis=spec.channel_axis))
 
 
 METHODS = {

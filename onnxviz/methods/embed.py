@@ -34,7 +34,7 @@ from ..errors import ImageError, OnnxvizError
 from ..images import Preprocess, preprocess, read_image
 from ..io import atomic_write, to_jsonable
 from ..graph.heads import penultimate_layer  # noqa: F401  (its home; imported from here by callers)
-from .features import layer_axes
+from .layers import layer_axes
 
 log = logging.getLogger("onnxviz")
 
@@ -94,7 +94,7 @@ class Pooler:
         n = values.shape[0]
         if values.ndim == 4:
             if self._axes is None:
-                self._axes = layer_axes(self.model, self.layer)
+                self._axes = layer_axes(self.model, self.layer, strict=False)
             c, h, w = self._axes
             if self.pool == "avg":
                 values = values.mean(axis=(h, w), dtype=np.float64)
@@ -477,7 +477,7 @@ def embed(model, folder: Union[str, Path, Dataset], layer: Optional[str] = None,
     store = FeatureStore(cache, cache_header(model, layer, pool, pre, digest), dataset)
     todo = store.todo()
     computed = 0
-    bar = _progress(len(todo), progress, f"features of {layer}")
+    bar = progress_bar(len(todo), progress, f"features of {layer}")
     try:
         for batch in read_batches(dataset, todo, model.input, pre, batch_size, workers):
             for i, reason in batch.failures:
@@ -511,7 +511,8 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar over images when enabled, else one that does nothing."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

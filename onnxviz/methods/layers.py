@@ -47,9 +47,17 @@ def resolve_layer(model, layer: Optional[str] = None) -> str:
     return layer
 
 
-def layer_axes(model, layer: str) -> tuple[int, int, int]:
-    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included."""
+def layer_axes(model, layer: str, strict: bool = True) -> tuple[int, int, int]:
+    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included.
+
+    The height and width axes are traced through the graph from the input. ``strict`` (CAMs,
+    occlusion, channel visualization) refuses a tensor without spatial extent; otherwise
+    (pooling features, showing activations) an untraced tensor takes the input's layout.
+    """
     axes = _axes_table(model).get(layer)
+    if not strict:
+        h, w = axes if axes is not None else ((1, 2) if model.input.layout == "NHWC" else (2, 3))
+        return next(a for a in (1, 2, 3) if a not in (h, w)), h, w
     shape = model.tensor_shape(layer)
     if axes is None or (shape is not None and len(shape) != 4):
         raise OnnxvizError(

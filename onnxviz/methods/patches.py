@@ -25,8 +25,8 @@ from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import OnnxvizError
 from ..graph.analysis import ReceptiveField, receptive_field, spatial_axes
 from ..images import Geometry, Preprocess, read_image
-from .embed import _progress, fixed_size, read_batches
-from .features import layer_axes
+from .embed import progress_bar, fixed_size, read_batches
+from .layers import layer_axes
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def top_patches(model, folder: Union[str, Path, Dataset], layer: str, channels: 
     size = pre.size
     rf = layer_field(model, layer, size)
     dataset = folder if isinstance(folder, Dataset) else scan_folder(folder)
-    c_axis, h_axis, w_axis = layer_axes(model, layer)
+    c_axis, h_axis, w_axis = layer_axes(model, layer, strict=False)
     shape = model.tensor_shape(layer)
     n_chan = shape[c_axis] if shape and len(shape) == 4 and shape[c_axis] else None
     if channels is not None:
@@ -156,7 +156,7 @@ def top_patches(model, folder: Union[str, Path, Dataset], layer: str, channels: 
     moments = _Moments()
     sizes = np.zeros((len(dataset), 2), np.int64)
     failures, seen = [], 0
-    bar = _progress(len(dataset), progress, f"top units of {layer}")
+    bar = progress_bar(len(dataset), progress, f"top units of {layer}")
     try:
         for batch in read_batches(dataset, np.arange(len(dataset)), model.input, pre, batch_size, workers):
             failures += [Skipped(dataset.path(i), reason) for i, reason in batch.failures]
