@@ -156,7 +156,7 @@ def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_siz
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
     from .fd import gradient_fd
 
-    if rules.name != "standard":
+    if not rules.exact:
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
     grads, chosen = {}, None

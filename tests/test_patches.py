@@ -14,8 +14,8 @@ from onnxviz.datasets import scan_folder
 from onnxviz.errors import OnnxvizError
 from onnxviz.images import Geometry, Preprocess, preprocess, read_image
 from onnxviz.methods.layers import layer_axes, to_nchw
-from onnxviz.methods.patches import (RunningTopK, layer_field, patches_grid, patches_overview, selectivity,
-                                     to_json, top_patches)
+from onnxviz.methods.patches import RunningTopK, layer_field, selectivity, to_json, top_patches
+from onnxviz.render.dataset import patches_grid, patches_overview
 from onnxviz.synthetic import make_shapes, save_folder
 
 SAMPLE = Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"

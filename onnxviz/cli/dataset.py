@@ -179,7 +179,8 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
     Example:
       onnxviz neighbors models/shapes_cnn.onnx models/images --query models/images/star_0.png -k 3
     """
-    from ..methods.neighbors import nearest_neighbors, neighbors_figure
+    from ..methods.neighbors import nearest_neighbors
+    from ..render.dataset import neighbors_figure
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/neighbors")
@@ -222,7 +223,8 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
     Example:
       onnxviz tsne models/shapes_cnn.onnx models/images --perplexity 30 --seed 0
     """
-    from ..methods.projection import projection, save_csv, scatter_figure, thumbnail_map
+    from ..methods.projection import projection, save_csv
+    from ..render.dataset import scatter_figure, thumbnail_map
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/tsne")
@@ -270,7 +272,8 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
       onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
         --channels 4 --top 4
     """
-    from ..methods.patches import patches_grid, patches_overview, to_json, top_patches
+    from ..methods.patches import to_json, top_patches
+    from ..render.dataset import patches_grid, patches_overview
 
     if channel and n_channels:
         raise click.UsageError("use --channel or --channels, not both")

@@ -34,8 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..autodiff import STANDARD, gradient_graph
-from ..autodiff.rules.elementwise import positive, select, where_zero
+from ..autodiff import REDIRECTED, STANDARD, gradient_graph
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
 from ..targets import objective
@@ -259,21 +258,6 @@ def _valued(seed: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("ni,ni->n", seed.reshape(len(seed), -1), y.reshape(len(y), -1).astype(np.float32))
 
 
-def relu_redirected(e, node, dys):
-    """Lucid's redirected ReLU gradient: for an image where no gradient passes a ReLU at all (a
-    dead target channel), also pass it where it pushes the output up (dy > 0), so the ascent can
-    revive the channel; otherwise the standard rule."""
-    y, dy = node.outputs[0], dys[0]
-    passed = where_zero(e, positive(e, y), dy, like=y)
-    rank = e.rank(y)
-    if not rank or rank < 2:
-        return [passed]
-    upward = where_zero(e, e.op("Or", positive(e, y), e.op("Greater", dy, e.scalar(0, like=y))), dy, like=y)
-    magnitude = e.reduce_sum(e.op("Abs", passed), list(range(1, rank)), keepdims=True)
-    return [select(e, e.op("Greater", magnitude, e.scalar(0, like=y)), passed, upward, like=y)]
-
-
-REDIRECTED = STANDARD.replace("redirected", Relu=relu_redirected)
 REDIRECT_STEPS = 16  # steps on the redirected rules after an image's gradient came out all zero
 
 

@@ -80,7 +80,8 @@ def _tsne(emb, view: DatasetView) -> None:
     import matplotlib
     from matplotlib.colors import to_hex
 
-    from ..methods.projection import projection, thumbnail_map
+    from ..methods.projection import projection
+    from ..render.dataset import thumbnail_map
 
     proj = projection(emb, "tsne", seed=0)
     canvas, placed = thumbnail_map(proj, size=MAP_SIDE, limit=MAP_LIMIT, seed=0)
@@ -113,7 +114,8 @@ def _neighbors(inp: Inputs, emb, view: DatasetView) -> None:
 
 def _patches(inp: Inputs, data, view: DatasetView) -> None:
     from ..methods.layers import resolve_layer
-    from ..methods.patches import patches_grid, top_patches
+    from ..methods.patches import top_patches
+    from ..render.dataset import patches_grid
 
     layer = resolve_layer(inp.model, inp.layer)
     result = top_patches(inp.model, data, layer, n_channels=PATCH_CHANNELS, top=PATCHES, pre=inp.pre,
