@@ -25,7 +25,7 @@ from ..errors import OnnxvizError
 from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
 from ..targets import Objective, objective
-from .layers import Target, cached, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
+from .layers import Target, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
 from .perturb import BATCH, head_runner, perturbed_scores, segments
 from .results import Attribution, Heatmap, channel_map, upsampled
 
@@ -192,7 +192,7 @@ def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Op
     times h·w. A model without such a head raises an error pointing to :func:`grad_cam`.
     """
     spec = model.input
-    head_ = cached(model, ("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
+    head_ = model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
     if head_ is None:
         raise OnnxvizError(
             "CAM needs a global-average-pool → fully-connected (Gemm, MatMul or 1x1 Conv) head before the "

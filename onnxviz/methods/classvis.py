@@ -38,7 +38,7 @@ from ..autodiff import REDIRECTED, STANDARD, gradient_graph
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
 from ..targets import objective
-from .layers import cached, class_scores, layer_axes
+from .layers import class_scores, layer_axes
 from .parameterization import PARAMETERIZATIONS, Fourier, Pixels
 from .transforms import blur, random_warp, tv_gradient
 
@@ -263,7 +263,7 @@ REDIRECT_STEPS = 16  # steps on the redirected rules after an image's gradient c
 
 def gradient_model(model, height: int, width: int, tensor: str, rules=STANDARD):
     """The gradient graph of ``seed · tensor`` with respect to the input, cached per size and rule set."""
-    return cached(model, ("classvis", height, width, tensor, rules.name), lambda: gradient_graph(
+    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), lambda: gradient_graph(
         model.specialized(height, width), tensor, [model.input.name], rules, extra_outputs=[tensor]))
 
 
@@ -374,9 +374,8 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         rules = REDIRECTED if redirect else STANDARD
         gm = gradient_model(model, h, w, tensor, rules)
         grad_name = gm.grads[model.input.name]
-        values = model.runtime.run(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
-                                   outputs=[tensor, grad_name], batch_size=chunk,
-                                   key=f"classvis:{h}x{w}:{tensor}:{rules.name}")
+        values = model.run_graph(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
+                                 outputs=[tensor, grad_name], batch_size=chunk)
         y, gx = values[tensor], values[grad_name]
         history[t] = _valued(seed_, y)
         centred = p - space.center

@@ -1,8 +1,7 @@
 """Helpers the attribution methods share: which layer, where its axes are, which class per row."""
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -13,24 +12,14 @@ from ..targets import Objective
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def cached(model, key, compute: Callable):
-    """A graph-analysis result computed once per model (each is a walk over the whole graph)."""
-    table = _CACHE.setdefault(model, {})
-    if key not in table:
-        table[key] = compute()
-    return table[key]
-
-
+# Each analysis is a walk over the whole graph: done once per model (Model.derived).
 def _axes_table(model) -> dict:
-    return cached(model, "axes", lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
+    return model.derived(("spatial_axes",), lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
 
 
 def _candidates(model) -> list:
-    return cached(model, "candidates",
-                  lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
+    return model.derived(("gradcam_candidates",),
+                         lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
 
 
 def resolve_layer(model, layer: Optional[str] = None) -> str:

@@ -67,14 +67,14 @@ def blurred(x: np.ndarray, spatial_axes: tuple, sigma: float) -> np.ndarray:
 def head_runner(model, x: np.ndarray, layer: str, obj):
     """Run only the graph after ``layer`` (with the image too when residual paths bypass the layer)."""
     h, w = model.input.hw(x)
-    graph, needs_image = head(model.specialized(h, w), layer, [obj.tensor])
-    key = f"head:{layer}:{obj.tensor}:{h}x{w}"
+    graph, needs_image = model.derived(f"head:{layer}:{obj.tensor}:{h}x{w}",
+                                       lambda: head(model.specialized(h, w), layer, [obj.tensor]))
 
     def forward(batch, row):
         feeds = {layer: batch}
         if needs_image:
             feeds[model.input.name] = x[row]
-        return model.runtime.run(graph, feeds, outputs=[obj.tensor], key=key, batch_size=model.input.batch,
-                                 desc="head")[obj.tensor]
+        return model.run_graph(graph, feeds, outputs=[obj.tensor], batch_size=model.input.batch,
+                               desc="head")[obj.tensor]
 
     return forward
