@@ -17,7 +17,7 @@ from .graph.fold import fold_constants
 from .graph.surgery import default_opset
 from .graph.view import FLOAT_TYPES, tensor_types
 from .runtime import Runtime
-from .spec import InputSpec
+from .spec import LAYOUTS, InputSpec
 
 log = logging.getLogger("onnxviz")
 
@@ -256,7 +256,7 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
             log.warning("several image-like inputs; using %r (choose another with input_name/--input)", vi.name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     layout = layout or detect_layout(model, vi.name, dims)
-    if layout not in ("NCHW", "NHWC"):
+    if layout not in LAYOUTS:
         raise OnnxvizError(f"layout must be NCHW or NHWC, not {layout!r}")
     c_axis, (h_axis, w_axis) = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
     channels = channels or dims[c_axis] or _channels_from_first_conv(model, vi.name) or 3

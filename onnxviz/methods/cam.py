@@ -28,6 +28,7 @@ from ..targets import Objective, objective
 from .layers import Target, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
 from .perturb import BATCH, head_runner, perturbed_scores, segments
 from .results import Attribution, Heatmap, channel_map, upsampled
+from .saliency import saliency
 
 EPS = 1e-7
 
@@ -213,7 +214,6 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
     ``raw`` has the shape and layout of ``x``; the Grad-CAM map multiplies every channel.
     """
     h = grad_cam(model, x, target, layer, **options)
-    from .saliency import saliency
 
     # the rows of h already hold one image per (image, class): explain exactly those classes
     rows_x = model.check_input(x)[h.image]
@@ -228,11 +228,15 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
 
 
 
-METHODS = {
-    "gradcam": grad_cam,
-    "cam": cam,
-    "gradcam++": grad_cam_pp,
-    "scorecam": score_cam,
-    "layercam": layer_cam,
-    "guided-gradcam": guided_grad_cam,
+# The CAM family, one row each: CLI/API name -> (function, title for figures and messages).
+# A new variant is a function above (its channel weights on the shared template) plus one row here.
+VARIANTS = {
+    "gradcam": (grad_cam, "Grad-CAM"),
+    "cam": (cam, "CAM"),
+    "gradcam++": (grad_cam_pp, "Grad-CAM++"),
+    "scorecam": (score_cam, "Score-CAM"),
+    "layercam": (layer_cam, "Layer-CAM"),
+    "guided-gradcam": (guided_grad_cam, "Guided Grad-CAM"),
 }
+METHODS = {name: fn for name, (fn, _) in VARIANTS.items()}
+TITLES = {name: title for name, (_, title) in VARIANTS.items()}

@@ -13,6 +13,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import OnnxvizError
+from ..io import atomic_write
 from .embed import Embedding
 
 METHODS = ("tsne", "pca")
@@ -102,7 +103,6 @@ def projection(embedding: Embedding, method: str = "tsne", perplexity: float = 3
 
 def save_csv(proj: Projection, path: Union[str, Path]) -> Path:
     """``path,label,x,y`` per image."""
-    from ..io import atomic_write
 
     with atomic_write(path, "w") as f:
         w = csv.writer(f, lineterminator="\n")

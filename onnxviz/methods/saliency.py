@@ -25,7 +25,9 @@ from .layers import Target, chosen_targets, rows
 from .perturb import blurred
 from .results import Attribution, channel_map
 
-METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
+TITLES = {"vanilla": "gradient saliency", "deconvnet": "deconvnet", "guided": "guided backprop",
+          "smoothgrad": "SmoothGrad", "integrated": "Integrated Gradients"}
+METHODS = tuple(TITLES)
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
 
 

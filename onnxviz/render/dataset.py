@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
+from ..images import read_image
 from .tiles import grid, grid_shape
 
 if TYPE_CHECKING:  # the result types only; rendering never imports the methods
@@ -69,7 +70,6 @@ def thumbnail_map(proj: Projection, size: int = 2000, thumb: Optional[int] = Non
     import matplotlib
     from PIL import Image
 
-    from ..images import read_image
 
     n = len(proj.paths)
     order = np.arange(n)
