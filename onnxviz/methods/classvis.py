@@ -37,8 +37,8 @@ import numpy as np
 from ..autodiff import REDIRECTED, STANDARD, gradient_graph
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
-from ..targets import objective
-from .layers import class_scores, layer_axes
+from ..targets import class_scores, objective
+from .layers import layer_axes
 from .parameterization import PARAMETERIZATIONS, Fourier, Pixels
 from .transforms import blur, random_warp, tv_gradient
 

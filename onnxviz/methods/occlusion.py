@@ -11,8 +11,8 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import objective
-from .layers import Target, class_scores, layer_axes, resolve_layer, rows
+from ..targets import Target, class_scores, objective, rows
+from .layers import layer_axes, resolve_layer
 from .perturb import BATCH, blurred, head_runner, perturbed_scores, segments
 from .results import Heatmap, scaled, upsampled
 

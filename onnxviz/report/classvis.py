@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..methods.classvis import class_visualization
 from .explain import predictions
 from .pictures import PANEL, picture
 from .sections import Inputs, NotApplicable
@@ -31,6 +30,9 @@ def predicted_classes(inp: Inputs) -> list:
 
 
 def class_visualizations(inp: Inputs) -> ClassVisView:
+    # Lazy: the section is optional (classvis_available), so the report imports without it.
+    from ..methods.classvis import class_visualization
+
 
     if inp.x is None:
         raise NotApplicable("no image could be read, so there are no predicted classes to visualize")

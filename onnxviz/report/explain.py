@@ -15,11 +15,11 @@ import numpy as np
 from ..graph.analysis import cam_head
 from ..methods.cam import cam, grad_cam, guided_grad_cam
 from ..methods.features import activations
-from ..methods.layers import class_scores, resolve_layer
+from ..methods.layers import resolve_layer
 from ..methods.occlusion import occlusion
 from ..methods.saliency import saliency
 from ..render.tiles import activation_grid, overlay
-from ..targets import objective
+from ..targets import class_scores, objective
 from .pictures import PANEL, Picture, gradient_image, picture, resized
 from .sections import Inputs, NotApplicable, Part, guarded
 

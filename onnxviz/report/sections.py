@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import checkgrad
 from .._version import __version__
-from ..checkgrad import check_gradients
 from ..errors import OnnxvizError
 from ..images import Preprocess
 from ..inspection import describe, sha256
@@ -232,7 +232,7 @@ def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
         raise NotApplicable("no image could be read to check the gradients on")
     layer = guarded("layer", resolve_layer, inp.model, inp.layer)
     layers = [layer.value] if layer.status == "ok" else []
-    rows = check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
+    rows = checkgrad.check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
     return GradientCheck(Path(inp.paths[0]).name, rows, tolerance)
 
 
