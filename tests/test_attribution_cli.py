@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import onnxviz
-from attribution_models import flatten_head_cnn, save, strided_cnn
+from builders import flatten_head_cnn, save, strided_cnn
 from onnxviz.cli import main
 
 LABELS = ["circle", "square", "star", "ring"]

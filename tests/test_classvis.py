@@ -11,8 +11,7 @@ from onnx import helper
 from PIL import Image
 
 import onnxviz
-from attribution_models import linear_model
-from builders import save, tiny_cnn
+from builders import linear_model, save, tiny_cnn
 from onnxviz.cli import main
 from onnxviz.errors import OnnxvizError, UnsupportedOpError
 from onnxviz.images import Preprocess

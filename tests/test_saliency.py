@@ -4,7 +4,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import onnxviz
-from attribution_models import linear_model, save, strided_cnn, two_layer_relu
+from builders import linear_model, save, strided_cnn, two_layer_relu
 from onnxviz.errors import OnnxvizError
 from onnxviz.fd import gradient_fd
 from onnxviz.render import normalize01
