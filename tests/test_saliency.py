@@ -13,18 +13,6 @@ METHODS = ["vanilla", "deconvnet", "guided", "smoothgrad", "integrated"]
 
 
 @pytest.fixture(scope="module")
-def weight():
-    return np.random.default_rng(3).standard_normal((60, 4)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def linear(tmp_path_factory, weight):
-    folder = tmp_path_factory.mktemp("lin")
-    return {layout: onnxviz.load(save(linear_model(weight, layout), folder / f"{layout}.onnx"), device="cpu")
-            for layout in ("NCHW", "NHWC")}
-
-
-@pytest.fixture(scope="module")
 def strided(tmp_path_factory):
     return onnxviz.load(save(strided_cnn(size=8), tmp_path_factory.mktemp("s") / "s.onnx"), device="cpu")
 
