@@ -204,12 +204,21 @@ class GradientCheck:
     tolerance: float
 
     @property
+    def verdict(self) -> tuple:
+        """("exact" | "not exact" | "inconclusive", why): see ``onnxviz.checkgrad.verdict``."""
+        from ..checkgrad import verdict
+
+        return verdict(self.rows, self.tolerance)
+
+    @property
     def exact(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return self.verdict[0] == "exact"
 
     @property
     def kinks(self) -> list:
-        return [r for r in self.rows if getattr(r, "status", "") == "kink"]
+        """Rows the differences could not judge: a kink in every direction, or a score too
+        large for float64 to resolve its derivative."""
+        return [r for r in self.rows if getattr(r, "status", "") in ("kink", "inconclusive")]
 
     @property
     def failing(self) -> list:
@@ -218,8 +227,9 @@ class GradientCheck:
 
     @property
     def worst(self) -> float:
-        """The largest relative error among the rows that are not kinks."""
-        return max((r.error for r in self.rows if getattr(r, "status", "") != "kink"), default=0.0)
+        """The largest relative error among the conclusive rows."""
+        return max((r.error for r in self.rows if getattr(r, "status", "") not in ("kink", "inconclusive")),
+                   default=0.0)
 
 
 def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
