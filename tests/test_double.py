@@ -50,3 +50,35 @@ def test_conv_transpose_matches_onnxruntime(group, kernel, attrs):
     got = Reference(model)({"x": x})["y"]
     assert got.dtype == np.float64 and got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+POOLS = [dict(strides=[1, 1], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),  # Inception's: reference indices wrong
+         dict(strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+         dict(strides=[2, 2], pads=[0, 0, 1, 1], kernel_shape=[3, 3]),
+         dict(strides=[2, 2], kernel_shape=[3, 3], ceil_mode=1),
+         dict(strides=[2, 2], kernel_shape=[2, 2], ceil_mode=1, pads=[1, 0, 1, 0]),
+         dict(strides=[2, 1], kernel_shape=[3, 2], dilations=[2, 1]),
+         dict(strides=[2, 2], kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+         dict(strides=[2, 2], kernel_shape=[2, 2], auto_pad="SAME_LOWER"),
+         dict(strides=[2, 2], kernel_shape=[3, 3], storage_order=1),
+         dict(strides=[3, 3], kernel_shape=[2, 2], auto_pad="VALID")]
+
+
+@pytest.mark.parametrize("attrs", POOLS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9)])
+@pytest.mark.parametrize("outputs", [["y", "i"], ["y"]])
+def test_max_pool_and_indices_match_onnxruntime(attrs, shape, outputs):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], outputs, **attrs)
+    infos = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+             helper.make_tensor_value_info("i", onnx.TensorProto.INT64, None)][:len(outputs)]
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)], infos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    want = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = Reference(model)({"x": x})
+    np.testing.assert_array_equal(got["y"], want[0])
+    if len(outputs) > 1:
+        np.testing.assert_array_equal(got["i"], want[1])
