@@ -14,7 +14,7 @@ import numpy as np
 
 from .graph.double import Reference
 from .graph.surgery import expose, override
-from .targets import objective
+from .targets import objective, seed_array
 
 # Steps relative to the RMS of the perturbed tensor: 1e-8 stays clear of ReLU and max-pool kinks
 # on ImageNet-size nets (1e-6 crosses about ten per direction); a larger one is taken only when
@@ -89,7 +89,7 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     say("forward model (float64 reference)")
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
     base = forward({model.input.name: x})
-    onehot = _seed(base[obj.tensor], obj.class_axis, g.target)
+    onehot, _ = seed_array(obj, base[obj.tensor], g.target)
     s0 = _score(base[obj.tensor], onehot)
     rows = []
     for name in names:
@@ -172,13 +172,6 @@ def _rejudge(model, x, layers, target, output, score, rows, tolerance, rules) ->
     return out
 
 
-def _seed(y: np.ndarray, axis: int, target: np.ndarray) -> np.ndarray:
-    shape = [1] * y.ndim
-    shape[axis] = -1
-    iota = np.arange(y.shape[axis]).reshape(shape)
-    return np.broadcast_to(iota == target.reshape([-1] + [1] * (y.ndim - 1)), y.shape).astype(np.float64)
-
-
 def format_rows(rows: Sequence[CheckRow]) -> str:
     """A plain-text table of the comparison."""
     header = f"{'tensor':<40} {'dir':>3} {'analytic':>14} {'numeric':>14} {'rel. error':>11} {'fd spread':>10}  status"
@@ -230,7 +223,8 @@ def graph_gradients_float64(model, x: np.ndarray, wrt: Sequence[str] = ("input",
     such points, with every rule right). Slow (pure numpy): a few forward passes' worth.
     """
     from .autodiff import ruleset
-    from .gradients import TARGET_INPUT, TARGET_OUTPUT, gradient_model, resolve_wrt, target_array
+    from .gradients import TARGET_INPUT, TARGET_OUTPUT, gradient_model, resolve_wrt
+    from .targets import target_array
 
     if isinstance(wrt, str):
         wrt = [wrt]
@@ -268,7 +262,7 @@ def directional_errors_float64(model, x: np.ndarray, layers: Sequence[str] = (),
     proto = model.specialized(*model.input.hw(x))
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
     base = forward({model.input.name: x})
-    onehot = _seed(base[obj.tensor], obj.class_axis, chosen)
+    onehot, _ = seed_array(obj, base[obj.tensor], chosen)
     rng = np.random.default_rng(seed)
     out = {}
     for name in wrt:
