@@ -57,7 +57,7 @@ def demo(model_path, out, device):
     timings = {}
 
     start = time.perf_counter()
-    info = describe(model)
+    info = describe(model, size=session.pre.size)  # as `onnxviz inspect` does: the sidecar's size
     with atomic_write(out / "inspect.txt", "w") as f:
         f.write(format_table(info) + "\n")
     save_json(info, out / "inspect.json")
