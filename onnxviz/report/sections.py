@@ -44,6 +44,9 @@ class Inputs:
     dataset: Optional[Path] = None
     layer: Optional[str] = None  # as the user gave it; None = chosen automatically
     top: int = 5
+    check_grad: bool = True  # False: the gradient check section says it was skipped (--no-check-grad)
+    classvis_steps: Optional[int] = None  # ascent steps for class visualizations (None: the default)
+    progress: Optional[Callable] = None  # one line of text per step of a long section
 
     def label(self, k: int) -> str:
         if self.labels and 0 <= k < len(self.labels):
@@ -236,11 +239,15 @@ def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
     from ..checkgrad import check_gradients
     from ..methods.layers import resolve_layer
 
+    if not inp.check_grad:
+        raise NotApplicable("skipped as asked (--no-check-grad); `onnxviz check-grad` runs it alone")
     if inp.x is None:
         raise NotApplicable("no image could be read to check the gradients on")
     layer = guarded("layer", resolve_layer, inp.model, inp.layer)
     layers = [layer.value] if layer.status == "ok" else []
-    rows = check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
+    say = inp.progress or (lambda text: None)
+    rows = check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance,
+                           progress=lambda text: say(f"    gradient check: {text}"))
     return GradientCheck(Path(inp.paths[0]).name, rows, tolerance)
 
 
