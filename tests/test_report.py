@@ -267,7 +267,9 @@ def test_page_shows_timings_and_progress(full):
     assert "Occlusion" in timings and "t-SNE map" in timings
     n = len(r.sections)
     assert lines[0] == f"[1/{n}] Model card ..." and any(line.startswith(f"[{n}/{n}]") for line in lines)
-    assert all(re.search(r": (done|skipped|FAILED) in \d", line) for line in lines[1::2])
+    steps = [line for line in lines if not line.startswith(" ")]  # indented: a long section's own steps
+    assert all(re.search(r": (done|skipped|FAILED) in \d", line) for line in steps[1::2])
+    assert any(line.startswith("    gradient check: finite differences") for line in lines)
 
 
 def test_labels_are_escaped(files, tmp_path, no_classvis):
