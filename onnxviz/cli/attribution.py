@@ -215,7 +215,8 @@ def _class_index(text: str, session: Session) -> int:
         labels = session.labels or []
         if text in labels:
             return labels.index(text)
-        hint = "" if labels else " (no label file: pass --labels, or give class indices)"
+        shown = ", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
+        hint = f"; the labels: {shown}" if labels else " (no label file: pass --labels, or give class indices)"
         raise OnnxvizError(f"--target {text!r} is neither a class index nor a label name{hint}") from None
     if k < 0:
         raise OnnxvizError(f"--target {k}: class indices start at 0")
