@@ -266,8 +266,7 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
 
     \b
     Example:
-      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
-        --channels 4 --top 4
+      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 --top 4
     """
     from ..methods.patches import patches_grid, patches_overview, to_json, top_patches
 

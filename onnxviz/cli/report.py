@@ -42,7 +42,7 @@ def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_ste
 
     \b
     Example:
-      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset shapes/ -o report.html
+      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset models/images -o report.html
     """
     from ..report import report
 
