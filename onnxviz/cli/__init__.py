@@ -11,6 +11,7 @@ from .classvis import classvis_cmd
 from .dataset import COMMANDS as DATASET_COMMANDS
 from .demo import demo
 from .describe import activations_cmd, filters_cmd, inspect
+from .evaluate import evaluate_cmd
 from .grad import check_grad, export_grad
 from .report import report_cmd
 
@@ -25,7 +26,7 @@ def main(verbose):
 
 
 for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo,
-                cam_cmd, saliency_cmd, occlusion_cmd, classvis_cmd, report_cmd):
+                cam_cmd, saliency_cmd, occlusion_cmd, classvis_cmd, report_cmd, evaluate_cmd):
     main.add_command(command)
 for command in DATASET_COMMANDS:
     main.add_command(command)
