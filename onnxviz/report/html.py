@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .pictures import Picture
+from .trust import trust_html
 
 log = logging.getLogger("onnxviz")
 
@@ -263,6 +264,7 @@ RENDERERS = {
     "gradcheck": gradcheck_html,
     "filters": filters_html,
     "images": explanations_html,
+    "trust": trust_html,
     "dataset": dataset_html,
     "classvis": classvis_html,
 }
