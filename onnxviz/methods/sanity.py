@@ -17,6 +17,7 @@ is rebuilt, no session created per layer), and the model itself is never modifie
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -140,47 +141,32 @@ def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0) -> l
 
 
 class WeightFeeds:
-    """A stand-in for a Runtime: every graph it runs takes the given initializers as inputs.
+    """A stand-in for a Runtime: every graph it runs takes the initializers ``values`` names as inputs.
 
-    The rewritten graph (initializers listed as graph inputs too) gets its own session once;
-    ``values`` is fed with every run, so changing it re-weights the model without a new session.
+    Each graph is rewritten once per model (the initializers listed as graph inputs too) and gets
+    one session, kept like the model's other sessions; ``values`` is fed with every run, so
+    changing it re-weights the model without a new session.
     """
 
-    def __init__(self, runtime, values: dict):
-        self.runtime = runtime
+    def __init__(self, model, values: dict):
+        self.runtime = model.runtime
+        self.model = model
         self.values = dict(values)
-        self._graphs: dict = {}  # id(proto) -> (proto, rewritten, names it takes)
-        self.keys: set = set()
+        self.names = tuple(sorted(self.values))
+        self.tag = hashlib.sha1("\x00".join(self.names).encode()).hexdigest()[:12]
 
     def __getattr__(self, name):
         return getattr(self.runtime, name)
 
-    def close(self):
-        """Drop the sessions of the rewritten graphs from the runtime's cache."""
-        for key in self.keys:
-            self.runtime.forget(key)
-        self.keys.clear()
-
-    def rewritten(self, proto: onnx.ModelProto):
-        got = self._graphs.get(id(proto))
-        if got is None or got[0] is not proto:
-            names = [i.name for i in proto.graph.initializer if i.name in self.values]
-            graph_inputs = {i.name for i in proto.graph.input}
-            out = onnx.ModelProto()
-            out.CopyFrom(proto)
-            for init in out.graph.initializer:
-                if init.name in names and init.name not in graph_inputs:
-                    out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
-                                                                              list(init.dims)))
-            got = (proto, out, names)
-            self._graphs[id(proto)] = got
-        return got[1], got[2]
+    def rewritten(self, proto: onnx.ModelProto, key) -> tuple:
+        """(graph with the weights as inputs, the names it takes), built once per graph and weight set."""
+        return _kept(self.model, ("weights-as-inputs", self.tag, key if key is not None else id(proto)),
+                     lambda: _weights_as_inputs(proto, self.names))
 
     def run(self, model, feeds, outputs=None, batch_size=None, progress=False, key=None, desc="running"):
-        graph, names = self.rewritten(model)
+        graph, names = self.rewritten(model, key)
         if key is not None:
-            key = f"weights-as-inputs:{key}"
-            self.keys.add(key)
+            key = f"weights-as-inputs:{self.tag}:{key}"
         weights = {n: self.values[n] for n in names}
         n = _batch_len(feeds)
         # chunk here, not in Runtime.run: it would also slice a weight whose first dim equals the batch
@@ -190,6 +176,32 @@ class WeightFeeds:
                                               for k, v in feeds.items()}, **weights}, outputs, None, False, key, desc)
                  for s in range(0, n, batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _weights_as_inputs(proto: onnx.ModelProto, names) -> tuple:
+    """A copy of ``proto`` whose initializers in ``names`` are also graph inputs (overridable)."""
+    wanted = set(names)
+    inputs = {i.name for i in proto.graph.input}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    taken = []
+    for init in out.graph.initializer:
+        if init.name in wanted:
+            taken.append(init.name)
+            if init.name not in inputs:
+                out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return out, taken
+
+
+def _kept(model, key, build):
+    """``build()`` once per model and key, kept with the model's other derived graphs."""
+    derived = getattr(model, "derived", None)
+    if callable(derived):
+        return derived(key, build)
+    store = model._specialized
+    if key not in store:
+        store[key] = build()
+    return store[key]
 
 
 def _batched(v, n: int) -> bool:
@@ -204,12 +216,12 @@ def _batch_len(feeds) -> Optional[int]:
 def reweighted(model, values: dict):
     """A view of ``model`` whose every run feeds ``values`` (initializer name -> array) as weights.
 
-    The view shares the model's rewritten graphs; sessions are keyed apart from the model's own.
-    The names are fixed here (each graph is rewritten once); change the values with
-    ``view.runtime.values.update(...)``. Methods that read weights from the graph (CAM) see the originals.
+    The view shares the model's derived graphs; its sessions are keyed apart from the model's own.
+    The names are fixed here; change the values with ``view.runtime.values.update(...)``.
+    Methods that read weights from the graph (CAM) see the originals.
     """
     view = copy.copy(model)
-    view.runtime = WeightFeeds(model.runtime, values)
+    view.runtime = WeightFeeds(model, values)
     return view
 
 
@@ -244,22 +256,47 @@ def map_views(result, spec) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(result, Attribution):
         return result.raw.astype(np.float64).sum(axis=spec.channel_axis), result.map.astype(np.float64)
     if isinstance(result, Heatmap):
-        return result.map.astype(np.float64), result.map.astype(np.float64)
+        m = result.map.astype(np.float64)
+        return m, m
     raise OnnxvizError(f"a method must return a Heatmap or an Attribution, not {type(result).__name__}")
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,) Spearman rank correlation of each pair of maps (average ranks on ties); 0 when either
-    map is constant (a constant map carries no ranking to agree with)."""
-    from scipy.stats import rankdata
+@dataclass(frozen=True)
+class Ranked:
+    """(N, P) maps ranked once: ``order`` most relevant first (stable), ``ranks`` with ties averaged."""
 
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
+    order: np.ndarray
+    ranks: np.ndarray
+
+
+def ranked(maps: np.ndarray) -> Ranked:
+    """One stable argsort per map gives both the top-k order and the average ranks Spearman needs."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    n, p = flat.shape
+    order = np.argsort(-flat, axis=1, kind="stable")
+    s = np.take_along_axis(flat, order, axis=1)
+    idx = np.broadcast_to(np.arange(p), (n, p))
+    first = np.ones((n, p), bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    last = np.ones((n, p), bool)
+    last[:, :-1] = first[:, 1:]
+    start = np.maximum.accumulate(np.where(first, idx, 0), axis=1)
+    stop = np.minimum.accumulate(np.where(last, idx, p)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((n, p))
+    np.put_along_axis(ranks, order, (start + stop) / 2, axis=1)
+    return Ranked(order, ranks)
+
+
+def spearman(a, b) -> np.ndarray:
+    """(N,) Spearman rank correlation of each pair of maps (average ranks on ties); 0 when either
+    map is constant (a constant map carries no ranking to agree with). Maps or :class:`Ranked`."""
+    ra = (a if isinstance(a, Ranked) else ranked(a)).ranks
+    rb = (b if isinstance(b, Ranked) else ranked(b)).ranks
+    ra = ra - ra.mean(axis=1, keepdims=True)
+    rb = rb - rb.mean(axis=1, keepdims=True)
     den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
     num = (ra * rb).sum(axis=1)
-    return np.divide(num, den, out=np.zeros(len(a)), where=den > 0)
+    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 7, data_range: float = 1.0) -> np.ndarray:
@@ -282,22 +319,39 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7, data_range: float = 1.0)
     return s[:, pad:h - pad or None, pad:w - pad or None].mean(axis=(1, 2))
 
 
-def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
+def top_overlap(a, b, fraction: float = TOP_FRACTION) -> np.ndarray:
     """(N,) fraction of a's top ``fraction`` pixels that are also among b's (stable order on ties)."""
-    fa, fb = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    k = max(1, int(round(fraction * fa.shape[1])))
-    ta = np.argsort(-fa, axis=1, kind="stable")[:, :k]
-    tb = np.argsort(-fb, axis=1, kind="stable")[:, :k]
-    hits = np.zeros(fa.shape, bool)
-    np.put_along_axis(hits, tb, True, axis=1)
-    return np.take_along_axis(hits, ta, axis=1).mean(axis=1)
+    oa = (a if isinstance(a, Ranked) else ranked(a)).order
+    ob = (b if isinstance(b, Ranked) else ranked(b)).order
+    k = max(1, int(round(fraction * oa.shape[1])))
+    hits = np.zeros(oa.shape, bool)
+    np.put_along_axis(hits, ob[:, :k], True, axis=1)
+    return np.take_along_axis(hits, oa[:, :k], axis=1).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Views:
+    """A result's maps ready for comparison: signed and absolute rankings, the |map| in [0, 1]."""
+
+    signed: Ranked
+    absolute: Ranked
+    unit: np.ndarray
+
+
+def views(result, spec) -> Views:
+    signed, absolute = map_views(result, spec)
+    a = ranked(absolute)
+    return Views(a if signed is absolute else ranked(signed), a, _unit(absolute))
+
+
+def compare(a: Views, b: Views) -> Similarity:
+    return Similarity(spearman(a.signed, b.signed), spearman(a.absolute, b.absolute), ssim(a.unit, b.unit),
+                      top_overlap(a.absolute, b.absolute))
 
 
 def similarity(original, other, spec) -> Similarity:
     """How similar two results' maps are, image by image."""
-    sa, aa = map_views(original, spec)
-    sb, ab = map_views(other, spec)
-    return Similarity(spearman(sa, sb), spearman(aa, ab), ssim(_unit(aa), _unit(ab)), top_overlap(aa, ab))
+    return compare(views(original, spec), views(other, spec))
 
 
 def _unit(maps: np.ndarray) -> np.ndarray:
@@ -340,14 +394,12 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
                               if i.name in names})
     steps = _progress(range(len(layers)), progress, f"randomizing ({name})")
     sims, maps = [], []
-    try:
-        for i in steps:
-            view.runtime.values.update(draws[i])
-            result = fn(view, x, chosen)
-            sims.append(similarity(first, result, model.input))
-            maps.append(result.map)
-    finally:
-        view.runtime.close()
+    reference = views(first, model.input)
+    for i in steps:
+        view.runtime.values.update(draws[i])
+        result = fn(view, x, chosen)
+        sims.append(compare(reference, views(result, model.input)))
+        maps.append(result.map)
     stack = {f: np.stack([getattr(s, f) for s in sims]) for f in ("spearman", "spearman_abs", "ssim", "topk")}
     return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
                         maps=np.stack(maps), order=order, **stack)
