@@ -30,11 +30,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import onnxviz  # noqa: E402
-from bench import batch_of, median_seconds, prepare_models  # noqa: E402
+from bench import median_seconds, prepare_models  # noqa: E402
 from onnxviz.methods.faithfulness import pixel_order, ranked_filler, reference, step_counts  # noqa: E402
 from onnxviz.methods.sanity import method_function, weighted_layers  # noqa: E402
 
 STEPS = 50
+NATIVE = {"shapes_cnn": 64}  # dynamic-size models: the size they were trained at (else 224)
+
+
+def batch_of(model, n: int, size: int, seed: int = 0) -> np.ndarray:
+    spec = model.input
+    shape = spec.shape(n, spec.height or size, spec.width or size)
+    return np.random.default_rng(seed).standard_normal(shape).astype(spec.dtype)
 CURVE_TARGET, SANITY_TARGET = 1.1, 1.2
 
 
@@ -53,8 +60,8 @@ def perturbed_copies(model, x, maps) -> np.ndarray:
     return np.concatenate(out)
 
 
-def bench_curves(model, repeat: int) -> dict:
-    x = batch_of(model, 1)
+def bench_curves(model, size: int, repeat: int) -> dict:
+    x = batch_of(model, 1, size)
     cam = onnxviz.grad_cam(model, x)
     t = cam.target
     copies = perturbed_copies(model, x, cam.map)
@@ -70,8 +77,8 @@ def bench_curves(model, repeat: int) -> dict:
             "target": CURVE_TARGET}
 
 
-def bench_sanity(model, method: str, batch: int, repeat: int) -> list:
-    x = batch_of(model, batch)
+def bench_sanity(model, method: str, batch: int, size: int, repeat: int) -> list:
+    x = batch_of(model, batch, size)
     _, fn = method_function(method)
     first = fn(model, x, None)
     L = len(weighted_layers(model.proto))
@@ -104,9 +111,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in prepare_models(args.models, Path(tmp)).items():
             model = onnxviz.load(str(path), device=args.device)
-            found = [bench_curves(model, args.repeat)]
+            size = NATIVE.get(name, 224)
+            found = [bench_curves(model, size, args.repeat)]
             for method in args.methods:
-                found += bench_sanity(model, method, args.batch, args.repeat)
+                found += bench_sanity(model, method, args.batch, size, args.repeat)
             for row in found:
                 row["model"] = name
                 mark = "" if row["target"] is None else ("  ok" if row["ratio"] <= row["target"] else "  ABOVE TARGET")

@@ -209,3 +209,10 @@ def test_grad_cam_beats_a_random_map_on_fresh_shapes():
     assert aucs["gradcam"][1] > aucs["random"][1]
     assert pointing_game(cam.map, data.boxes).mean() > 0.9
     assert energy_pointing(cam.map, data.boxes).mean() > energy_pointing(rand, data.boxes).mean()
+
+
+def test_target_out_of_range(linear):
+    model, _, _ = linear
+    x = np.zeros((1, C, H, W), np.float32)
+    with pytest.raises(OnnxvizError, match="out of range"):
+        onnxviz.deletion(model, x, np.zeros((1, H, W)), target=K)

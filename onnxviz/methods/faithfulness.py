@@ -137,11 +137,16 @@ class Scorer:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    def targets(self, x: np.ndarray, target: Target, batch_size: Optional[int] = None):
-        """(class per row, its clean score): None or -1 means the predicted class."""
+    def targets(self, x: np.ndarray, target: Target, batch_size: Optional[int] = None, need_score: bool = True):
+        """(class per row, its clean score or None): None or -1 means the predicted class.
+
+        Without ``need_score`` and with every class given, the image itself is not run.
+        """
         from ..gradients import target_array
 
         t = check_targets(self.model, self.obj, target_array(target, len(x)))
+        if not need_score and (t >= 0).all():
+            return t, None
         clean = self.all(x, batch_size)
         chosen = np.where(t < 0, clean.argmax(axis=1), t)
         if (chosen >= clean.shape[1]).any():
@@ -151,7 +156,11 @@ class Scorer:
     def runner(self, chosen: np.ndarray):
         def run(batch, row):
             y = self.model.activations(batch, [self.obj.tensor])[self.obj.tensor]
-            return self.transform(class_scores(self.obj, y))[np.arange(len(row)), chosen[row]]
+            scores = self.transform(class_scores(self.obj, y))
+            if chosen[row].max() >= scores.shape[1]:
+                raise OnnxvizError(f"target {int(chosen.max())} is out of range: the model has "
+                                   f"{scores.shape[1]} classes")
+            return scores[np.arange(len(row)), chosen[row]]
 
         return run
 
@@ -188,7 +197,7 @@ def _curve(model, x, maps, target, steps, baseline, metric, score, output, batch
     spec = model.input
     maps = _check_maps(maps, x, spec)
     scorer = Scorer(model, score, output)
-    chosen, _ = scorer.targets(x, target, batch_size)
+    chosen, _ = scorer.targets(x, target, batch_size, need_score=False)  # step 0 or the last is the image
     base = reference(x, spec, baseline)
     counts = step_counts(maps.shape[1] * maps.shape[2], steps)
     start, end = (x, base) if metric == "deletion" else (base, x)

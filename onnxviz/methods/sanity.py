@@ -263,17 +263,17 @@ def map_views(result, spec) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Ranked:
-    """(N, P) maps ranked once: ``order`` most relevant first (stable), ``ranks`` with ties averaged."""
+    """(N, P) maps prepared once: ``ranks`` with ties averaged, ``top`` the mask of the top pixels."""
 
-    order: np.ndarray
     ranks: np.ndarray
+    top: np.ndarray
 
 
-def ranked(maps: np.ndarray) -> Ranked:
-    """One stable argsort per map gives both the top-k order and the average ranks Spearman needs."""
+def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION) -> Ranked:
+    """Average ranks (the order inside a run of ties does not matter, so a plain sort does) and the top mask."""
     flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
     n, p = flat.shape
-    order = np.argsort(-flat, axis=1, kind="stable")
+    order = np.argsort(flat, axis=1)
     s = np.take_along_axis(flat, order, axis=1)
     idx = np.broadcast_to(np.arange(p), (n, p))
     first = np.ones((n, p), bool)
@@ -284,7 +284,18 @@ def ranked(maps: np.ndarray) -> Ranked:
     stop = np.minimum.accumulate(np.where(last, idx, p)[:, ::-1], axis=1)[:, ::-1]
     ranks = np.empty((n, p))
     np.put_along_axis(ranks, order, (start + stop) / 2, axis=1)
-    return Ranked(order, ranks)
+    return Ranked(ranks, top_mask(flat, fraction))
+
+
+def top_mask(flat: np.ndarray, fraction: float) -> np.ndarray:
+    """(N, P) the k = fraction·P largest values per row; ties at the cut go to the first in raster order."""
+    n, p = flat.shape
+    k = max(1, int(round(fraction * p)))
+    cut = np.partition(flat, p - k, axis=1)[:, p - k, None]
+    above = flat > cut
+    at = flat == cut
+    room = k - above.sum(axis=1, keepdims=True)
+    return above | (at & (np.cumsum(at, axis=1) <= room))
 
 
 def spearman(a, b) -> np.ndarray:
@@ -320,13 +331,10 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7, data_range: float = 1.0)
 
 
 def top_overlap(a, b, fraction: float = TOP_FRACTION) -> np.ndarray:
-    """(N,) fraction of a's top ``fraction`` pixels that are also among b's (stable order on ties)."""
-    oa = (a if isinstance(a, Ranked) else ranked(a)).order
-    ob = (b if isinstance(b, Ranked) else ranked(b)).order
-    k = max(1, int(round(fraction * oa.shape[1])))
-    hits = np.zeros(oa.shape, bool)
-    np.put_along_axis(hits, ob[:, :k], True, axis=1)
-    return np.take_along_axis(hits, oa[:, :k], axis=1).mean(axis=1)
+    """(N,) fraction of a's top ``fraction`` pixels that are also among b's (ties: first in raster order)."""
+    ta = a.top if isinstance(a, Ranked) else top_mask(np.asarray(a, np.float64).reshape(len(a), -1), fraction)
+    tb = b.top if isinstance(b, Ranked) else top_mask(np.asarray(b, np.float64).reshape(len(b), -1), fraction)
+    return (ta & tb).sum(axis=1) / ta.sum(axis=1)
 
 
 @dataclass(frozen=True)
