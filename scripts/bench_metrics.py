@@ -13,6 +13,9 @@
    (L + 1 runs of the method).
 
 Each time is the median over --repeat runs after one warm-up run, in this process.
+
+``--quality N`` instead prints the README's "Trust" table: every metric for Grad-CAM, the
+gradient, guided backprop and two random maps on N fresh images of the sample model's generator.
 """
 from __future__ import annotations
 
@@ -98,6 +101,45 @@ def bench_sanity(model, method: str, batch: int, size: int, repeat: int) -> list
              "target": None, **base}]
 
 
+def quality(n: int, seed: int = 8101) -> None:
+    """Every metric on ``n`` fresh shapes (true class), for the README's table."""
+    from PIL import Image
+
+    from onnxviz.methods.faithfulness import energy_pointing, pointing_game
+    from onnxviz.methods.results import upsampled
+    from onnxviz.synthetic import make_shapes
+
+    model = onnxviz.load(str(ROOT / "models" / "shapes_cnn.onnx"), device="cpu")
+    data = make_shapes(n, size=64, seed=seed)
+    pre = onnxviz.Preprocess(norm="imagenet", resize="stretch", size=(64, 64))
+    x = onnxviz.preprocess([Image.fromarray(im) for im in data.images], model.input, pre)
+    t = data.labels
+    cam = onnxviz.grad_cam(model, x, target=t)
+    rng = np.random.default_rng(0)
+    maps = {"Grad-CAM": (cam.map, "gradcam"),
+            "gradient": (onnxviz.saliency(model, x, target=t).map, "vanilla"),
+            "guided backprop": (onnxviz.saliency(model, x, target=t, method="guided").map, "guided"),
+            "random 8x8 map": (upsampled(rng.random(cam.raw.shape).astype(np.float32), (64, 64)), None),
+            "random pixels": (rng.random(cam.map.shape), None)}
+    print(f"{n} fresh shapes (seed {seed}), true class, probabilities, 50 steps")
+    print("| map | deletion AUC ↓ | insertion AUC ↑ | ROAD (LeRF−MoRF)/2 ↑ | pointing | energy | "
+          "Spearman, all layers randomized | random class |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (m, method) in maps.items():
+        d = onnxviz.deletion(model, x, m, target=t).auc.mean()
+        i = onnxviz.insertion(model, x, m, target=t).auc.mean()
+        r = onnxviz.road(model, x, m, target=t).combined.mean()
+        p = pointing_game(m, data.boxes).mean()
+        e = energy_pointing(m, data.boxes).mean()
+        if method:
+            s = onnxviz.sanity_check(model, x, method, target=t)
+            sim, _, _ = onnxviz.random_logit_test(model, x, method)
+            extra = f"{s.final:.2f} | {sim.spearman_abs.mean():.2f}"
+        else:
+            extra = "– | –"
+        print(f"| {name} | {d:.3f} | {i:.3f} | {r:+.3f} | {p:.0%} | {e:.2f} | {extra} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["shapes_cnn", "squeezenet"])
@@ -106,7 +148,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--quality", type=int, default=None, metavar="N",
+                    help="print the README's metric table on N fresh sample-model images instead")
     args = ap.parse_args(argv)
+    if args.quality:
+        quality(args.quality)
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in prepare_models(args.models, Path(tmp)).items():
