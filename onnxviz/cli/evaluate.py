@@ -173,3 +173,4 @@ def _box_mask(box, geom, size: tuple) -> np.ndarray:
     # a pixel belongs to the box when its centre does
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
     return ((ys >= cy0) & (ys < cy1))[:, None] & ((xs >= cx0) & (xs < cx1))[None, :]
+COMMANDS = (evaluate_cmd,)

@@ -9,8 +9,8 @@
   does the map's peak, and how much of its mass, fall on the object?
 
 Every perturbed copy of every image goes through the plain forward graph in large batches
-(``perturbed_scores``, the loop occlusion and Score-CAM use), so a 50-step curve costs 51 forward
-passes per image and nothing else.
+(:mod:`.perturb`'s engine, which occlusion and Score-CAM use too: the ranked fill lives there),
+so a 50-step curve costs 51 forward passes per image and nothing else.
 
 >>> h = onnxviz.grad_cam(model, x)
 >>> onnxviz.deletion(model, x, h.map, target=h.target).auc    # lower is better
@@ -18,98 +18,21 @@ passes per image and nothing else.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import objective
-from .layers import Target, check_targets, class_scores
-from .occlusion import BATCH, baseline_batch, perturbed_scores, segments
+from ..targets import Target, check_targets, class_scores, objective, target_array
+from .occlusion import baseline_batch
+from .perturb import BATCH, perturbed_scores, pixel_order, ranked_filler, step_counts
+from .results import Curve, Road
 
 Baseline = Union[float, str, np.ndarray]
 SCORES = ("prob", "logit")
 BLUR_SIGMA, BLUR_RADIUS = 5.0, 5
 PERCENTILES = tuple(range(10, 100, 10))
 ROAD_NOISE = 0.01
-
-
-@dataclass(frozen=True)
-class Curve:
-    """The target's score as pixels are deleted or inserted in the map's order.
-
-    ``scores`` (N, steps + 1): the score after 0, 1, … steps; ``fractions`` (steps + 1,): the
-    fraction of pixel positions changed at each step; ``target`` the class per image;
-    ``auc`` (N,): the area under each curve over [0, 1] (trapezoid rule).
-    """
-
-    scores: np.ndarray
-    fractions: np.ndarray
-    target: np.ndarray
-    metric: str
-    score: str = "prob"
-
-    @property
-    def auc(self) -> np.ndarray:
-        return trapezoid(self.scores, self.fractions)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-
-@dataclass(frozen=True)
-class Road:
-    """ROAD: score changes (after − before) when the top (MoRF) or bottom (LeRF) p% of pixels are imputed.
-
-    ``morf``, ``lerf`` (N, percentiles); ``combined`` (N,): the mean over percentiles of
-    (LeRF − MoRF) / 2 — higher is better: removing what the map calls relevant hurts more than
-    removing what it calls irrelevant.
-    """
-
-    percentiles: np.ndarray
-    morf: np.ndarray
-    lerf: np.ndarray
-    before: np.ndarray  # (N,) the score of the untouched image
-    target: np.ndarray
-    score: str = "prob"
-
-    @property
-    def combined(self) -> np.ndarray:
-        return ((self.lerf - self.morf) / 2).mean(axis=1)
-
-
-def trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """∫ y dx along the last axis by the trapezoid rule (numpy renamed trapz, so written out)."""
-    y = np.asarray(y, np.float64)
-    dx = np.diff(np.asarray(x, np.float64))
-    return ((y[..., 1:] + y[..., :-1]) / 2 * dx).sum(axis=-1)
-
-
-# ---------------------------------------------------------------------------- orders and steps
-
-
-def pixel_order(maps: np.ndarray) -> np.ndarray:
-    """(N, H·W): positions most relevant first; ties keep their raster order (stable sort)."""
-    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    if not np.isfinite(flat).all():
-        raise OnnxvizError("the maps contain NaN or infinite values")
-    return np.argsort(-flat, axis=1, kind="stable")
-
-
-def step_counts(positions: int, steps: int) -> np.ndarray:
-    """How many positions are changed after each of 0..steps steps: slices of ceil(positions/steps)."""
-    if steps < 1:
-        raise OnnxvizError(f"steps must be at least 1, not {steps}")
-    size = -(-positions // steps)
-    return np.minimum(np.arange(steps + 1) * size, positions)
-
-
-def _ranks(order: np.ndarray) -> np.ndarray:
-    """The inverse permutation per row: rank[n, position] = where that position comes in the order."""
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None], axis=1)
-    return ranks
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -142,8 +65,6 @@ class Scorer:
 
         Without ``need_score`` and with every class given, the image itself is not run.
         """
-        from ..gradients import target_array
-
         t = check_targets(self.model, self.obj, target_array(target, len(x)))
         if not need_score and (t >= 0).all():
             return t, None
@@ -201,7 +122,7 @@ def _curve(model, x, maps, target, steps, baseline, metric, score, output, batch
     base = reference(x, spec, baseline)
     counts = step_counts(maps.shape[1] * maps.shape[2], steps)
     start, end = (x, base) if metric == "deletion" else (base, x)
-    fill = ranked_filler(start, end, _ranks(pixel_order(maps)), counts, spec)
+    fill = ranked_filler(start, end, pixel_order(maps), counts, spec)
     scores = perturbed_scores(scorer.runner(chosen), fill, len(x), len(counts), x.shape[1:], x.dtype,
                               batch_size, progress, metric)
     return Curve(scores, counts / counts[-1], chosen, metric, score)
@@ -218,21 +139,6 @@ def reference(x: np.ndarray, spec, baseline: Baseline) -> np.ndarray:
         return gaussian_filter(x.astype(np.float64), sig, mode="nearest",
                                truncate=BLUR_RADIUS / BLUR_SIGMA).astype(x.dtype)
     return np.ascontiguousarray(baseline_batch(x, spec.spatial_axes, baseline, BLUR_SIGMA))
-
-
-def ranked_filler(start: np.ndarray, end: np.ndarray, ranks: np.ndarray, counts: np.ndarray, spec):
-    """Fill copy k of row r with ``start`` where a position's rank ≥ counts[k], ``end`` elsewhere."""
-    h, w = spec.hw(start)
-    c_axis = spec.channel_axis
-
-    def fill(batch, row, copy):
-        for r, a, b in segments(row):
-            taken = ranks[r][None, :] < counts[copy[a:b]][:, None]  # (copies, H·W)
-            where = np.expand_dims(taken.reshape(-1, h, w), c_axis)
-            batch[a:b] = start[r]
-            np.copyto(batch[a:b], end[r], where=where)
-
-    return fill
 
 
 def _check_maps(maps, x: np.ndarray, spec) -> np.ndarray:

@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
-from .layers import Target
+from ..targets import Target, class_scores, objective
 from .results import Attribution, Heatmap
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -424,9 +424,6 @@ def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: in
     x = model.check_input(x)
     first = original if original is not None else fn(model, x, None)
     predicted = np.asarray(first.target, np.int64)
-    from ..targets import objective
-    from .layers import class_scores
-
     obj = objective(model)
     n_classes = class_scores(obj, model.activations(x[:1], [obj.tensor])[obj.tensor]).shape[1]
     if n_classes < 2:

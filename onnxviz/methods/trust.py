@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from .faithfulness import Curve, Road, deletion, energy_pointing, insertion, pointing_game, road
-from .layers import Target
+from ..targets import Target
 from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
