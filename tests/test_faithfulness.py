@@ -216,3 +216,20 @@ def test_target_out_of_range(linear):
     x = np.zeros((1, C, H, W), np.float32)
     with pytest.raises(OnnxvizError, match="out of range"):
         onnxviz.deletion(model, x, np.zeros((1, H, W)), target=K)
+
+
+def test_channels_last_models_score_the_same(tmp_path):
+    """The NHWC twin of a model (a Transpose in front, same weights) gives the same curves and ROAD."""
+    from builders import save, tiny_cnn
+
+    nchw = onnxviz.load(save(tiny_cnn(size=12), tmp_path / "a.onnx"), device="cpu")
+    nhwc = onnxviz.load(save(tiny_cnn(layout="NHWC", size=12), tmp_path / "b.onnx"), device="cpu")
+    x = np.random.default_rng(3).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    maps = np.random.default_rng(4).random((2, 12, 12))
+    for fn in (onnxviz.deletion, onnxviz.insertion):
+        a, b = fn(nchw, x, maps, steps=6), fn(nhwc, xt, maps, steps=6)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    a, b = road(nchw, x, maps, percentiles=[30, 60]), road(nhwc, xt, maps, percentiles=[30, 60])
+    np.testing.assert_allclose(a.morf, b.morf, atol=1e-5)
+    np.testing.assert_allclose(a.lerf, b.lerf, atol=1e-5)

@@ -245,7 +245,7 @@ def method_function(method: Method) -> tuple[str, Callable]:
     if method in SALIENCY:
         return method, lambda m, x, t: saliency(m, x, target=t, method=method)
     if method == "occlusion":
-        return method, lambda m, x, t: occlusion(m, x, target=t, window=8, stride=4)
+        return method, lambda m, x, t: occlusion(m, x, target=t)
     known = ", ".join([*CAM, *SALIENCY, "occlusion"])
     raise OnnxvizError(f"unknown method {method!r}: choose from {known}")
 
