@@ -1,0 +1,199 @@
+"""Picklable batch callables: the unit of work that Ray Data's ``map_batches``, a job array or a plain loop maps.
+
+``BatchEmbedder(model_path, layer=...)`` and ``BatchExplainer(model_path, method=...)`` take a
+batch ``{"path": (N,) str}`` or ``{"image": (N, H, W[, C]) uint8}`` (decoded images, as
+``ray.data.read_images`` gives; ragged sizes as an object array) with optional ``"id"``, and
+return ``{"id", "ok", "error", ...results}``, one row per input image. A bad image gives
+``ok=False`` and its reason in ``error``; it never stops the batch.
+
+Only the model path and options are pickled. Each process loads the model once, on first use,
+and keeps it (with its onnxruntime sessions and gradient graphs) for every later batch and
+every other callable over the same model in that process.
+
+>>> embedder = BatchEmbedder("models/shapes_cnn.onnx")
+>>> out = embedder({"path": np.array(["a.png", "b.png"])})
+>>> out["features"].shape, out["ok"]
+((2, 96), array([ True,  True]))
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageError, OnnxvizError
+from ..images import Preprocess, preprocess, read_image
+from ..methods.embed import Pooler, fixed_size, penultimate_layer
+
+_SESSIONS: dict = {}  # (path, load options) -> Session: one per process, shared by every callable
+
+
+def process_session(model_path: str, load_options: dict):
+    """This process's copy of the model with its sidecar preprocessing and labels (loaded on first use)."""
+    from ..cli.common import open_session
+
+    key = (os.path.abspath(model_path), tuple(sorted(load_options.items())))
+    if key not in _SESSIONS:
+        _SESSIONS[key] = open_session(model_path, **load_options)
+    return _SESSIONS[key]
+
+
+class _BatchCallable:
+    def __init__(self, model_path, pre: Optional[Preprocess] = None, device: str = "cpu",
+                 threads: Optional[int] = None, **load_options):
+        self.model_path = str(model_path)
+        self.pre = pre  # None: the model's sidecar JSON, else onnxviz's defaults
+        self.load_options = {"device": device, "threads": threads, **load_options}
+        self._model = None
+
+    def __getstate__(self):  # sessions and graphs stay in the process that built them
+        return {**self.__dict__, "_model": None}
+
+    @property
+    def model(self):
+        if self._model is None:
+            session = process_session(self.model_path, self.load_options)
+            self._model, self.labels = session.model, session.labels
+            self.pre = fixed_size(self._model.input, self.pre or session.pre)
+        return self._model
+
+    def read(self, batch: dict):
+        """(x of the readable images, ok (N,) bool, error (N,) str)."""
+        spec = self.model.input
+        items = batch["image"] if "image" in batch else batch["path"]
+        n = len(items)
+        ok, error, rows = np.zeros(n, bool), np.full(n, "", dtype=object), []
+        for i, item in enumerate(items):
+            try:
+                image = _image(item) if "image" in batch else read_image(str(item))
+                rows.append(preprocess([image], spec, self.pre))  # one at a time, as `embed` does
+                ok[i] = True
+            except ImageError as exc:
+                error[i] = _reason(exc, item)
+            except Exception as exc:  # never let one image stop the batch
+                error[i] = f"{type(exc).__name__}: {exc}"
+        x = np.concatenate(rows) if rows else None
+        return x, ok, error.astype(str)
+
+    @staticmethod
+    def ids(batch: dict, n: int) -> np.ndarray:
+        return np.asarray(batch["id"]) if "id" in batch else np.arange(n)
+
+
+def _image(array) -> Image.Image:
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise ImageError(f"decoded images must be uint8, got {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]
+    return Image.fromarray(a)
+
+
+def _reason(exc: Exception, item) -> str:
+    text = str(exc)
+    for prefix in (f"{item}: ", f"{item} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+class BatchEmbedder(_BatchCallable):
+    """Features at ``layer`` (default: the input of the final FC layer), pooled as in ``onnxviz.embed``.
+
+    Returns ``features`` (N, D) float32 (zeros for images that failed).
+    """
+
+    def __init__(self, model_path, layer: Optional[str] = None, pool: str = "avg", **options):
+        super().__init__(model_path, **options)
+        self.layer, self.pool = layer, pool
+        self._pooler = None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_pooler": None}
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        model = self.model
+        if self._pooler is None:
+            self.layer = self.layer or penultimate_layer(model)
+            if not model.has_tensor(self.layer):
+                raise OnnxvizError(f"no tensor named {self.layer!r} in the model; `onnxviz inspect` lists them")
+            self._pooler = Pooler(model, self.layer, self.pool)
+        return self._pooler(model.activations(x, [self.layer])[self.layer])
+
+    def __call__(self, batch: dict) -> dict:
+        x, ok, error = self.read(batch)
+        n = len(ok)
+        if x is not None:
+            rows = self.features(x)
+            features = np.zeros((n, rows.shape[1]), np.float32)
+            features[ok] = rows
+        else:  # nothing readable: keep the column's width for engines that concatenate batches
+            features = np.zeros((n, self.dim), np.float32)
+        return {"id": self.ids(batch, n), "ok": ok, "error": error, "features": features}
+
+    @property
+    def dim(self) -> int:
+        spec = self.model.input
+        shape = [1, spec.channels, *self.pre.size] if spec.layout == "NCHW" else [1, *self.pre.size, spec.channels]
+        return self.features(np.zeros(shape, spec.dtype)).shape[1]
+
+
+def explainers() -> dict:
+    """Method name -> function(model, x, target=..., **options) returning a Heatmap or Attribution."""
+    from ..methods.cam import METHODS as CAM
+    from ..methods.occlusion import occlusion
+    from ..methods.saliency import METHODS as SALIENCY, saliency
+
+    out = dict(CAM)
+    for name in SALIENCY:
+        out[name] = (lambda m: lambda model, x, **kw: saliency(model, x, method=m, **kw))(name)
+    out["occlusion"] = occlusion
+    return out
+
+
+class BatchExplainer(_BatchCallable):
+    """Maps of ``method`` (gradcam, cam, gradcam++, scorecam, layercam, guided-gradcam, vanilla,
+    deconvnet, guided, smoothgrad, integrated, occlusion) for a batch of images.
+
+    ``options`` go to the method (``layer``, ``target``, ``top_k``, ``output``, ``score``,
+    ``window``...). A batch may carry a per-image ``"target"`` column. Returns ``map`` (N, H, W)
+    in [0, 1], ``raw`` (N, ...), ``target`` and ``score`` (N,), ``layer``; with ``top_k=K``
+    each of them gains an axis of K after N.
+    """
+
+    def __init__(self, model_path, method: str = "gradcam", *, pre: Optional[Preprocess] = None,
+                 device: str = "cpu", threads: Optional[int] = None, load_options: Optional[dict] = None,
+                 **options):
+        if method not in explainers():
+            raise OnnxvizError(f"method {method!r}: expected one of {', '.join(explainers())}")
+        super().__init__(model_path, pre=pre, device=device, threads=threads, **(load_options or {}))
+        self.method, self.options = method, options
+
+    def explain(self, x: np.ndarray, target=None):
+        """The method's result (Heatmap / Attribution) for a preprocessed batch."""
+        options = dict(self.options)
+        if target is not None:
+            options["target"] = target
+        return explainers()[self.method](self.model, x, **options)
+
+    def __call__(self, batch: dict) -> dict:
+        x, ok, error = self.read(batch)
+        n, k = len(ok), self.options.get("top_k") or 1
+        out = {"id": self.ids(batch, n), "ok": ok, "error": error}
+        if x is None:
+            raise OnnxvizError(f"none of the {n} images of this batch could be read: {error[0]}")
+        target = np.asarray(batch["target"])[ok] if "target" in batch else None
+        result = self.explain(x, target)
+        good = np.flatnonzero(ok)
+        for name in ("map", "raw", "target", "score"):
+            values = np.asarray(getattr(result, name))
+            full = np.zeros((n, k, *values.shape[1:]), values.dtype)
+            full[good] = values.reshape(len(good), k, *values.shape[1:])
+            out[name] = full if self.options.get("top_k") else full[:, 0]
+        out["layer"] = np.full(n, result.layer or "", dtype=object).astype(str)
+        return out

@@ -1,0 +1,91 @@
+"""Results keyed by image content and options, committed by whichever process computed them.
+
+A part is one image's result under ``<out>/.onnxviz-parts/<key[:2]>/<key>.npz``, where
+``key = sha256(options digest, sha256(image bytes), extra)``: a renamed or copied image is
+found again, a changed one (or changed options) is computed anew. Parts are written
+atomically, so a killed worker or driver leaves only whole parts and a rerun skips them.
+Each process appends the keys it computed to its own journal (``journal-<host>-<pid>.txt``),
+which says what was computed where, and lets tests count that nothing was computed twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..io import atomic_write, to_jsonable
+
+PARTS = ".onnxviz-parts"
+
+
+def options_digest(options: dict) -> str:
+    """SHA-256 of the canonical JSON of what results depend on (model hash, method, options...)."""
+    text = json.dumps(to_jsonable(options), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def part_key(options: str, content: str, extra: str = "") -> str:
+    return hashlib.sha256(f"{options}\0{content}\0{extra}".encode("utf-8")).hexdigest()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class PartStore:
+    """One ``.npz`` of named arrays per key, under ``folder``; safe for many writers at once."""
+
+    def __init__(self, out: Union[str, Path]):
+        self.folder = Path(out) / PARTS
+        self._journal: Optional[io.TextIOBase] = None
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def load(self, key: str) -> dict:
+        with np.load(self.path(key), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def save(self, key: str, arrays: dict) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+        self.journal(key)
+
+    def journal(self, key: str) -> None:
+        """Record that this process computed ``key`` (one line, flushed: it survives a kill)."""
+        if self._journal is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._journal = open(self.folder / f"journal-{worker_id()}.txt", "a", encoding="utf-8")
+        self._journal.write(key + "\n")
+        self._journal.flush()
+
+    def __getstate__(self):
+        return {"folder": self.folder, "_journal": None}
+
+
+def computed_keys(out: Union[str, Path]) -> list:
+    """Every key any process recorded computing under ``out`` (one entry per computation)."""
+    folder = Path(out) / PARTS
+    keys = []
+    for journal in sorted(folder.glob("journal-*.txt")):
+        keys += journal.read_text(encoding="utf-8").split()
+    return keys
