@@ -151,7 +151,7 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
              method_options: Optional[dict] = None) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
     out, batch_size = opts.pop("out"), opts.pop("batch_size")
-    engine, shard = pop_engine(opts)
+    engine, shard = pop_engine(opts, out)
     images, relative = expand_images(images)
     session = open_session(model_path, **opts)
     targets = parse_targets(target, len(images), session)

@@ -198,15 +198,21 @@ def engine_options(fn):
 ENGINE_KEYS = ("engine", "address", "actors", "gpus_per_actor", "shard")
 
 
-def pop_engine(opts: dict):
-    """Remove the engine options from ``opts``: (Engine, shard), or (None, None) for a plain local run."""
+def pop_engine(opts: dict, out: Optional[str] = None):
+    """Remove the engine options from ``opts``: (Engine, shard), or (None, None) for a plain local run.
+
+    A local run into an ``out`` folder that holds parts of a sharded or Ray run continues from
+    them (and assembles them) instead of starting over.
+    """
     from ..distributed import Engine, require_ray
+    from ..distributed.store import PARTS
 
     engine, address, actors, gpus, shard = (opts.pop(k, None) for k in ENGINE_KEYS)
     if engine != "ray":
         if address or actors or gpus:
             raise OnnxvizError("--address, --actors and --gpus-per-actor need --engine ray")
-        return (Engine("local") if shard is not None else None), shard
+        parts = out is not None and (Path(out) / PARTS).is_dir()
+        return (Engine("local") if shard is not None or parts else None), shard
     require_ray()
     threads = opts.get("threads")
     return Engine("ray", address=address, actors=actors, cpus=float(threads or 1), gpus=float(gpus or 0)), shard

@@ -148,7 +148,7 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
     Example:
       onnxviz embed models/shapes_cnn.onnx models/images --out out/features
     """
-    engine, shard = pop_engine(opts)
+    engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/embed")
     if engine is not None:
