@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class _Actor:
     def __init__(self, task):
         self.task = task
         self.task.warm_up()
+        if getattr(task, "run", None):
+            task.store.started(task.run)
 
     def __call__(self, batch: dict) -> dict:
         return self.task(batch)
@@ -103,6 +105,3 @@ def map_batches(rows: list, task, engine: str = "local", batch_size: int = 32, a
     raise OnnxvizError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
 
 
-def restarts(workers: Iterable[str], actors: Optional[int]) -> int:
-    """Workers seen beyond the pool size: each is a crashed worker that Ray replaced."""
-    return max(0, len(set(workers)) - (actors or 1))

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +28,7 @@ from ..errors import ImageError, OnnxvizError
 from ..io import save_json
 from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest, penultimate_layer
 from .batch import BatchEmbedder, BatchExplainer, process_session
-from .engine import init_ray, map_batches, require_ray, restarts
+from .engine import init_ray, map_batches, require_ray
 from .shard import Shard
 from .store import PartStore, file_digest, options_digest, part_key, worker_id
 
@@ -186,9 +187,10 @@ def _drive(rows: list, task, engine: Engine, batch_size: int, progress: bool, de
     """Run ``task`` over ``rows`` on ``engine``, one progress bar, ``on_batch`` for each batch back."""
     stats = RunStats()
     started = engine.start()
+    task.run = uuid.uuid4().hex  # workers record their starts under it: more starts than actors = restarts
     bar = _bar(len(rows), progress, desc)
     try:
-        for out in engine.map(rows, task, batch_size):
+        for out in _ray_errors(engine.map(rows, task, batch_size), engine):
             on_batch(out)
             n_ok = int(np.sum(out["ok"]))
             stats.computed += int(np.sum(out["computed"]))
@@ -201,10 +203,27 @@ def _drive(rows: list, task, engine: Engine, batch_size: int, progress: bool, de
         bar.close()
         if started:
             require_ray().shutdown()
-    stats.restarts = restarts(stats.workers, engine.actors) if engine.name == "ray" else 0
+    if engine.name == "ray":
+        stats.restarts = max(0, task.store.starts(task.run) - engine.actors)
     if stats.restarts:
         log.warning("%d worker(s) crashed and were restarted by Ray; their batches were retried", stats.restarts)
     return stats
+
+
+def _ray_errors(batches, engine: Engine):
+    """Ray's exceptions (a task that raised, a node lost for good) as one-line onnxviz errors."""
+    if engine.name != "ray":
+        yield from batches
+        return
+    from ray.exceptions import RayError
+
+    try:
+        yield from batches
+    except RayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+        raise OnnxvizError(f"the Ray run failed ({type(exc).__name__}): {cause}; what finished is kept in "
+                           "the output folder, so the same command resumes") from None
 
 
 def _subset(dataset: Dataset, shard: Optional[Shard]) -> Dataset:

@@ -78,6 +78,22 @@ class PartStore:
         self._journal.write(key + "\n")
         self._journal.flush()
 
+    def started(self, run: str) -> None:
+        """Record that a worker process started for ``run`` (a restarted worker records again)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"starts-{run}.txt", "a", encoding="utf-8") as f:
+            f.write(worker_id() + "\n")
+
+    def starts(self, run: str, forget: bool = True) -> int:
+        path = self.folder / f"starts-{run}.txt"
+        try:
+            n = len(path.read_text(encoding="utf-8").split())
+        except FileNotFoundError:
+            return 0
+        if forget:
+            path.unlink(missing_ok=True)
+        return n
+
     def __getstate__(self):
         return {"folder": self.folder, "_journal": None}
 
