@@ -111,10 +111,10 @@ class BatchEmbedder(_BatchCallable):
     def __init__(self, model_path, layer: Optional[str] = None, pool: str = "avg", **options):
         super().__init__(model_path, **options)
         self.layer, self.pool = layer, pool
-        self._pooler = None
+        self._pooler, self._dim = None, None
 
     def __getstate__(self):
-        return {**super().__getstate__(), "_pooler": None}
+        return {**super().__getstate__(), "_pooler": None, "_dim": None}
 
     def features(self, x: np.ndarray) -> np.ndarray:
         model = self.model
@@ -138,9 +138,12 @@ class BatchEmbedder(_BatchCallable):
 
     @property
     def dim(self) -> int:
-        spec = self.model.input
-        shape = [1, spec.channels, *self.pre.size] if spec.layout == "NCHW" else [1, *self.pre.size, spec.channels]
-        return self.features(np.zeros(shape, spec.dtype)).shape[1]
+        """Features per image (found once, by running one blank image)."""
+        if self._dim is None:
+            spec = self.model.input
+            shape = [1, spec.channels, *self.pre.size] if spec.layout == "NCHW" else [1, *self.pre.size, spec.channels]
+            self._dim = self.features(np.zeros(shape, spec.dtype)).shape[1]
+        return self._dim
 
 
 def explainers() -> dict:

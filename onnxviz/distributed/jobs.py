@@ -104,8 +104,9 @@ class EmbedTask:
         for i, (key, *_rest) in enumerate(hashed):
             if key is None:
                 continue
-            if self.store.has(key):
-                features[i], ok[i] = self.store.load(key)["features"], True
+            part = self.store.load(key)
+            if part is not None:
+                features[i], ok[i] = part["features"], True
             else:
                 todo.append(i)
         if todo:
@@ -150,8 +151,9 @@ class ExplainTask:
         for i, (key, *_rest) in enumerate(hashed):
             if key is None:
                 continue
-            if self.store.has(key):
-                entries[i], ok[i] = str(self.store.load(key)["entry"]), True
+            part = self.store.load(key)
+            if part is not None:
+                entries[i], ok[i] = str(part["entry"]), True
             else:
                 todo.append(i)
         if todo:

@@ -13,13 +13,15 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import socket
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
-from ..io import atomic_write, to_jsonable
+from ..io import to_jsonable
 
 PARTS = ".onnxviz-parts"
 
@@ -59,15 +61,31 @@ class PartStore:
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def load(self, key: str) -> dict:
-        with np.load(self.path(key), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    def load(self, key: str) -> Optional[dict]:
+        """The part's arrays, or None when it is missing or unreadable (then the image is computed again)."""
+        try:
+            with np.load(self.path(key), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
 
     def save(self, key: str, arrays: dict) -> None:
+        """Write whole or not at all: a temp file renamed over the part.
+
+        No fsync (unlike ``atomic_write``): the threat here is a killed process, which the page
+        cache survives, and an fsync per image would cost more than computing a small one. After
+        a power loss a part may be empty or short; ``load`` then fails and the image is redone.
+        """
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.journal(key)
 
     def journal(self, key: str) -> None:

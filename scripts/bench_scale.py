@@ -1,0 +1,150 @@
+"""Benchmark the dataset-scale engines: images/second of `embed` (or a CAM method) locally and on Ray Data.
+
+    python scripts/bench_scale.py                          # 512 images of 64x64, batch 32, embed
+    python scripts/bench_scale.py --task gradcam --images 256
+    python scripts/bench_scale.py --model m.onnx --image-size 224 --images 2000
+
+Runs, each into a fresh output folder, on the same generated folder:
+  local-1t / local-2t   the plain local engine (onnxviz.embed, model loaded beforehand) with 1 / 2
+                        onnxruntime threads;
+  parts-1t              the dataset path in this process (hash every image, commit content-keyed parts);
+  ray-1 / ray-2         Ray Data with 1 / 2 actors of 1 CPU (1 thread) each, on a local Ray runtime
+                        started once beforehand (ray.init is reported, not counted).
+For Ray, "steady" counts from the first batch back (actor start and model load excluded) and
+"startup" is the time to that first batch. Overhead per image per actor compares the time one
+actor spends per image, wall x actors / images, with local-1t's time per image: 0% means Ray
+adds nothing; on a machine with fewer free cores than actors it also includes their contention.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxviz.cli.common import open_session  # noqa: E402
+from onnxviz.distributed import Engine, embed_dataset, explain_dataset, jobs  # noqa: E402
+from onnxviz.methods.embed import embed  # noqa: E402
+from onnxviz.synthetic import make_shapes, save_folder  # noqa: E402
+
+SAMPLE = ROOT / "models" / "shapes_cnn.onnx"
+
+
+class Clock:
+    """Stands in for the progress bar: the time each batch came back."""
+
+    def __init__(self):
+        self.start, self.marks = time.perf_counter(), []
+
+    def __call__(self, total, enabled, desc):
+        return self
+
+    def update(self, n):
+        self.marks.append((time.perf_counter(), n))
+
+    def close(self):
+        pass
+
+
+def run_dataset(args, folder: Path, out: Path, engine: Engine) -> dict:
+    clock = Clock()
+    jobs._bar = clock
+    load = {"threads": 1}
+    if args.task == "embed":
+        embed_dataset(args.model, folder, out, load_options=load, batch_size=args.batch, engine=engine)
+    else:
+        paths = sorted(str(p) for p in folder.rglob("*.png"))
+        dirs = [out / f"img{i:06d}" for i in range(len(paths))]
+        explain_dataset(args.model, paths, dirs, out, args.task, {}, load_options=load, batch_size=args.batch,
+                        engine=engine)
+    end = clock.marks[-1][0]
+    first, n_first = clock.marks[0]
+    total = sum(n for _, n in clock.marks)
+    return {"wall_s": end - clock.start, "startup_s": first - clock.start,
+            "steady_img_s": (total - n_first) / (end - first) if end > first else float("nan"), "images": total}
+
+
+def run_local(args, folder: Path, out: Path, threads: int) -> dict:
+    session = open_session(args.model, threads=threads)
+    if args.task == "embed":
+        embed(session.model, folder, pre=session.pre, batch_size=args.batch, cache=out / "warm", workers=2)
+        t = time.perf_counter()
+        emb = embed(session.model, folder, pre=session.pre, batch_size=args.batch, cache=out / "run", workers=2)
+        wall = time.perf_counter() - t
+        n = len(emb)
+    else:
+        from onnxviz.cli.attribution import _write_image, image_dirs
+        from onnxviz.distributed.batch import explainers
+        from onnxviz.images import deprocess
+
+        paths = sorted(str(p) for p in folder.rglob("*.png"))
+        dirs = image_dirs(paths, out)
+        fn = explainers()[args.task]
+        x, _, _ = session.batch(paths[:args.batch])
+        fn(session.model, x)  # warm: build the graph and session
+        t = time.perf_counter()
+        for start in range(0, len(paths), args.batch):
+            chunk = paths[start:start + args.batch]
+            x, _, _ = session.batch(chunk)
+            result = fn(session.model, x)
+            shown = deprocess(x, session.model.input, session.pre)
+            for i, p in enumerate(chunk):
+                _write_image(session, result, [i], shown[i], p, dirs[start + i], args.task, False, False)
+        wall = time.perf_counter() - t
+        n = len(paths)
+    return {"wall_s": wall, "startup_s": 0.0, "steady_img_s": n / wall, "images": n}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SAMPLE))
+    parser.add_argument("--task", default="embed", help="embed, or a map method (gradcam, vanilla, occlusion...)")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", default=None, help="Also write the figures here.")
+    args = parser.parse_args()
+
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="onnxviz-bench-scale-"))
+    try:
+        folder = work / "images"
+        save_folder(make_shapes(args.images, args.image_size, seed=0), folder)
+        rows = {}
+        rows["local-1t"] = run_local(args, folder, work / "l1", 1)
+        rows["local-2t"] = run_local(args, folder, work / "l2", 2)
+        rows["parts-1t"] = run_dataset(args, folder, work / "p1", Engine("local"))
+        t = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray_init = time.perf_counter() - t
+        try:
+            for actors in (1, 2):
+                rows[f"ray-{actors}"] = run_dataset(args, folder, work / f"r{actors}", Engine("ray", actors=actors))
+        finally:
+            ray.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    per_image_local = 1.0 / rows["local-1t"]["steady_img_s"]
+    print(f"{args.task}: {args.images} images of {args.image_size}x{args.image_size}, batch {args.batch}; "
+          f"ray.init {ray_init:.1f} s (not counted)")
+    print(f"{'run':10s} {'img/s':>8s} {'steady':>8s} {'startup':>8s} {'overhead/img/actor':>19s}")
+    for name, r in rows.items():
+        actors = int(name.split("-")[1]) if name.startswith("ray") else 1
+        overhead = (actors / r["steady_img_s"]) / per_image_local - 1
+        r["overhead_per_image_per_actor"] = overhead
+        print(f"{name:10s} {r['images'] / r['wall_s']:8.1f} {r['steady_img_s']:8.1f} {r['startup_s']:7.1f}s "
+              f"{overhead:18.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "ray_init_s": ray_init, "runs": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
