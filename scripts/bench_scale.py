@@ -2,6 +2,7 @@
 
     python scripts/bench_scale.py                          # 512 images of 64x64, batch 32, embed
     python scripts/bench_scale.py --task gradcam --images 256
+    python scripts/bench_scale.py --input-size 224 --images 512   # more compute per image
     python scripts/bench_scale.py --model m.onnx --image-size 224 --images 2000
 
 Runs, each into a fresh output folder, on the same generated folder:
@@ -55,7 +56,7 @@ class Clock:
 def run_dataset(args, folder: Path, out: Path, engine: Engine) -> dict:
     clock = Clock()
     jobs._bar = clock
-    load = {"threads": 1}
+    load = {"threads": 1, "size": args.size}
     if args.task == "embed":
         embed_dataset(args.model, folder, out, load_options=load, batch_size=args.batch, engine=engine)
     else:
@@ -71,7 +72,7 @@ def run_dataset(args, folder: Path, out: Path, engine: Engine) -> dict:
 
 
 def run_local(args, folder: Path, out: Path, threads: int) -> dict:
-    session = open_session(args.model, threads=threads)
+    session = open_session(args.model, threads=threads, size=args.size)
     if args.task == "embed":
         embed(session.model, folder, pre=session.pre, batch_size=args.batch, cache=out / "warm", workers=2)
         t = time.perf_counter()
@@ -108,8 +109,11 @@ def main():
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="Run the model at this input size (the sample model takes any): more compute per image.")
     parser.add_argument("--json", default=None, help="Also write the figures here.")
     args = parser.parse_args()
+    args.size = (args.input_size, args.input_size) if args.input_size else None
 
     import ray
 
@@ -133,7 +137,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     per_image_local = 1.0 / rows["local-1t"]["steady_img_s"]
-    print(f"{args.task}: {args.images} images of {args.image_size}x{args.image_size}, batch {args.batch}; "
+    print(f"{args.task}: {args.images} images of {args.image_size}x{args.image_size} (model input "
+          f"{args.input_size or 'default'}), batch {args.batch}; "
           f"ray.init {ray_init:.1f} s (not counted)")
     print(f"{'run':10s} {'img/s':>8s} {'steady':>8s} {'startup':>8s} {'overhead/img/actor':>19s}")
     for name, r in rows.items():

@@ -18,7 +18,7 @@ every other callable over the same model in that process.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -43,14 +43,16 @@ def process_session(model_path: str, load_options: dict):
 
 class _BatchCallable:
     def __init__(self, model_path, pre: Optional[Preprocess] = None, device: str = "cpu",
-                 threads: Optional[int] = None, **load_options):
+                 threads: Optional[int] = None, readers: int = 2, **load_options):
         self.model_path = str(model_path)
+        self.readers = readers  # threads decoding the images of a batch (Pillow releases the GIL)
+        self._pool = None
         self.pre = pre  # None: the model's sidecar JSON, else onnxviz's defaults
         self.load_options = {"device": device, "threads": threads, **load_options}
         self._model = None
 
-    def __getstate__(self):  # sessions and graphs stay in the process that built them
-        return {**self.__dict__, "_model": None}
+    def __getstate__(self):  # sessions, graphs and threads stay in the process that made them
+        return {**self.__dict__, "_model": None, "_pool": None}
 
     @property
     def model(self):
@@ -61,22 +63,30 @@ class _BatchCallable:
         return self._model
 
     def read(self, batch: dict):
-        """(x of the readable images, ok (N,) bool, error (N,) str)."""
-        spec = self.model.input
-        items = batch["image"] if "image" in batch else batch["path"]
-        n = len(items)
-        ok, error, rows = np.zeros(n, bool), np.full(n, "", dtype=object), []
-        for i, item in enumerate(items):
-            try:
-                image = _image(item) if "image" in batch else read_image(str(item))
-                rows.append(preprocess([image], spec, self.pre))  # one at a time, as `embed` does
-                ok[i] = True
-            except ImageError as exc:
-                error[i] = _reason(exc, item)
-            except Exception as exc:  # never let one image stop the batch
-                error[i] = f"{type(exc).__name__}: {exc}"
-        x = np.concatenate(rows) if rows else None
-        return x, ok, error.astype(str)
+        """(x of the readable images, ok (N,) bool, error (N,) str); decoded by ``readers`` threads."""
+        self.model  # loaded (and ``pre`` fixed) before the threads start
+        decoded = "image" in batch
+        items = batch["image"] if decoded else batch["path"]
+        if self.readers > 1 and len(items) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="onnxviz-read")
+            got = list(self._pool.map(lambda item: self._one(item, decoded), items))
+        else:
+            got = [self._one(item, decoded) for item in items]
+        ok = np.array([isinstance(g, np.ndarray) for g in got], bool)
+        error = np.array(["" if k else g for g, k in zip(got, ok)], dtype=object).astype(str)
+        x = np.concatenate([g for g, k in zip(got, ok) if k]) if ok.any() else None
+        return x, ok, error
+
+    def _one(self, item, decoded: bool):
+        """One image as a (1, ...) model input, or the reason it cannot be used."""
+        try:
+            image = _image(item) if decoded else read_image(str(item))
+            return preprocess([image], self.model.input, self.pre)  # one at a time, as `embed` does
+        except ImageError as exc:
+            return _reason(exc, item)
+        except Exception as exc:  # never let one image stop the batch
+            return f"{type(exc).__name__}: {exc}"
 
     @staticmethod
     def ids(batch: dict, n: int) -> np.ndarray:
@@ -170,11 +180,12 @@ class BatchExplainer(_BatchCallable):
     """
 
     def __init__(self, model_path, method: str = "gradcam", *, pre: Optional[Preprocess] = None,
-                 device: str = "cpu", threads: Optional[int] = None, load_options: Optional[dict] = None,
-                 **options):
+                 device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
+                 load_options: Optional[dict] = None, **options):
         if method not in explainers():
             raise OnnxvizError(f"method {method!r}: expected one of {', '.join(explainers())}")
-        super().__init__(model_path, pre=pre, device=device, threads=threads, **(load_options or {}))
+        super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
+                         **(load_options or {}))
         self.method, self.options = method, options
 
     def explain(self, x: np.ndarray, target=None):

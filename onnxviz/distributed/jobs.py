@@ -104,9 +104,9 @@ class EmbedTask:
         for i, (key, *_rest) in enumerate(hashed):
             if key is None:
                 continue
-            part = self.store.load(key)
-            if part is not None:
-                features[i], ok[i] = part["features"], True
+            part = self.store.load_array(key)
+            if part is not None and part.shape == features[i].shape:
+                features[i], ok[i] = part, True
             else:
                 todo.append(i)
         if todo:
@@ -114,7 +114,7 @@ class EmbedTask:
             for j, i in enumerate(todo):
                 if got["ok"][j]:
                     features[i], ok[i], computed[i] = got["features"][j], True, True
-                    self.store.save(hashed[i][0], {"features": got["features"][j]})
+                    self.store.save_array(hashed[i][0], got["features"][j])
                 else:
                     error[i] = got["error"][j]
         return {"index": np.asarray(batch["index"]), "ok": ok, "error": error.astype(str), "features": features,
@@ -151,9 +151,9 @@ class ExplainTask:
         for i, (key, *_rest) in enumerate(hashed):
             if key is None:
                 continue
-            part = self.store.load(key)
+            part = self.store.load_text(key)
             if part is not None:
-                entries[i], ok[i] = str(part["entry"]), True
+                entries[i], ok[i] = part, True
             else:
                 todo.append(i)
         if todo:
@@ -171,7 +171,7 @@ class ExplainTask:
                     entry = _write_image(session, result, picked, shown[r], str(batch["path"][i]),
                                          Path(str(batch["dir"][i])), ex.method, self.suffixed, self.chosen)
                     text = json.dumps(entry)
-                    self.store.save(hashed[i][0], {"entry": np.array(text)})
+                    self.store.save_text(hashed[i][0], text)
                     entries[i], ok[i], computed[i] = text, True, True
         return {"index": np.asarray(batch["index"]), "ok": ok, "error": error.astype(str),
                 "entry": entries.astype(str), "computed": computed, "worker": np.full(n, worker_id())}
@@ -267,8 +267,9 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
         for i, reason in zip(batch["index"][~ok], batch["error"][~ok]):
             store.fail(int(i), str(reason))
         if ok.any():
+            # rows reach status.npy at the store's checkpoints; rows a killed driver had not
+            # checkpointed yet are found again in the parts, not recomputed
             store.write(batch["index"][ok], batch["features"][ok], zip(batch["size"][ok], batch["mtime_ns"][ok]))
-        store.checkpoint()  # each batch: a killed driver loses nothing the workers sent back
 
     try:
         stats = _drive(rows, task, engine, batch_size, progress, f"features of {layer}", write)

@@ -1,6 +1,7 @@
 """Results keyed by image content and options, committed by whichever process computed them.
 
-A part is one image's result under ``<out>/.onnxviz-parts/<key[:2]>/<key>.npz``, where
+A part is one image's result under ``<out>/.onnxviz-parts/<key[:2]>/<key>.npy`` (features) or
+``.json`` (a map's results.json entry; the maps themselves are the per-image files), where
 ``key = sha256(options digest, sha256(image bytes), extra)``: a renamed or copied image is
 found again, a changed one (or changed options) is computed anew. Parts are written
 atomically, so a killed worker or driver leaves only whole parts and a rerun skips them.
@@ -15,7 +16,6 @@ import json
 import os
 import secrets
 import socket
-import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -55,33 +55,52 @@ class PartStore:
         self.folder = Path(out) / PARTS
         self._journal: Optional[io.TextIOBase] = None
 
-    def path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.npz"
+    def path(self, key: str, kind: str = "npy") -> Path:
+        return self.folder / key[:2] / f"{key}.{kind}"
 
-    def has(self, key: str) -> bool:
-        return self.path(key).is_file()
+    def has(self, key: str, kind: str = "npy") -> bool:
+        return self.path(key, kind).is_file()
 
-    def load(self, key: str) -> Optional[dict]:
-        """The part's arrays, or None when it is missing or unreadable (then the image is computed again)."""
+    def load_array(self, key: str) -> Optional[np.ndarray]:
+        """The part's array, or None when it is missing or unreadable (then the image is computed again)."""
         try:
-            with np.load(self.path(key), allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return np.load(self.path(key, "npy"), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
             return None
 
-    def save(self, key: str, arrays: dict) -> None:
-        """Write whole or not at all: a temp file renamed over the part.
+    def load_text(self, key: str) -> Optional[str]:
+        try:
+            text = self.path(key, "json").read_text(encoding="utf-8")
+            json.loads(text)  # a short write after a power loss reads as missing
+            return text
+        except (OSError, ValueError):
+            return None
+
+    def save_array(self, key: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(array), allow_pickle=False)
+        self._write(key, "npy", buffer.getvalue())
+
+    def save_text(self, key: str, text: str) -> None:
+        self._write(key, "json", text.encode("utf-8"))
+
+    def _write(self, key: str, kind: str, data: bytes) -> None:
+        """Whole or not at all: a temp file renamed over the part; then the journal line.
 
         No fsync (unlike ``atomic_write``): the threat here is a killed process, which the page
         cache survives, and an fsync per image would cost more than computing a small one. After
-        a power loss a part may be empty or short; ``load`` then fails and the image is redone.
+        a power loss a part may be short; it then reads as missing and the image is redone.
         """
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.path(key, kind)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
+                f.write(data)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
