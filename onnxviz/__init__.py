@@ -21,6 +21,7 @@ from .methods.projection import Projection, projection
 from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
 from .report import report
+from .distributed import BatchEmbedder, BatchExplainer, embed_dataset, explain_dataset
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "Heatmap", "Attribution",
     "class_visualization", "channel_visualization", "Visualization",
     "report",
-    "embed", "Embedding", "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",
+    "embed", "Embedding", "BatchEmbedder", "BatchExplainer", "embed_dataset", "explain_dataset",
+    "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

@@ -6,7 +6,7 @@ engine, and writes what comes back: for ``embed`` the same ``features.npy`` / ``
 Workers commit each image's result as a part before returning it, so a rerun after a killed
 worker or driver recomputes only images that no process finished.
 
->>> emb = embed_dataset("model.onnx", "photos/", "out/features", engine="ray", actors=4)
+>>> emb = embed_dataset("model.onnx", "photos/", "out/features", engine=Engine("ray", actors=4))
 """
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ class Engine:
 
     def map(self, rows: list, task, batch_size: int):
         return map_batches(rows, task, self.name, batch_size, self.actors, self.cpus, self.gpus)
+
+
+def as_engine(engine) -> Engine:
+    """None -> local, "ray" -> Ray with defaults, an Engine as it is."""
+    if engine is None:
+        return Engine()
+    if isinstance(engine, str):
+        return Engine(engine)
+    return engine
 
 
 @dataclass
@@ -236,14 +245,14 @@ def _subset(dataset: Dataset, shard: Optional[Shard]) -> Dataset:
 
 
 def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: str = "avg", pre=None,
-                  load_options: Optional[dict] = None, batch_size: int = 32, engine: Optional[Engine] = None,
+                  load_options: Optional[dict] = None, batch_size: int = 32, engine=None,
                   shard: Optional[Shard] = None, progress: bool = False) -> Embedding:
     """``onnxviz.embed`` over ``folder`` into ``out`` (features.npy, status.npy, manifest.json), on ``engine``.
 
     With ``shard`` only that slice is computed, into ``out/shard-i-of-n``; a later run without
     a shard assembles the whole folder from the parts every shard committed, computing nothing.
     """
-    engine = engine or Engine()
+    engine = as_engine(engine)
     load_options = dict(load_options or {})
     session = process_session(model_path, load_options)
     model = session.model
@@ -313,14 +322,14 @@ class ExplainRun:
 
 def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: str, options: dict,
                     targets: Optional[np.ndarray] = None, pre=None, load_options: Optional[dict] = None,
-                    batch_size: int = 16, engine: Optional[Engine] = None, shard: Optional[Shard] = None,
+                    batch_size: int = 16, engine=None, shard: Optional[Shard] = None,
                     relative: Optional[Sequence[str]] = None, progress: bool = False) -> ExplainRun:
     """Maps of ``method`` for every image in ``paths`` (files to ``dirs``), on ``engine``; resumable.
 
     ``relative``: the names ``shard`` splits by (default the paths as given). Writes
     ``out/results.json`` (``results.shard-i-of-n.json`` for a shard) in input order.
     """
-    engine = engine or Engine()
+    engine = as_engine(engine)
     load_options = dict(load_options or {})
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
