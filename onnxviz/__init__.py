@@ -23,7 +23,7 @@ from .methods.classvis import Visualization, channel_visualization, class_visual
 from .report import report
 from .distributed import BatchEmbedder, BatchExplainer, embed_dataset, explain_dataset
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "load", "Model", "Layer", "InputSpec", "Runtime",

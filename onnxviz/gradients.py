@@ -80,11 +80,8 @@ def resolve_wrt(model, wrt: Sequence[str]) -> list:
 def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence[str], rules: RuleSet):
     """The (cached) gradient graph for one input size, objective, tensor set and rule set."""
     key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules))
-    cache = model._specialized
-    if key not in cache:
-        proto = model.specialized(height, width)
-        cache[key] = gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
-    return cache[key], "|".join(map(str, key))
+    return model.derived(key, lambda: gradient_graph(model.specialized(height, width), obj.tensor, list(wrt), rules,
+                                                     seed_builder=seed_from_target(obj)))
 
 
 def gradients(
@@ -122,13 +119,13 @@ def gradients(
     if grad != "graph":
         raise OnnxvizError(f"grad must be 'graph' or 'fd', not {grad!r}")
     h, w = model.input.hw(x)
-    gm, key = gradient_model(model, h, w, obj, names, rules)
+    gm = gradient_model(model, h, w, obj, names, rules)
     feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}
     grad_outs = [gm.grads[n] for n in names]
     model_outs = list(model.outputs)
     fetch = list(dict.fromkeys([*model_outs, *names, TARGET_OUTPUT, SCORE_OUTPUT, *grad_outs]))
-    values = model.runtime.run(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
-                               progress=progress, key=key, desc="gradients")
+    values = model.run_graph(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
+                             progress=progress, desc="gradients")
     grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
     return Gradients(
         grads,
@@ -142,7 +139,7 @@ def gradients(
 
 def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
-    if rules.name != "standard":
+    if not rules.exact:
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
     grads, chosen = {}, None

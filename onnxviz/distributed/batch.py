@@ -26,7 +26,8 @@ from PIL import Image
 
 from ..errors import ImageError, OnnxvizError
 from ..images import Preprocess, preprocess, read_image
-from ..methods.embed import Pooler, fixed_size, penultimate_layer
+from ..graph.heads import penultimate_layer
+from ..methods.embed import Pooler, fixed_size
 
 _SESSIONS: dict = {}  # (path, load options) -> Session: one per process, shared by every callable
 

@@ -26,7 +26,8 @@ import numpy as np
 from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import ImageError, OnnxvizError
 from ..io import save_json
-from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest, penultimate_layer
+from ..graph.heads import penultimate_layer
+from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest
 from .batch import BatchEmbedder, BatchExplainer, process_session
 from .engine import init_ray, map_batches, require_ray
 from .shard import Shard
@@ -365,9 +366,9 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
             save_json(summary, results)
             last[0] = time.monotonic()
 
-    from ..cli.attribution import TITLES
+    from ..cli.attribution import title
 
-    stats = _drive(rows, task, engine, batch_size, progress, TITLES.get(method, method), collect)
+    stats = _drive(rows, task, engine, batch_size, progress, title(method), collect)
     summary["images"] = [entries[i] for i in sorted(entries)]
     if failures:
         summary["failures"] = [{"image": os.path.abspath(paths[i]), "reason": r} for i, r in sorted(failures.items())]
