@@ -138,3 +138,35 @@ def test_a_crashed_worker_is_restarted_by_ray_and_reported(tmp_path, local_ray, 
     assert emb.stats.restarts >= 1 and emb.stats.computed == 16
     keys = computed_keys(tmp_path / "out")
     assert len(keys) == len(set(keys)) == 16
+
+
+@pytest.mark.slow
+def test_address_runs_on_an_existing_cluster(tmp_path):
+    """`ray start --head` in its own session, then `embed --engine ray --address` from another process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster: no token to share
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+                             "--include-dashboard=false", "--disable-usage-stats"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in head.stdout:
+            if "Ray runtime started" in line:
+                break
+        data = tmp_path / "data"
+        save_folder(make_shapes(24, 64, seed=15), data)
+        cli("embed", MODEL, data, "--out", tmp_path / "local")
+        run = subprocess.run([sys.executable, "-m", "onnxviz", "embed", MODEL, str(data), "--out", str(tmp_path / "c"),
+                              "--engine", "ray", "--address", f"127.0.0.1:{port}", "--actors", "2"],
+                             env=env, capture_output=True, text=True, cwd=Path(MODEL).parents[1], timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "(24 computed, 0 reused)" in run.stdout
+        np.testing.assert_array_equal(np.load(tmp_path / "c" / "features.npy"),
+                                      np.load(tmp_path / "local" / "features.npy"))
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        head.wait(timeout=120)
+        head.stdout.close()

@@ -254,6 +254,7 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
     a shard assembles the whole folder from the parts every shard committed, computing nothing.
     """
     engine = as_engine(engine)
+    model_path = os.path.abspath(model_path)  # workers on other nodes start in other folders
     load_options = dict(load_options or {})
     session = process_session(model_path, load_options)
     model = session.model
@@ -264,8 +265,8 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
     layer = layer or penultimate_layer(model)
     embedder.layer = layer
     header = cache_header(model, layer, pool, fixed_pre, model_digest(model))
-    out = Path(out)
-    dataset = scan_folder(folder, exclude=[out])
+    out = Path(out).absolute()
+    dataset = scan_folder(Path(folder).absolute(), exclude=[out])
     part = _subset(dataset, shard)
     store = FeatureStore(out / shard.name if shard else out, header, part)
     todo = store.todo()
@@ -331,12 +332,13 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     ``out/results.json`` (``results.shard-i-of-n.json`` for a shard) in input order.
     """
     engine = as_engine(engine)
+    model_path = os.path.abspath(model_path)  # workers on other nodes start in other folders
     load_options = dict(load_options or {})
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
     explainer = BatchExplainer(model_path, method, pre=pre or session.pre, device=wl.pop("device"),
                                threads=wl.pop("threads"), load_options=wl, **options)
-    out = Path(out)
+    out = Path(out).absolute()
     names = list(relative) if relative is not None else [str(p) for p in paths]
     keep = [i for i in range(len(paths)) if shard is None or shard.contains(names[i])]
     header = {"model": model_digest(session.model), "method": method, "options": options,
@@ -344,7 +346,7 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
               "input": cache_header(session.model, "", "", _fixed(session.model, explainer.pre), "-")["input"]}
     rows = []
     for i in keep:
-        row = {"index": i, "path": os.path.abspath(paths[i]), "dir": str(dirs[i])}
+        row = {"index": i, "path": os.path.abspath(paths[i]), "dir": os.path.abspath(dirs[i])}
         if targets is not None:
             row["target"] = int(targets[i])
         rows.append(row)
