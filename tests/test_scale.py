@@ -162,6 +162,8 @@ def test_batch_callables_pickle_and_equal_the_methods(tmp_path, session):
     top = BatchExplainer(MODEL, "vanilla", top_k=2)({"path": np.array(paths[:2])})
     assert top["map"].shape == (2, 2, 64, 64) and top["target"].shape == (2, 2)
     assert (top["score"][:, 0] >= top["score"][:, 1]).all()
+    bad = explainer({"path": np.array(["gone.png", "gone-too.png"])})  # never raises for bad images
+    assert not bad["ok"].any() and bad["map"].shape == (2, 64, 64) and "not found" in bad["error"][1]
 
 
 def test_without_ray_engine_ray_names_the_extra_to_install(tmp_path, monkeypatch):

@@ -89,6 +89,12 @@ class _BatchCallable:
         except Exception as exc:  # never let one image stop the batch
             return f"{type(exc).__name__}: {exc}"
 
+    def blank(self) -> np.ndarray:
+        """One all-zero model input: what a batch with no readable image runs, to keep its columns' shapes."""
+        spec = self.model.input
+        shape = [1, spec.channels, *self.pre.size] if spec.layout == "NCHW" else [1, *self.pre.size, spec.channels]
+        return np.zeros(shape, spec.dtype)
+
     @staticmethod
     def ids(batch: dict, n: int) -> np.ndarray:
         return np.asarray(batch["id"]) if "id" in batch else np.arange(n)
@@ -151,9 +157,7 @@ class BatchEmbedder(_BatchCallable):
     def dim(self) -> int:
         """Features per image (found once, by running one blank image)."""
         if self._dim is None:
-            spec = self.model.input
-            shape = [1, spec.channels, *self.pre.size] if spec.layout == "NCHW" else [1, *self.pre.size, spec.channels]
-            self._dim = self.features(np.zeros(shape, spec.dtype)).shape[1]
+            self._dim = self.features(self.blank()).shape[1]
         return self._dim
 
 
@@ -200,15 +204,16 @@ class BatchExplainer(_BatchCallable):
         x, ok, error = self.read(batch)
         n, k = len(ok), self.options.get("top_k") or 1
         out = {"id": self.ids(batch, n), "ok": ok, "error": error}
-        if x is None:
-            raise OnnxvizError(f"none of the {n} images of this batch could be read: {error[0]}")
         target = np.asarray(batch["target"])[ok] if "target" in batch else None
-        result = self.explain(x, target)
-        good = np.flatnonzero(ok)
+        if x is None:  # nothing readable: zero rows, shaped as the method's (engines concatenate batches)
+            result, good = self.explain(self.blank()), np.array([], np.int64)
+        else:
+            result, good = self.explain(x, target), np.flatnonzero(ok)
         for name in ("map", "raw", "target", "score"):
             values = np.asarray(getattr(result, name))
             full = np.zeros((n, k, *values.shape[1:]), values.dtype)
-            full[good] = values.reshape(len(good), k, *values.shape[1:])
+            if len(good):
+                full[good] = values.reshape(len(good), k, *values.shape[1:])
             out[name] = full if self.options.get("top_k") else full[:, 0]
         out["layer"] = np.full(n, result.layer or "", dtype=object).astype(str)
         return out
