@@ -137,7 +137,7 @@ def main():
         save_folder(make_shapes(args.images, args.image_size, seed=0), folder)
         runs = {name: [] for name in ("local-1t", "local-2t", "parts-1t", "ray-1", "ray-2")}
         t = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_init = time.perf_counter() - t
         try:
             for k in range(args.repeat):  # interleaved, so a burst of outside load hits every configuration

@@ -25,7 +25,7 @@ MODEL = str(Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx")
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray runtime for the module; commands run in this process reuse it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -170,3 +170,6 @@ def test_address_runs_on_an_existing_cluster(tmp_path):
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
         head.wait(timeout=120)
         head.stdout.close()
+        current = Path("/tmp/ray/ray_current_cluster")  # left behind; would name our dead cluster
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

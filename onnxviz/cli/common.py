@@ -181,8 +181,9 @@ def engine_options(fn):
         click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: this process; ray: Ray Data actors (needs the [ray] extra)."),
         click.option("--address", default=None,
-                     help="Ray cluster to run on (e.g. ray://head:10001 or auto); default: start a local "
-                          "Ray runtime. Images and --out must be on storage every node sees."),
+                     help="Ray cluster to run on (ray://head:10001, head:6379, or auto for the one started on "
+                          "this machine); default: a new local Ray runtime. Images and --out must be on storage "
+                          "every node sees."),
         click.option("--actors", type=click.IntRange(1), default=None,
                      help="Ray: actors, each with its own onnxruntime session (default: one per CPU, or per "
                           "GPU with --gpus-per-actor)."),

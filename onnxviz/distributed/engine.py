@@ -48,11 +48,12 @@ def init_ray(address: Optional[str] = None) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
-    # A new local runtime needs no dashboard; a running cluster keeps the settings it started with.
+    # Without an address: always a new local runtime ("local"), never whatever cluster a stale
+    # /tmp/ray/ray_current_cluster names; it needs no dashboard. A running cluster keeps its settings.
     local = {} if address else {"include_dashboard": False}
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False,
-                 **local)
+        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         raise OnnxvizError(f"cannot start or reach {where}: {exc}") from None
