@@ -232,7 +232,7 @@ def graph_gradients_float64(model, x: np.ndarray, wrt: Sequence[str] = ("input",
     names = resolve_wrt(model, wrt)
     x = model.check_input(x)
     h, w = model.input.hw(x)
-    gm, _ = gradient_model(model, h, w, obj, names, ruleset(rules))
+    gm = gradient_model(model, h, w, obj, names, ruleset(rules))
     fetch = [gm.grads[n] for n in names]
     values = Reference(gm.proto)({model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])},
                                  list(dict.fromkeys([*fetch, TARGET_OUTPUT])))
