@@ -129,10 +129,11 @@ def gradients(
     obj = objective(model, output, score, class_axis)
     names = resolve_wrt(model, wrt)
     x = model.check_input(x)
+    grad = {"exact": "graph"}.get(grad, grad)
     if grad == "fd":
         return _gradients_fd(model, x, target, wrt, names, rules, obj, batch_size, progress)
     if grad != "graph":
-        raise OnnxvizError(f"grad must be 'graph' or 'fd', not {grad!r}")
+        raise OnnxvizError(f"grad must be 'exact' (the gradient graph) or 'fd', not {grad!r}")
     h, w = model.input.hw(x)
     gm, key = gradient_model(model, h, w, obj, names, rules)
     feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}

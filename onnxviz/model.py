@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelError, OnnxvizError
+from .io import protect, regular_file
 from .graph.emitter import FLOAT_TYPES, tensor_types
 from .graph.fold import fold_constants
 from .graph.surgery import default_opset, expose
@@ -74,6 +75,11 @@ def read_model(path: str) -> onnx.ModelProto:
         raise ModelError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelError(f"{path}: is a folder, not an ONNX model file")
+    try:
+        regular_file(path, "ONNX model file")
+    except OnnxvizError as exc:
+        raise ModelError(str(exc)) from None
+    protect(path)
     if os.path.getsize(path) == 0:
         raise ModelError(f"{path}: the file is empty")
     try:
@@ -82,11 +88,31 @@ def read_model(path: str) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model, or the file is truncated or corrupt ({_short(exc)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
+    folder = os.path.dirname(os.path.abspath(path))
+    for location in _external_locations(model):
+        protect(os.path.join(folder, location))  # a weight file is an input too: never written over
     try:
-        onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        onnx.load_external_data_for_model(model, folder)
     except Exception as exc:
         raise ModelError(f"{path}: cannot read the model's external weight file(s): {_short(exc)}") from None
     return model
+
+
+def _external_locations(model: onnx.ModelProto) -> set:
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    yield from tensors(g)
+
+    out = set()
+    for t in tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return {loc for loc in out if loc and not os.path.isabs(loc) and ".." not in loc.replace("\\", "/").split("/")}
 
 
 def check_domains(model: onnx.ModelProto):
@@ -281,6 +307,8 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
         if len(candidates) > 1:
             log.warning("several image-like inputs; using %r (choose another with input_name/--input)", vi.name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    if 0 in dims or any(v is not None and v <= 0 for v in (height, width, channels)):
+        raise ModelError(f"input {vi.name!r} {_describe(vi)} has a zero-size dimension: there is no image to feed it")
     layout = layout or detect_layout(model, vi.name, dims)
     if layout not in ("NCHW", "NHWC"):
         raise OnnxvizError(f"layout must be NCHW or NHWC, not {layout!r}")

@@ -20,6 +20,10 @@ import onnx
 
 from .errors import OnnxvizError
 
+# onnxruntime's own logger prints "[E:onnxruntime:...]" lines to stderr beside the one-line
+# error we raise for the same failure; only fatal ones stay.
+ort.set_default_logger_severity(4)
+
 log = logging.getLogger("onnxviz")
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,7 +83,7 @@ class Runtime:
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = OPT_LEVELS[self.optimization]
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if self.device == "cpu":

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..images import deprocess
-from ..io import check_not_input, ensure_out_dir, save_figure, save_json, save_npy
+from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.cam import METHODS as CAM_METHODS
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
@@ -44,7 +44,11 @@ def attribution_options(fn):
         click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
                      help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
-                     help="Images per batch."),
+                     help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
+                          "or noisy copies per run): bounds memory."),
+        click.option("--grad", type=click.Choice(["exact", "fd"]), default="exact", show_default=True,
+                     help="exact: the gradient graph; fd: central finite differences (for operators "
+                          "without a backward rule; 2 runs per input element, slow)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -145,11 +149,10 @@ def _baseline(text: str):
 
 def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
-    out, batch_size = opts.pop("out"), opts.pop("batch_size")
+    out, batch_size, grad = opts.pop("out"), opts.pop("batch_size"), opts.pop("grad")
     session = open_session(model_path, **opts)
     targets = parse_targets(target, len(images), session)
     folder = ensure_out_dir(out)
-    check_not_input(folder / "results.json", [model_path, *images])
     dirs = image_dirs(images, folder)
     entries: list = []
     summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
@@ -158,7 +161,9 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             paths = list(images[start:start + batch_size])
             x, _, _ = session.batch(paths)
             t = None if targets is None else targets[start:start + len(paths)]
-            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score)
+            extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
+            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+                             batch_size=batch_size, **extra)
             shown = deprocess(x, session.model.input, session.pre)
             for i, path in enumerate(paths):
                 rows = np.flatnonzero(result.image == i)
@@ -227,11 +232,7 @@ def image_dirs(images: Sequence[str], folder: Path) -> list:
     seen: dict = {}
     out = []
     for path in images:
-        stem = _safe(Path(path).stem)
+        stem = safe_name(Path(path).stem, "image")
         seen[stem] = seen.get(stem, 0) + 1
         out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"

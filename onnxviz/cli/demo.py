@@ -11,7 +11,7 @@ from ..checkgrad import check_gradients, format_rows
 from ..graph.analysis import gradcam_candidates
 from ..images import deprocess
 from ..inspection import describe, format_table
-from ..io import atomic_write, save_figure, save_json, save_npy
+from ..io import atomic_write, ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
@@ -49,8 +49,7 @@ def demo(model_path, out, device):
     folder = bundled_models_dir() if bundled else Path(model_path).parent
     model_path = model_path or str(folder / SAMPLE)
     images = sorted(p for p in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else []
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(out)
     session = open_session(model_path, device=device)
     model = session.model
     click.echo(f"model {model_path} on {model.runtime.describe()}")
@@ -77,8 +76,7 @@ def demo(model_path, out, device):
         acts = activations(model, x, layer)
         probs = model.run(x)[model.outputs[0]]
         for i, path in enumerate(images):
-            sub = out / path.stem
-            sub.mkdir(exist_ok=True)
+            sub = ensure_out_dir(out / safe_name(path.stem, "image"))
             chosen = rank_channels(acts.values[i])[:16]
             label = session.label(int(probs[i].argmax()))
             fig = activations_figure(shown[i], acts.values[i], chosen, f"{layer} — predicted {label}")

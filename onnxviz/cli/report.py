@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..io import check_not_input
+from ..io import ensure_out_dir
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 
@@ -43,8 +43,9 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
     from ..report import report
 
     out = Path(out)
-    check_not_input(out, [model, *images])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise click.BadParameter(f"{out} is a folder; give the HTML file to write", param_hint="-o/--out")
+    ensure_out_dir(out.parent)
     session = open_session(model, **opts)
     result = report(session.model, images, out, dataset=dataset, labels=session.labels, pre=session.pre,
                     layer=layer, top=top, progress=echo_progress)
