@@ -12,11 +12,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import OnnxvizError
 from .graph.double import Reference
 from .graph.surgery import expose, override
 from .targets import objective
 
 STEPS = (1e-6, 1e-7)
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+             "ConvInteger", "MatMulInteger"}
 RETRIES = 4  # fresh directions tried when the differences straddle a kink
 
 
@@ -34,7 +37,7 @@ class CheckRow:
 
     @property
     def ok(self) -> bool:
-        return self.status != "FAIL"
+        return self.status not in ("FAIL", "NaN")
 
 
 def _score(values: np.ndarray, seed: np.ndarray) -> float:
@@ -51,6 +54,12 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     the check runs at a generic point next to ``x`` (noise of ``jitter`` × std(x)), and a
     direction whose differences disagree across step sizes (a kink) is replaced by a fresh one.
     """
+    for node in model.proto.graph.node:
+        if node.op_type in QUANTIZED:
+            raise OnnxvizError(
+                f"check-grad cannot referee a quantized (QDQ/int8) model: node {node.name or node.output[0]!r} is "
+                f"{node.op_type}; rounding to integers has zero derivative almost everywhere, so finite "
+                "differences and the gradient graph measure different things")
     rng = np.random.default_rng(seed)
     if x is None:
         x = rng.standard_normal(model.input.shape(1, model.input.height or 64, model.input.width or 64))
@@ -65,6 +74,11 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     proto = model.specialized(h, w)
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
     base = forward({model.input.name: x})
+    classes = base[obj.tensor].shape[obj.class_axis]
+    for t in np.atleast_1d(target if target is not None else []):
+        if not 0 <= int(t) < classes:
+            raise OnnxvizError(f"target {int(t)} is out of range: output {obj.output!r} has {classes} classes "
+                               f"(0 to {classes - 1})")
     onehot = _seed(base[obj.tensor], obj.class_axis, g.target)
     rows = []
     for name in names:
@@ -95,6 +109,8 @@ def _compare(name, k, grad, point, evaluate, onehot, tolerance, rng) -> CheckRow
         scale = max(abs(numerics[0]), abs(analytic), 1e-12)
         error = abs(analytic - numerics[0]) / scale
         spread = abs(numerics[0] - numerics[-1]) / scale
+        if not np.isfinite([analytic, *numerics]).all():
+            return CheckRow(name, k, analytic, numerics[0], float("nan"), float("nan"), "NaN")
         if spread <= tolerance / 10:
             return CheckRow(name, k, analytic, numerics[0], spread, error, "ok" if error <= tolerance else "FAIL")
     return CheckRow(name, k, analytic, numerics[0], spread, error, "kink")

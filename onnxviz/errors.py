@@ -27,3 +27,7 @@ class UnsupportedOpError(OnnxvizError):
             "Use finite differences instead (--grad fd on cam and saliency, or grad='fd' in the API), or pick a "
             "layer/output whose path avoids this node."
         )
+
+
+class NonFiniteError(OnnxvizError):
+    """NaN or infinite values where a result must be finite: weights, outputs, gradients, maps."""

@@ -209,6 +209,28 @@ def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
         check_output(out)
 
 
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a group of files is written whole.
+
+    Outside the main thread signals cannot be caught; the block then runs as it is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 # ---------------------------------------------------------------------------- the input guard
 
 @dataclass

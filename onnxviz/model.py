@@ -21,6 +21,7 @@ from .spec import InputSpec
 
 log = logging.getLogger("onnxviz")
 
+CONVERSION_FAILED = "opset conversion failed"
 TARGET_OPSET = 17  # ScatterElements(reduction="add") for MaxPool/Slice/Gather backward needs >= 16
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 _LAYOUT_PERMS = {(0, 3, 1, 2): "NHWC", (0, 2, 3, 1): "NCHW"}
@@ -59,6 +60,7 @@ def load(
     """
     original = read_model(path)
     check_domains(original)
+    check_acyclic(original)
     notes: list[str] = []
     runtime = runtime or Runtime(device, threads)
     proto = normalize(original, notes, runtime if verify else None, input_name)
@@ -115,6 +117,33 @@ def _external_locations(model: onnx.ModelProto) -> set:
     return {loc for loc in out if loc and not os.path.isabs(loc) and ".." not in loc.replace("\\", "/").split("/")}
 
 
+def check_acyclic(model: onnx.ModelProto):
+    """Refuse a graph whose nodes feed each other in a circle, naming a node on the cycle."""
+    nodes = model.graph.node
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: dict = {}
+    pending = []
+    for i, n in enumerate(nodes):
+        deps = {producer[t] for t in n.input if t in producer}
+        pending.append(len(deps))
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    ready = [i for i, k in enumerate(pending) if k == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for u in users.get(i, ()):
+            pending[u] -= 1
+            if pending[u] == 0:
+                ready.append(u)
+    if done < len(nodes):
+        stuck = next(i for i, k in enumerate(pending) if k > 0)
+        node = nodes[stuck]
+        raise ModelError(f"the graph has a cycle: node {node.name or f'#{stuck}'!r} ({node.op_type}) lies on a cycle "
+                         "(it depends on its own output); a valid ONNX graph is acyclic")
+
+
 def check_domains(model: onnx.ModelProto):
     """Refuse operators from custom domains that onnxruntime cannot run."""
     local = {f.domain for f in model.functions}
@@ -166,7 +195,7 @@ def _convert(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:
-        notes.append(f"kept opset {before}: conversion to {TARGET_OPSET} failed ({_short(exc)}); "
+        notes.append(f"{CONVERSION_FAILED} from opset {before} to {TARGET_OPSET} ({_short(exc)}); "
                      "gradients through MaxPool, Slice and Gather need opset >= 16")
         return model
     if had_upsample:

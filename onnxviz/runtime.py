@@ -142,8 +142,10 @@ class Runtime:
 
     @staticmethod
     def _run(sess, names, feeds) -> list:
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # the failure is raised below as one line; no "[E:onnxruntime]" too
         try:
-            return sess.run(names, dict(feeds))
+            return sess.run(names, dict(feeds), options)
         except Exception as exc:
             raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..images import deprocess
-from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
+from ..io import deferred_interrupts, ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.cam import METHODS as CAM_METHODS
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
@@ -165,11 +165,12 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
                              batch_size=batch_size, **extra)
             shown = deprocess(x, session.model.input, session.pre)
-            for i, path in enumerate(paths):
-                rows = np.flatnonzero(result.image == i)
-                entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
-                                            top_k is not None, targets is not None))
-            save_json(summary, folder / "results.json")
+            with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
+                for i, path in enumerate(paths):
+                    rows = np.flatnonzero(result.image == i)
+                    entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
+                                                top_k is not None, targets is not None))
+                save_json(summary, folder / "results.json")
             bar.update(len(paths))
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
@@ -182,7 +183,24 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
 
 def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
                  chosen: bool) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
+    """One image's files, all or none: a failure part-way removes what this call wrote."""
+    created = not folder.exists()
+    ensure_out_dir(folder)
+    written: list = []
+    try:
+        return _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written)
+    except BaseException:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written: list) -> dict:
     maps = []
     for r in rows:
         k = int(result.target[r])
@@ -190,11 +208,14 @@ def _write_image(session: Session, result, rows, shown, path: str, folder: Path,
         label = session.label(k)
         caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
         title = TITLES[method] + (f" @ {result.layer}" if result.layer else "")
-        files = {
-            "map": save_npy(result.map[r], folder / f"{stem}.npy"),
-            "raw": save_npy(result.raw[r], folder / f"{stem}.raw.npy"),
-            "png": save_figure(heatmap_figure(shown, result.map[r], title, label=caption), folder / f"{stem}.png"),
-        }
+        files = {}
+        for kind, name, save in (
+                ("map", f"{stem}.npy", lambda p: save_npy(result.map[r], p)),
+                ("raw", f"{stem}.raw.npy", lambda p: save_npy(result.raw[r], p)),
+                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], title,
+                                                                           label=caption), p))):
+            files[kind] = save(folder / name)
+            written.append(files[kind])
         maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
                      "method": method, "files": {kind: str(p) for kind, p in files.items()}})
     return {"image": os.path.abspath(path), "dir": str(folder), "maps": maps}

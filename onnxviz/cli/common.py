@@ -12,10 +12,11 @@ from typing import Optional, Sequence
 import click
 import numpy as np
 
-from ..errors import OnnxvizError
+from ..errors import NonFiniteError, OnnxvizError
+from ..finite import nonfinite_weights
 from ..images import Preprocess, geometries, load_labels, preprocess, read_image
 from ..io import guard, inside, label, protect, regular_file
-from ..model import load
+from ..model import CONVERSION_FAILED, load
 
 log = logging.getLogger("onnxviz")
 
@@ -44,8 +45,19 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted; every file written is complete (results.json lists them)", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an input we did not foresee: still one line, never a traceback
+            log.debug("traceback", exc_info=True)
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {_first_line(exc)} "
+                                       "(run with -vv for the traceback; please report it)") from None
 
     return wrapper
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _protect_arguments(values: dict) -> None:
@@ -196,15 +208,24 @@ class Session:
 
 
 def open_session(model_path, device="auto", threads=None, layout=None, size=None, norm=None, mean=None,
-                 std=None, scale="1", resize=None, crop=None, bgr=None, labels=None, verify=True, **_) -> Session:
-    """Load the model and work out preprocessing from options, falling back on the sidecar JSON."""
+                 std=None, scale="1", resize=None, crop=None, bgr=None, labels=None, verify=True, finite=True,
+                 **_) -> Session:
+    """Load the model and work out preprocessing from options, falling back on the sidecar JSON.
+
+    ``finite``: refuse a model whose weights hold NaN or inf (every result would be meaningless).
+    """
     side = sidecar(model_path)
     pre_side = side.get("preprocess", {})
     height, width = size if size else (None, None)
     model = load(model_path, device=device, threads=threads, layout=layout, height=height, width=width,
                  verify=verify)
-    for note in model.notes:
-        log.info("%s", note)
+    for note in model.notes:  # a failed conversion is said as such, before any downstream symptom
+        (log.warning if note.startswith(CONVERSION_FAILED) else log.info)("%s", note)
+    bad = nonfinite_weights(model.proto)
+    if bad and finite:
+        raise NonFiniteError(f"the model's {bad}: every output and gradient would be meaningless")
+    if bad:
+        log.warning("the model's %s", bad)
     side_size = pre_side.get("size")
     pre = Preprocess.from_options(
         norm=norm or (None if (mean or std) else pre_side.get("norm")),

@@ -31,7 +31,7 @@ def inspect(model, as_json, show_all, **opts):
     Example:
       onnxviz inspect models/shapes_cnn.onnx
     """
-    session = open_session(model, verify=False, **opts)
+    session = open_session(model, verify=False, finite=False, **opts)  # inspect describes; it warns
     info = describe(session.model, size=session.pre.size)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import NonFiniteError
+from ..finite import nonfinite_weights
 from ..io import ensure_out_dir
 from .common import handle_errors, model_options, open_session, preprocess_options
 
@@ -46,7 +48,7 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
     if out.is_dir():
         raise click.BadParameter(f"{out} is a folder; give the HTML file to write", param_hint="-o/--out")
     ensure_out_dir(out.parent)
-    session = open_session(model, **opts)
+    session = open_session(model, finite=False, **opts)  # the sections that cannot be computed say why, in red
     result = report(session.model, images, out, dataset=dataset, labels=session.labels, pre=session.pre,
                     layer=layer, top=top, progress=echo_progress)
     failed = [s.title for s in result.sections if s.status == "error"]
@@ -55,3 +57,6 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
                    err=True)
     size = out.stat().st_size
     click.echo(f"wrote {out.resolve()} ({size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+    bad = nonfinite_weights(session.model.proto)
+    if bad:
+        raise NonFiniteError(f"the model's {bad}: the report marks what it could not compute")

@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..finite import check_finite
 from ..render.tiles import normalize01, upsample
 
 
@@ -32,6 +33,9 @@ class Heatmap:
     def __len__(self) -> int:
         return len(self.raw)
 
+    def __post_init__(self):
+        _check(self)
+
 
 @dataclass(frozen=True)
 class Attribution:
@@ -51,6 +55,21 @@ class Attribution:
 
     def __len__(self) -> int:
         return len(self.raw)
+
+    def __post_init__(self):
+        _check(self)
+
+
+def _check(result) -> None:
+    """A map computed from NaN or inf is no result: fail naming the method, the row and the array."""
+    for field in ("raw", "score"):
+        value = np.asarray(getattr(result, field))
+        bad = ~np.isfinite(value) if value.dtype.kind == "f" else np.zeros(value.shape, bool)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0]) if value.ndim else 0
+            image = int(result.image[row]) if result.image is not None and value.ndim else row
+            check_finite(value[row] if value.ndim else value,
+                         f"the {result.method} {'map' if field == 'raw' else 'score'} of image {image}")
 
 
 def scaled(maps: np.ndarray) -> np.ndarray:
