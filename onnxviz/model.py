@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelError, OnnxvizError
-from .io import protect, regular_file
+from .io import check_memory, protect, regular_file
 from .graph.emitter import FLOAT_TYPES, tensor_types
 from .graph.fold import fold_constants
 from .graph.surgery import default_opset, expose
@@ -65,6 +65,9 @@ def load(
     runtime = runtime or Runtime(device, threads)
     proto = normalize(original, notes, runtime if verify else None, input_name)
     spec = input_spec(proto, input_name, layout, channels, height, width)
+    if spec.height and spec.width:  # one image of the declared size, before anything allocates it
+        check_memory(spec.height * spec.width * spec.channels * spec.dtype.itemsize,
+                     f"one {spec.height}x{spec.width}x{spec.channels} image for input {spec.name!r}")
     if spec.batch == 1 and verify:
         proto, spec = _free_batch(proto, spec, notes, runtime)
     return Model(path, original, proto, spec, runtime, notes)
