@@ -424,3 +424,119 @@ def test_hostile_case(kit, c: Case, caplog):
 
 def test_case_count():
     assert len(CASES) >= 60
+
+
+# ---------------------------------------------------------------------------- beyond the table
+
+def _subprocess(args, limit_bytes: Optional[int] = None, timeout=120):
+    def limit():
+        if limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "onnxviz", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit, env=env)
+
+
+def test_onnxruntime_error_log_not_printed(kit):
+    """A graph that fails inside onnxruntime: one line from us, no "[E:onnxruntime" lines beside it."""
+    bad_reshape = onnx.helper.make_node("Reshape", ["relu", "bad_shape"], ["reshaped"], name="bad_reshape")
+    model = H.conv_head(extra=[bad_reshape])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 7, 7, 7], np.int64), "bad_shape"))
+    kit.put_model(model)
+    before = snapshot(kit.root)
+    r = _subprocess(["cam", kit.model, kit.images[0], "--out", kit.out, "--size", 8])
+    assert r.returncode == 1, r.stderr
+    assert "onnxruntime" in r.stderr and "[E:onnxruntime" not in r.stderr and "Traceback" not in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.startswith("Error:")]) == 1
+    assert snapshot(kit.root) == {**before, **{p: h for p, h in snapshot(kit.root).items() if p not in before}}
+
+
+def test_constant_folding_bomb_stays_small(kit):
+    """ConstantOfShape([30000, 30000]) would allocate 3.6 GB while folding; inspect runs under a 2 GB cap."""
+    kit.put_model(H.constant_of_shape_bomb(30000))
+    assert kit.model.stat().st_size < 2000
+    r = _subprocess(["inspect", kit.model], limit_bytes=2 * 2**30)
+    assert r.returncode == 0, r.stderr
+    assert "Grad-CAM candidates" in r.stdout
+
+
+@pytest.mark.parametrize("method,extra", [("integrated", dict(steps=7)), ("smoothgrad", dict(samples=5))])
+def test_path_methods_run_at_most_batch_size_rows(kit, method, extra, monkeypatch):
+    """IG and SmoothGrad chunk (image, step) rows by batch_size, and the result does not depend on it."""
+    import onnxviz
+    from onnxviz.model import Model
+
+    model = onnxviz.load(str(kit.model), device="cpu")
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    whole = onnxviz.saliency(model, x, method=method, **extra)
+    sizes = []
+    real = Model.gradients
+
+    def spy(self, xs, *a, **k):
+        sizes.append(len(xs))
+        return real(self, xs, *a, **k)
+
+    monkeypatch.setattr(Model, "gradients", spy)
+    chunked = onnxviz.saliency(model, x, method=method, batch_size=2, **extra)
+    assert max(sizes) <= 2 and sum(sizes) == 3 * next(iter(extra.values()))
+    np.testing.assert_allclose(chunked.raw, whole.raw, rtol=1e-5, atol=1e-6 * np.abs(whole.raw).max())
+
+
+def _interrupt_at(monkeypatch, call: int, how: str):
+    """Ctrl-C during the ``call``-th map file: a real SIGINT, or KeyboardInterrupt raised in the write."""
+    import onnxviz.cli.attribution as attribution
+
+    real, count = attribution.save_npy, [0]
+
+    def save_npy(a, path):
+        count[0] += 1
+        if count[0] == call:
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return real(a, path)
+
+    monkeypatch.setattr(attribution, "save_npy", save_npy)
+
+
+@pytest.mark.parametrize("how", ["signal", "raise"])
+def test_ctrl_c_leaves_complete_listed_folders(kit, monkeypatch, how):
+    """Every image folder left behind is complete and listed in results.json; nothing partial remains."""
+    images = kit.images + [kit.inp / "img" / "c.png"]
+    _png(images[-1], seed=5)
+    _interrupt_at(monkeypatch, 3, how)  # during image b's files (two .npy per image)
+    before = snapshot(kit.root)
+    r = run("saliency", kit.model, *images, "--out", kit.out, "--batch-size", 1)
+    assert r.exit_code == 130, r.output
+    listed = {Path(e["dir"]).name: e for e in json.loads((kit.out / "results.json").read_text())["images"]}
+    folders = {p.name for p in kit.out.iterdir() if p.is_dir()}
+    assert folders == set(listed)
+    for name in folders:
+        assert sorted(p.name for p in (kit.out / name).iterdir()) == ["vanilla.npy", "vanilla.png", "vanilla.raw.npy"]
+    assert folders == ({"a", "b"} if how == "signal" else {"a"})  # a signal lands after the image's files
+    assert all(before[p] == snapshot(kit.root).get(p) for p in before)
+
+
+def test_opset_conversion_failure_is_said(kit, monkeypatch, caplog):
+    from onnx import version_converter
+
+    kit.put_model(tiny_cnn(size=16, opset=11))
+
+    def fail(*a, **k):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(version_converter, "convert_version", fail)
+    with caplog.at_level(logging.WARNING, logger="onnxviz"):
+        r = run("saliency", kit.model, kit.images[0], "--out", kit.out)
+    assert r.exit_code == 0, r.output
+    assert "opset conversion failed from opset 11 to 17 (converter exploded)" in caplog.text
+
+
+def test_report_marks_nonfinite_sections_and_fails(kit):
+    kit.put_model(H.with_weight(float("nan")))
+    page = kit.root / "r.html"
+    r = run("report", kit.model, kit.images[0], "-o", page, "--size", 8)
+    assert r.exit_code == 1 and "the report marks what it could not compute" in r.output, r.output
+    html = page.read_text()
+    assert "is not finite" in html
