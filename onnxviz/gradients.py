@@ -14,9 +14,10 @@ from onnx import helper
 
 from .autodiff import RuleSet, gradient_graph, ruleset
 from .errors import NonFiniteError, OnnxvizError
+from .fd import gradient_fd
 from .graph.double import has_float16, to_float32
 from .graph.emitter import Emitter
-from .targets import Objective, objective
+from .targets import Objective, objective, seed_array, target_array
 
 TARGET_INPUT = "onnxviz_target"
 TARGET_OUTPUT = "onnxviz_target_used"
@@ -37,19 +38,6 @@ class Gradients(dict):
         self.target = target
         self.score = score
         self.objective = objective
-
-
-def target_array(target, n: int) -> np.ndarray:
-    """One class index per image; None or negative entries mean "the predicted class"."""
-    if target is None:
-        return np.full(n, -1, np.int64)
-    t = np.asarray(target)
-    if t.ndim == 0:
-        return np.full(n, int(t), np.int64)
-    t = t.astype(np.int64).reshape(-1)
-    if t.size != n:
-        raise OnnxvizError(f"got {t.size} targets for {n} images")
-    return t
 
 
 def seed_from_target(obj: Objective):
@@ -183,8 +171,6 @@ def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size,
 
 def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
-    from .fd import gradient_fd
-
     if rules.name != "standard":
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
@@ -195,8 +181,7 @@ def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_siz
                                         batch_size=batch_size or 64, progress=progress)
     values = model.activations(x, list(dict.fromkeys([*model.outputs, *names, obj.tensor])))
     y = values[obj.tensor].astype(np.float64)
-    seed = (np.arange(y.shape[obj.class_axis]).reshape([-1 if i == obj.class_axis else 1 for i in range(y.ndim)])
-            == chosen.reshape([-1] + [1] * (y.ndim - 1)))
+    seed, _ = seed_array(obj, y, chosen)
     score = np.sum(y * seed, axis=tuple(range(1, y.ndim)))
     return Gradients(grads, outputs={o: values[o] for o in model.outputs},
                      activations={n: values[n] for n in names}, target=chosen, score=score, objective=obj)

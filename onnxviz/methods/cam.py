@@ -24,8 +24,8 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
-from ..targets import Objective, objective
-from .layers import Target, cached, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
+from ..targets import Objective, Target, chosen_targets, class_scores, objective, rows
+from .layers import cached, from_nchw, layer_axes, resolve_layer, to_nchw
 from .occlusion import BATCH, head_runner, perturbed_scores, segments
 from .results import Attribution, Heatmap, scaled, upsampled
 

@@ -38,8 +38,8 @@ from ..autodiff import STANDARD, gradient_graph
 from ..autodiff.rules.elementwise import positive, select, where_zero
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
-from ..targets import objective
-from .layers import cached, class_scores, layer_axes
+from ..targets import class_scores, objective
+from .layers import cached, layer_axes
 from .parameterization import PARAMETERIZATIONS, Fourier, Pixels
 from .transforms import blur, random_warp, tv_gradient
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..graph.surgery import head
-from ..targets import objective
-from .layers import Target, class_scores, layer_axes, resolve_layer, rows
+from ..targets import Target, class_scores, objective, rows
+from .layers import layer_axes, resolve_layer
 from .results import Heatmap, scaled, upsampled
 
 BATCH = 64

@@ -20,8 +20,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import objective
-from .layers import Target, chosen_targets, rows
+from ..targets import Target, chosen_targets, objective, rows
 from .occlusion import blurred
 from .results import Attribution, scaled
 

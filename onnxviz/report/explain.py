@@ -98,8 +98,7 @@ def explanations(inp: Inputs) -> Explanations:
 
 def predictions(model, x: np.ndarray, top: int, label) -> tuple[list, str]:
     """The ``top`` classes of each image with probability (and pre-softmax logit), best first."""
-    from ..methods.layers import class_scores
-    from ..targets import objective
+    from ..targets import class_scores, objective
 
     out = objective(model, None, "prob")
     logit = objective(model, None, "logit")
