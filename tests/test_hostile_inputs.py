@@ -353,6 +353,10 @@ case("saliency-if", 1, "control-flow operator 'If' (node 'choose')")(
     lambda k: (k.put_model(H.if_model()), ["saliency", k.model, k.images[0], "--out", k.out, "--size", 8])[1])
 case("cam-loop", 1, "control-flow operator 'Loop' (node 'repeat')")(
     lambda k: (k.put_model(H.loop_model()), ["cam", k.model, k.images[0], "--out", k.out, "--size", 8])[1])
+case("classvis-if", 1, "control-flow operator 'If' (node 'choose')")(
+    lambda k: (k.put_model(H.if_model()), ["classvis", k.model, "--target", 0, "--steps", 2, "--out", k.out])[1])
+case("export-grad-loop", 1, "control-flow operator 'Loop' (node 'repeat')")(
+    lambda k: (k.put_model(H.loop_model()), ["export-grad", k.model, "-o", k.root / "g.onnx"])[1])
 case("inspect-cyclic", 1, "node 'add_cycle' (Add) lies on a cycle")(
     lambda k: (k.put_model(H.cyclic_model()), ["inspect", k.model])[1])
 case("saliency-cyclic", 1, "lies on a cycle")(
@@ -540,3 +544,15 @@ def test_report_marks_nonfinite_sections_and_fails(kit):
     assert r.exit_code == 1 and "the report marks what it could not compute" in r.output, r.output
     html = page.read_text()
     assert "is not finite" in html
+
+
+def test_check_grad_row_with_nan_is_a_failure():
+    """A NaN on either side is never "ok": check-grad cannot call it exact."""
+    from onnxviz.checkgrad import _compare
+
+    rng = np.random.default_rng(0)
+    point = np.ones((1, 3))
+    row = _compare("input", 0, np.full((1, 3), np.nan), point, lambda t: t, np.ones((1, 3)), 1e-3, rng)
+    assert row.status == "NaN" and not row.ok
+    row = _compare("input", 0, np.ones((1, 3)), point, lambda t: t * np.nan, np.ones((1, 3)), 1e-3, rng)
+    assert row.status == "NaN" and not row.ok

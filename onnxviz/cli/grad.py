@@ -8,6 +8,7 @@ import onnx
 
 from ..autodiff import gradient_graph, ruleset
 from ..checkgrad import check_gradients, format_rows
+from ..gradients import check_differentiable
 from ..errors import OnnxvizError
 from ..graph.analysis import gradcam_candidates
 from ..io import ensure_out_dir, save_model
@@ -43,6 +44,7 @@ def export_grad(model, wrt, output, score, rules, out, **opts):
     obj = objective(m, output, score)
     names = [m.input.name if w == "input" else w for w in wrt]
     proto = m.specialized(*opts["size"]) if opts.get("size") else m.proto
+    check_differentiable(proto)
     gm = gradient_graph(proto, obj.tensor, names, ruleset(rules))
     onnx.checker.check_model(gm.proto) if gm.proto.ByteSize() < 2**31 - 2**26 else None
     ensure_out_dir(Path(out).resolve().parent)

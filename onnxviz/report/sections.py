@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..images import Preprocess
+from ..io import label
 from .pictures import Picture, picture
 
 log = logging.getLogger("onnxviz")
@@ -46,9 +47,7 @@ class Inputs:
     top: int = 5
 
     def label(self, k: int) -> str:
-        if self.labels and 0 <= k < len(self.labels):
-            return str(self.labels[k])
-        return f"class {k}"
+        return label(self.labels, k)
 
 
 @dataclass
