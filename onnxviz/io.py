@@ -236,6 +236,7 @@ def deferred_interrupts() -> Iterator[None]:
 @dataclass
 class _Guard:
     files: dict = field(default_factory=dict)  # (st_dev, st_ino) -> path as given
+    paths: dict = field(default_factory=dict)  # real path -> path as given (for paths that do not resolve yet)
     folders: dict = field(default_factory=dict)  # real path -> path as given
 
 
@@ -285,6 +286,7 @@ def protect(path: Optional[PathLike]) -> None:
         return
     for ident in _identities(path):
         g.files.setdefault(ident, path)
+    g.paths.setdefault(os.path.realpath(path), path)
 
 
 def check_output(path: PathLike, folder: bool = False) -> None:
@@ -297,6 +299,8 @@ def check_output(path: PathLike, folder: bool = False) -> None:
         if ident in g.files:
             raise OnnxvizError(f"refusing to write {path}: it is the input file {g.files[ident]}")
     real = os.path.realpath(path)
+    if real in g.paths:
+        raise OnnxvizError(f"refusing to write {path}: it is the input file {g.paths[real]}")
     for base, given in g.folders.items():
         if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
             what = "is" if real == base else "is inside"
