@@ -81,14 +81,14 @@ def resolve_wrt(model, wrt: Sequence[str]) -> list:
 def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence[str], rules: RuleSet):
     """The (cached) gradient graph for one input size, objective, tensor set and rule set."""
     key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules))
-    cache = model._specialized
-    if key not in cache:
+    def build():
         proto = model.specialized(height, width)
         check_differentiable(proto)
         if has_float16(proto):
             proto = to_float32(proto)  # backward in float32; x is cast at the boundary (see gradients)
-        cache[key] = gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
-    return cache[key], "|".join(map(str, key))
+        return gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
+
+    return model.derived(key, build)
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -150,14 +150,14 @@ def gradients(
 
 
 def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size, progress) -> Gradients:
-    gm, key = gradient_model(model, h, w, obj, names, rules)
+    gm = gradient_model(model, h, w, obj, names, rules)
     x_in = x.astype(np.float32) if x.dtype == np.float16 else x  # float16 models: gradients run in float32
     feeds = {model.input.name: x_in, TARGET_INPUT: target_array(target, x.shape[0])}
     grad_outs = [gm.grads[n] for n in names]
     model_outs = list(model.outputs)
     fetch = list(dict.fromkeys([*model_outs, *names, TARGET_OUTPUT, SCORE_OUTPUT, *grad_outs]))
-    values = model.runtime.run(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
-                               progress=progress, key=key, desc="gradients")
+    values = model.run_graph(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
+                             progress=progress, desc="gradients")
     grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
     return Gradients(
         grads,
@@ -171,7 +171,7 @@ def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size,
 
 def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
-    if rules.name != "standard":
+    if not rules.exact:
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
     grads, chosen = {}, None

@@ -552,7 +552,7 @@ def test_check_grad_row_with_nan_is_a_failure():
 
     rng = np.random.default_rng(0)
     point = np.ones((1, 3))
-    row = _compare("input", 0, np.full((1, 3), np.nan), point, lambda t: t, np.ones((1, 3)), 1e-3, rng)
+    row, _ = _compare("input", 0, np.full((1, 3), np.nan), point, lambda t: t, np.ones((1, 3)), 1e-3, rng, 3.0)
     assert row.status == "NaN" and not row.ok
-    row = _compare("input", 0, np.ones((1, 3)), point, lambda t: t * np.nan, np.ones((1, 3)), 1e-3, rng)
+    row, _ = _compare("input", 0, np.ones((1, 3)), point, lambda t: t * np.nan, np.ones((1, 3)), 1e-3, rng, 3.0)
     assert row.status == "NaN" and not row.ok

@@ -18,16 +18,20 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..images import deprocess
 from ..io import deferred_interrupts, ensure_out_dir, safe_name, save_figure, save_json, save_npy
-from ..methods.cam import METHODS as CAM_METHODS
+from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
-from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
+from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
 from ..render import heatmap_figure
-from .common import Session, handle_errors, model_options, open_session, preprocess_options
+from ..targets import SCORES
+from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
+                     preprocess_options)
 
-TITLES = {"gradcam": "Grad-CAM", "cam": "CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-          "layercam": "Layer-CAM", "guided-gradcam": "Guided Grad-CAM", "vanilla": "gradient saliency",
-          "deconvnet": "deconvnet", "guided": "guided backprop", "smoothgrad": "SmoothGrad",
-          "integrated": "Integrated Gradients", "occlusion": "occlusion"}
+TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
+
+
+def title(method: str) -> str:
+    """The method's title for figures and messages (its name when it has none)."""
+    return TITLES.get(method, method)
 
 
 def attribution_options(fn):
@@ -39,7 +43,7 @@ def attribution_options(fn):
         click.option("--top-k", "top_k", type=click.IntRange(1), default=None,
                      help="Explain each image's K highest-scoring classes (files get a _<class> suffix)."),
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
-        click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+        click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
                      help="logit: explain the pre-softmax value when the output ends in Softmax."),
         click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
                      help="Output folder."),
@@ -56,17 +60,18 @@ def attribution_options(fn):
 
 
 _MODEL = click.argument("model", type=click.Path(exists=True, dir_okay=False))
-_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 
 
 @click.command("cam")
 @_MODEL
 @_IMAGES
 @click.option("--method", type=click.Choice(list(CAM_METHODS)), default="gradcam", show_default=True,
-              help="gradcam, cam (GAP+FC heads), gradcam++, scorecam, layercam or guided-gradcam.")
+              help="; ".join(f"{name}: {t}" for name, t in CAM_TITLES.items()) + " (cam needs a GAP+FC head).")
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -78,7 +83,7 @@ def cam_cmd(model, images, method, layer, **opts):
       onnxviz cam models/shapes_cnn.onnx models/images/star_0.png --method gradcam --out out
     """
     fn = CAM_METHODS[method]
-    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts)
+    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts, dict(layer=layer))
 
 
 @click.command("saliency")
@@ -94,6 +99,7 @@ def cam_cmd(model, images, method, layer, **opts):
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -105,7 +111,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
       onnxviz saliency models/shapes_cnn.onnx models/images/star_0.png --method guided --out out
     """
     kw = dict(samples=samples, noise=noise, steps=steps, baseline=baseline)
-    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts)
+    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts, kw)
 
 
 @click.command("occlusion")
@@ -119,6 +125,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -132,7 +139,7 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
              lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
-             opts)
+             opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 
 def _baseline(text: str):
@@ -147,16 +154,23 @@ def _baseline(text: str):
 # ---------------------------------------------------------------------------- the shared loop
 
 
-def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict) -> None:
+def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict,
+             method_options: Optional[dict] = None) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
     out, batch_size, grad = opts.pop("out"), opts.pop("batch_size"), opts.pop("grad")
+    engine, shard = pop_engine(opts, out)
+    images, relative = expand_images(images)
     session = open_session(model_path, **opts)
     targets = parse_targets(target, len(images), session)
     folder = ensure_out_dir(out)
     dirs = image_dirs(images, folder)
+    if engine is not None:
+        options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+        return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
+                                opts, batch_size, engine, shard)
     entries: list = []
     summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
-    with click.progressbar(length=len(images), label=f"{TITLES[method]}", file=sys.stderr) as bar:
+    with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
         for start in range(0, len(images), batch_size):
             paths = list(images[start:start + batch_size])
             x, _, _ = session.batch(paths)
@@ -174,11 +188,46 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             bar.update(len(paths))
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
-        click.echo(f"{TITLES[method]} at layer {', '.join(map(repr, layers))}")
+        click.echo(f"{title(method)} at layer {', '.join(map(repr, layers))}")
     for e in entries:
         maps = "; ".join(f"{m['label']} ({m['score']:.3g})" for m in e["maps"])
         click.echo(f"{e['image']}: {maps} -> {e['dir']}")
     click.echo(f"wrote {folder / 'results.json'}")
+
+
+def expand_images(images: Sequence[str]) -> tuple:
+    """Files as given, folders as their images (recursive, sorted); with the names ``--shard`` splits by."""
+    from ..datasets import scan_folder
+
+    paths, relative = [], []
+    for item in images:
+        if os.path.isdir(item):
+            dataset = scan_folder(item)
+            paths += [str(p) for p in dataset.paths]
+            relative += [f.path for f in dataset.files]
+        else:
+            paths.append(item)
+            relative.append(Path(item).name)
+    return paths, relative
+
+
+def _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session, opts,
+                     batch_size, engine, shard) -> None:
+    """The dataset-scale path (--engine ray or --shard): resumable, per-image files written by workers."""
+    from ..distributed import explain_dataset
+    from .dataset import report
+
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
+                          load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                          relative=relative, progress=True)
+    report(run.failures, [], folder)
+    s = run.stats
+    where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \
+        f"{len(run.entries)} images"
+    click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
+               f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+    click.echo(f"wrote {run.results}")
 
 
 def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
@@ -207,12 +256,12 @@ def _write_maps(session, result, rows, shown, path, folder, method, suffixed, ch
         stem = f"{method}_{k}" if suffixed else method
         label = session.label(k)
         caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
-        title = TITLES[method] + (f" @ {result.layer}" if result.layer else "")
+        heading = title(method) + (f" @ {result.layer}" if result.layer else "")
         files = {}
         for kind, name, save in (
                 ("map", f"{stem}.npy", lambda p: save_npy(result.map[r], p)),
                 ("raw", f"{stem}.raw.npy", lambda p: save_npy(result.raw[r], p)),
-                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], title,
+                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], heading,
                                                                            label=caption), p))):
             files[kind] = save(folder / name)
             written.append(files[kind])
@@ -226,7 +275,7 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     if text is None:
         return None
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    classes = [_class_index(p, session) for p in parts]
+    classes = [class_index(p, session) for p in parts]
     if len(classes) == 1:
         return np.full(n, classes[0], np.int64)
     if len(classes) != n:
@@ -234,14 +283,16 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     return np.asarray(classes, np.int64)
 
 
-def _class_index(text: str, session: Session) -> int:
+def class_index(text: str, session: Session) -> int:
+    """A --target class given as an index or, with --labels, a label name."""
     try:
         k = int(text)
     except ValueError:
         labels = session.labels or []
         if text in labels:
             return labels.index(text)
-        hint = "" if labels else " (no label file: pass --labels, or give class indices)"
+        shown = ", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
+        hint = f"; the labels: {shown}" if labels else " (no label file: pass --labels, or give class indices)"
         raise OnnxvizError(f"--target {text!r} is neither a class index nor a label name{hint}") from None
     if k < 0:
         raise OnnxvizError(f"--target {k}: class indices start at 0")
@@ -257,3 +308,6 @@ def image_dirs(images: Sequence[str], folder: Path) -> list:
         seen[stem] = seen.get(stem, 0) + 1
         out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return out
+
+
+COMMANDS = (cam_cmd, saliency_cmd, occlusion_cmd)

@@ -14,9 +14,12 @@ import numpy as np
 
 from ..errors import NonFiniteError, OnnxvizError
 from ..finite import nonfinite_weights
-from ..images import Preprocess, geometries, load_labels, preprocess, read_image
+from ..images import NORMS, RESIZES, Preprocess, geometries, load_labels, preprocess, read_image
 from ..io import guard, inside, label, protect, regular_file
-from ..model import CONVERSION_FAILED, load
+from ..loading import CONVERSION_FAILED
+from ..model import load
+from ..runtime import DEVICES
+from ..spec import LAYOUTS
 
 log = logging.getLogger("onnxviz")
 
@@ -95,10 +98,10 @@ class SizeType(click.ParamType):
 def model_options(fn):
     """--device, --threads, --layout, --size."""
     options = [
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="Where onnxruntime runs: auto = CUDA when onnxruntime-gpu sees a GPU."),
         click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads."),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+        click.option("--layout", type=click.Choice(LAYOUTS), default=None,
                      help="Override the detected input layout."),
         click.option("--size", type=SizeType(), default=None,
                      help="Input size HxW (required for some dynamic-size models; default: the model's)."),
@@ -111,13 +114,13 @@ def model_options(fn):
 def preprocess_options(fn):
     """--norm, --mean, --std, --scale, --resize, --crop, --bgr/--rgb, --labels."""
     options = [
-        click.option("--norm", type=click.Choice(["imagenet", "unit", "symmetric", "raw", "caffe", "custom"]),
+        click.option("--norm", type=click.Choice([*NORMS, "custom"]),
                      default=None, help="Normalization preset (default: the model's sidecar JSON, else imagenet)."),
         click.option("--mean", default=None, help="Custom per-channel mean, e.g. 0.5,0.5,0.5 (implies --norm custom)."),
         click.option("--std", default=None, help="Custom per-channel std (implies --norm custom)."),
         click.option("--scale", type=click.Choice(["1", "255"]), default="1", show_default=True,
                      help="Units of --mean/--std: 1 for 0-1 values, 255 for 0-255."),
-        click.option("--resize", type=click.Choice(["shorter", "stretch"]), default=None,
+        click.option("--resize", type=click.Choice(RESIZES), default=None,
                      help="shorter: resize the shorter side and center-crop; stretch: plain resize."),
         click.option("--crop", type=click.FloatRange(0.1, 1.0), default=None,
                      help="Center-crop fraction (0.875 = Resize(256)+CenterCrop(224))."),
@@ -261,3 +264,65 @@ def out_dir(path: Optional[str], default: str) -> Path:
     from ..io import ensure_out_dir
 
     return ensure_out_dir(path or default)
+
+
+class ShardType(click.ParamType):
+    """i/n: shard i (from 0) of n."""
+
+    name = "i/n"
+
+    def convert(self, value, param, ctx):
+        from ..distributed.shard import Shard
+
+        if value is None or isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(value)
+        except OnnxvizError as exc:
+            self.fail(str(exc).replace("--shard ", ""), param, ctx)
+
+
+def engine_options(fn):
+    """--engine, --address, --actors, --gpus-per-actor, --shard: where a dataset-scale run computes."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process; ray: Ray Data actors (needs the [ray] extra)."),
+        click.option("--address", default=None,
+                     help="Ray cluster to run on (ray://head:10001, head:6379, or auto for the one started on "
+                          "this machine); default: a new local Ray runtime. Images and --out must be on storage "
+                          "every node sees."),
+        click.option("--actors", type=click.IntRange(1), default=None,
+                     help="Ray: actors, each with its own onnxruntime session (default: one per CPU, or per "
+                          "GPU with --gpus-per-actor)."),
+        click.option("--gpus-per-actor", "gpus_per_actor", type=click.FloatRange(0), default=0, show_default=True,
+                     help="Ray: GPUs each actor reserves (1: one GPU each)."),
+        click.option("--shard", type=ShardType(), default=None,
+                     help="Compute only shard i of n (from 0) of the images, for job arrays (SLURM, k8s); "
+                          "results are resumable parts in --out that a run without --shard assembles."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+ENGINE_KEYS = ("engine", "address", "actors", "gpus_per_actor", "shard")
+
+
+def pop_engine(opts: dict, out: Optional[str] = None):
+    """Remove the engine options from ``opts``: (Engine, shard), or (None, None) for a plain local run.
+
+    A local run into an ``out`` folder that holds parts of a sharded or Ray run continues from
+    them (and assembles them) instead of starting over.
+    """
+    from ..distributed import Engine, require_ray
+    from ..distributed.store import PARTS
+
+    engine, address, actors, gpus, shard = (opts.pop(k, None) for k in ENGINE_KEYS)
+    if engine != "ray":
+        if address or actors or gpus:
+            raise OnnxvizError("--address, --actors and --gpus-per-actor need --engine ray")
+        parts = out is not None and (Path(out) / PARTS).is_dir()
+        return (Engine("local") if shard is not None or parts else None), shard
+    require_ray()
+    threads = opts.get("threads")
+    return Engine("ray", address=address, actors=actors, cpus=float(threads or 1), gpus=float(gpus or 0)), shard

@@ -13,10 +13,16 @@ import click
 import numpy as np
 
 from ..datasets import scan_folder
+from ..graph.heads import penultimate_layer
 from ..images import read_image
 from ..io import safe_name, save_figure, save_json, save_png
-from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest, penultimate_layer
-from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
+from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest
+from ..methods.neighbors import METRICS, nearest_neighbors
+from ..methods.patches import to_json, top_patches
+from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
+from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
+from .common import (engine_options, handle_errors, model_options, open_session, out_dir, pop_engine,
+                     preprocess_options)
 
 SHOWN_FAILURES = 20
 
@@ -133,6 +139,7 @@ def _picture(path) -> np.ndarray:
 @click.option("--out", default="onnxviz-out/embed", show_default=True,
               help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
 @dataset_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -147,12 +154,31 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
     Example:
       onnxviz embed models/shapes_cnn.onnx models/images --out out/features
     """
+    engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/embed")
+    if engine is not None:
+        return _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress, session, opts, engine,
+                              shard)
     emb = _features(session, folder, layer, pool, folder_out, False, None, batch_size, workers, progress)
     click.echo(f"{emb.layer}: {len(emb)} images x {emb.features.shape[1]} features "
                f"({emb.computed} computed, {emb.reused} reused) -> {folder_out / 'features.npy'}, "
                f"{folder_out / 'manifest.json'}")
+
+
+def _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress, session, opts, engine, shard):
+    """embed --engine ray / --shard: workers commit content-keyed parts; the same cache files result."""
+    from ..distributed import embed_dataset
+
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    emb = embed_dataset(model, folder, folder_out, layer, pool, pre=session.pre, load_options=load_options,
+                        batch_size=batch_size, engine=engine, shard=shard, progress=_progress(progress))
+    report(emb.failures, emb.skipped, folder_out)
+    s = emb.stats
+    where = f"shard {shard}: " if shard else ""
+    click.echo(f"{where}{emb.layer}: {len(emb)} images x {emb.features.shape[1]} features ({s.computed} computed, "
+               f"{emb.reused} reused) -> {emb.cache / 'features.npy'}, {emb.cache / 'manifest.json'}"
+               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
 
 
 @click.command("neighbors")
@@ -160,7 +186,7 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--query", required=True, type=click.Path(exists=True, dir_okay=False), help="The query image.")
 @click.option("-k", "k", type=click.IntRange(1), default=8, show_default=True, help="How many neighbours.")
-@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--out", default="onnxviz-out/neighbors", show_default=True, help="Output folder.")
 @feature_options
 @dataset_options
@@ -178,7 +204,6 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
     Example:
       onnxviz neighbors models/shapes_cnn.onnx models/images --query models/images/star_0.png -k 3
     """
-    from ..methods.neighbors import nearest_neighbors, neighbors_figure
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/neighbors")
@@ -195,7 +220,7 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
 @click.command("tsne")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
+@click.option("--method", type=click.Choice(PROJECTIONS), default="tsne", show_default=True)
 @click.option("--perplexity", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="t-SNE perplexity (lowered to (n-1)/3 for small folders).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same map.")
@@ -221,7 +246,6 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
     Example:
       onnxviz tsne models/shapes_cnn.onnx models/images --perplexity 30 --seed 0
     """
-    from ..methods.projection import projection, save_csv, scatter_figure, thumbnail_map
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/tsne")
@@ -266,10 +290,8 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
 
     \b
     Example:
-      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
-        --channels 4 --top 4
+      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 --top 4
     """
-    from ..methods.patches import patches_grid, patches_overview, to_json, top_patches
 
     if channel and n_channels:
         raise click.UsageError("use --channel or --channels, not both")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..images import deprocess
 from ..inspection import describe, format_table
 from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
@@ -77,14 +78,13 @@ def activations_cmd(model, image, layer, top, out, **opts):
 
     \b
     Example:
-      onnxviz activations models/shapes_cnn.onnx models/images/star_0.png --layer relu_3
+      onnxviz activations models/shapes_cnn.onnx models/images/star_0.png --layer /features/features.14/Relu_output_0
     """
     session = open_session(model, **opts)
     x, images, _ = session.batch([image])
     acts = activations(session.model, x, layer)
     chosen = rank_channels(acts.values[0])[:top]
     folder = ensure_out_dir(out_dir(out, "onnxviz-out/activations") / safe_name(Path(image).stem, "image"))
-    from ..images import deprocess
 
     shown = deprocess(x, session.model.input, session.pre)[0]
     title = f"{layer} {tuple(acts.values.shape[1:])}: top {len(chosen)} channels by mean activation"
@@ -94,3 +94,6 @@ def activations_cmd(model, image, layer, top, out, **opts):
     save_json({"layer": layer, "image": os.path.abspath(image), "channels": [int(c) for c in chosen],
                "shape": list(acts.values.shape[1:])}, folder / f"{stem}.json")
     click.echo(f"{layer}: {tuple(acts.values.shape[1:])} -> {png}, {npy}")
+
+
+COMMANDS = (inspect, filters_cmd, activations_cmd)

@@ -7,11 +7,45 @@ from typing import Optional
 import numpy as np
 
 from ..finite import check_finite
-from ..render.tiles import normalize01, upsample
+from ..render.tiles import colorize, normalize01, overlay, upsample
+
+
+class _Picture:
+    """``overlay`` and ``save`` for a result with a [0, 1] ``map`` (N, H, W) per row."""
+
+    def overlay(self, image: Optional[np.ndarray] = None, index: int = 0, alpha: float = 0.5,
+                cmap: str = "jet") -> np.ndarray:
+        """Row ``index``'s map as uint8 RGB (H, W, 3): blended over ``image`` (a PIL image such as
+        ``onnxviz.read_image(path)`` or uint8 (H, W[, C]), any size: the map is resized to it), or
+        alone, colourized.
+
+        >>> rgb = heat.overlay(onnxviz.read_image("cat.png"))
+        """
+        if not -len(self.map) <= index < len(self.map):
+            raise IndexError(f"index {index} out of range: this result has {len(self.map)} rows")
+        m = self.map[index]
+        if image is None:
+            return colorize(m, cmap)
+        return overlay(np.asarray(image), m, alpha, cmap)
+
+    def save(self, path, image: Optional[np.ndarray] = None, index: int = 0, alpha: float = 0.5,
+             cmap: str = "jet"):
+        """Write row ``index`` as a PNG: ``overlay(image)``, or the colourized map without an image;
+        a path ending in ``.npy`` saves the unnormalized ``raw`` row instead. Atomic; returns the path.
+
+        >>> heat.save("cam.png", image=onnxviz.read_image("cat.png"))
+        """
+        from pathlib import Path
+
+        from ..io import save_npy, save_png
+
+        if str(path).lower().endswith(".npy"):
+            return save_npy(np.asarray(self.raw[index]), path)
+        return save_png(self.overlay(image, index, alpha, cmap), Path(path))
 
 
 @dataclass(frozen=True)
-class Heatmap:
+class Heatmap(_Picture):
     """One map per row: CAM family (``raw`` at the layer's resolution) or occlusion (at the input's).
 
     ``raw`` (N, h, w) unnormalized, in image orientation whatever the layer layout;
@@ -38,7 +72,7 @@ class Heatmap:
 
 
 @dataclass(frozen=True)
-class Attribution:
+class Attribution(_Picture):
     """Input-space attribution (saliency family, Guided Grad-CAM).
 
     ``raw`` has exactly the shape and layout of the batch ``x``; ``map`` (N, H, W) is the
@@ -80,3 +114,59 @@ def scaled(maps: np.ndarray) -> np.ndarray:
 def upsampled(raw: np.ndarray, size: tuple) -> np.ndarray:
     """(N, h, w) -> (N, H, W) bilinear with half-pixel centres, scaled to [0, 1] per map."""
     return scaled(upsample(raw, tuple(size)))
+
+
+def channel_map(raw: np.ndarray, spec) -> np.ndarray:
+    """(N, H, W) from an input-space attribution: max over channels of |raw|, scaled to [0, 1] per image."""
+    return scaled(np.abs(raw).max(axis=spec.channel_axis))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The target's score as pixels are deleted or inserted in the map's order.
+
+    ``scores`` (N, steps + 1): the score after 0, 1, … steps; ``fractions`` (steps + 1,): the
+    fraction of pixel positions changed at each step; ``target`` the class per image;
+    ``auc`` (N,): the area under each curve over [0, 1] (trapezoid rule).
+    """
+
+    scores: np.ndarray
+    fractions: np.ndarray
+    target: np.ndarray
+    metric: str
+    score: str = "prob"
+
+    @property
+    def auc(self) -> np.ndarray:
+        return trapezoid(self.scores, self.fractions)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Road:
+    """ROAD: score changes (after − before) when the top (MoRF) or bottom (LeRF) p% of pixels are imputed.
+
+    ``morf``, ``lerf`` (N, percentiles); ``combined`` (N,): the mean over percentiles of
+    (LeRF − MoRF) / 2 — higher is better: removing what the map calls relevant hurts more than
+    removing what it calls irrelevant.
+    """
+
+    percentiles: np.ndarray
+    morf: np.ndarray
+    lerf: np.ndarray
+    before: np.ndarray  # (N,) the score of the untouched image
+    target: np.ndarray
+    score: str = "prob"
+
+    @property
+    def combined(self) -> np.ndarray:
+        return ((self.lerf - self.morf) / 2).mean(axis=1)
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """∫ y dx along the last axis by the trapezoid rule (numpy renamed trapz, so written out)."""
+    y = np.asarray(y, np.float64)
+    dx = np.diff(np.asarray(x, np.float64))
+    return ((y[..., 1:] + y[..., :-1]) / 2 * dx).sum(axis=-1)
