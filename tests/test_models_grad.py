@@ -168,7 +168,8 @@ def fresh_gradients(model, x, **kwargs):
         return model.gradients(x, **kwargs)
     finally:
         model.runtime = runtime
-        model._specialized.clear()
+        for cache in ("_derived", "_session_keys"):  # the gradient graphs (VGG-19's: gigabytes)
+            getattr(model, cache, {}).clear()
         gc.collect()
 
 
