@@ -162,30 +162,37 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
     images, relative = expand_images(images)
     session = open_session(model_path, **opts)
     targets = parse_targets(target, len(images), session)
+    existed = Path(out).exists()
     folder = ensure_out_dir(out)
-    dirs = image_dirs(images, folder)
-    if engine is not None:
-        options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
-        return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
-                                opts, batch_size, engine, shard)
-    entries: list = []
-    summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
-    with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
-        for start in range(0, len(images), batch_size):
-            paths = list(images[start:start + batch_size])
-            x, _, _ = session.batch(paths)
-            t = None if targets is None else targets[start:start + len(paths)]
-            extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
-            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
-                             batch_size=batch_size, **extra)
-            shown = deprocess(x, session.model.input, session.pre)
-            with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
-                for i, path in enumerate(paths):
-                    rows = np.flatnonzero(result.image == i)
-                    entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
-                                                top_k is not None, targets is not None))
-                save_json(summary, folder / "results.json")
-            bar.update(len(paths))
+    try:
+        dirs = image_dirs(images, folder)
+        if engine is not None:
+            options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+            return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
+                                    opts, batch_size, engine, shard)
+        entries: list = []
+        summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
+        with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
+            for start in range(0, len(images), batch_size):
+                paths = list(images[start:start + batch_size])
+                x, _, _ = session.batch(paths)
+                t = None if targets is None else targets[start:start + len(paths)]
+                extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
+                result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+                                 batch_size=batch_size, **extra)
+                _warn_degenerate(result, paths)
+                shown = deprocess(x, session.model.input, session.pre)
+                with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
+                    for i, path in enumerate(paths):
+                        rows = np.flatnonzero(result.image == i)
+                        entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i],
+                                                    method, top_k is not None, targets is not None))
+                    save_json(summary, folder / "results.json")
+                bar.update(len(paths))
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed run leaves no empty folder behind
+        raise
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
         click.echo(f"{title(method)} at layer {', '.join(map(repr, layers))}")
@@ -281,6 +288,20 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     if len(classes) != n:
         raise OnnxvizError(f"--target has {len(classes)} classes for {n} images: give one, or one per image")
     return np.asarray(classes, np.int64)
+
+
+def _warn_degenerate(result, paths) -> None:
+    """Say so when a map carries no information: constant (flat) or not finite."""
+    for row in range(len(result.raw)):
+        raw = np.asarray(result.raw[row])
+        name = Path(paths[int(result.image[row]) if result.image is not None else row]).name
+        if not np.isfinite(raw).all():
+            click.echo(f"warning: {name}: the {result.method} map has non-finite values (NaN/inf in the model's "
+                       "outputs or gradients)", err=True)
+        elif np.ptp(raw) == 0:
+            click.echo(f"warning: {name}: the {result.method} map is flat (every position {float(raw.flat[0]):.3g}): "
+                       "nothing to show — constant weights, a window not smaller than the input, or a score "
+                       "that does not depend on the input", err=True)
 
 
 def class_index(text: str, session: Session) -> int:
