@@ -14,7 +14,7 @@ import numpy as np
 
 from .graph.double import Reference
 from .graph.surgery import expose, override
-from .targets import objective, seed_array
+from .targets import general, normalize, objective, seed_array
 
 STEPS = (1e-6, 1e-7)
 RETRIES = 4  # fresh directions tried when the differences straddle a kink
@@ -65,7 +65,8 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     proto = model.specialized(h, w)
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
     base = forward({model.input.name: x})
-    onehot, _ = seed_array(obj, base[obj.tensor], g.target)
+    t = normalize(model, obj, target, len(x))
+    onehot, _ = seed_array(obj, base[obj.tensor], t if general(t) else g.target, (h, w))
     rows = []
     for name in names:
         tensor = model.input.name if name == "input" else name

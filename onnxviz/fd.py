@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OnnxvizError
 from .graph.surgery import expose, head
-from .targets import Objective, objective, seed_array
+from .targets import Objective, normalize, objective, seed_array
 
 log = logging.getLogger("onnxviz")
 COSTLY = 20_000  # perturbed runs above which a warning is given
@@ -58,7 +58,7 @@ def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: O
     at = model.input.name if wrt == "input" else wrt
     scorer = _Scorer(model, x, obj, at, batch_size)
     a, y = scorer.base()
-    seeds, chosen = seed_array(obj, y, target)
+    seeds, chosen = seed_array(obj, y, normalize(model, obj, target, len(y)), model.input.hw(scorer.x))
     per_image = int(np.prod(a.shape[1:]))
     if 2 * per_image * len(a) > COSTLY:
         log.warning("finite differences need %d runs of the model; this may take a while", 2 * per_image * len(a))
@@ -85,7 +85,7 @@ def channel_gradient_sums(model, x: np.ndarray, layer: str, target=None, output:
     a, y = scorer.base()
     if a.ndim < 3:
         raise OnnxvizError(f"layer {layer!r} has shape {a.shape}: expected channels and spatial axes")
-    seeds, chosen = seed_array(obj, y, target)
+    seeds, chosen = seed_array(obj, y, normalize(model, obj, target, len(y)), model.input.hw(scorer.x))
     k = a.shape[channel_axis]
     sums = np.zeros((len(a), k), np.float64)
     for i in range(len(a)):

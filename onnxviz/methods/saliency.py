@@ -20,7 +20,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import Target, chosen_targets, objective, rows
+from ..targets import TargetLike, general, objective, rows, seed_array, target_scores
 from .occlusion import blurred
 from .results import Attribution, scaled
 
@@ -28,7 +28,7 @@ METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
 
 
-def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla", *,
+def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "vanilla", *,
              top_k: Optional[int] = None, output: Optional[str] = None, score: str = "logit",
              samples: int = 25, noise: float = 0.15, steps: int = 32,
              baseline: Union[str, float, np.ndarray] = "zero", sigma: Optional[float] = None,
@@ -52,11 +52,13 @@ def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla
         raw, chosen, value = g["input"], g.target, g.score
     else:
         y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
-        chosen, value = chosen_targets(obj, y, t)
+        chosen, value = target_scores(obj, y, t, model.input.hw(xr))
+        # the explained entries are fixed at the clean image, not re-chosen on each noisy or path copy
+        fixed = seed_array(obj, y, t, model.input.hw(xr))[0].astype(np.float32) if general(t) else chosen
         if method == "smoothgrad":
-            raw = _smoothgrad(model, xr, chosen, samples, noise, seed, common)
+            raw = _smoothgrad(model, xr, fixed, samples, noise, seed, common)
         else:
-            raw = _integrated(model, xr, chosen, steps, baseline, sigma, common)
+            raw = _integrated(model, xr, fixed, steps, baseline, sigma, common)
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
                        score=np.asarray(value, np.float32), method=method, image=image)
@@ -77,7 +79,7 @@ def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common)
     noisy = np.repeat(x, samples, axis=0).astype(np.float64)
     draws = rng.standard_normal(spec.to_nchw(noisy).shape)  # drawn in NCHW order: same noise for any layout
     noisy += spec.from_nchw(draws) * np.repeat(spread, samples)[:, None, None, None]
-    g = model.gradients(noisy.astype(x.dtype), target=np.repeat(target, samples), wrt=["input"], **common)
+    g = model.gradients(noisy.astype(x.dtype), target=np.repeat(target, samples, axis=0), wrt=["input"], **common)
     return g["input"].reshape(n, samples, *x.shape[1:]).mean(axis=1, dtype=np.float64)
 
 
@@ -105,7 +107,7 @@ def _integrated(model, x, target, steps: int, baseline, sigma, common) -> np.nda
     delta = x.astype(np.float64) - base
     n = len(x)
     path = base[:, None] + alphas[None, :, None, None, None] * delta[:, None]  # (n, steps, ...)
-    g = model.gradients(path.reshape(n * steps, *x.shape[1:]).astype(x.dtype), target=np.repeat(target, steps),
+    g = model.gradients(path.reshape(n * steps, *x.shape[1:]).astype(x.dtype), target=np.repeat(target, steps, axis=0),
                         wrt=["input"], **common)
     grads = g["input"].reshape(n, steps, *x.shape[1:]).astype(np.float64)
     return delta * np.tensordot(weights, grads, axes=([0], [1]))
