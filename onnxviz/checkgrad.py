@@ -64,7 +64,8 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     h, w = model.input.hw(x)
     proto = model.specialized(h, w)
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
-    base = forward({model.input.name: x})
+    extra = model.extra_feeds(len(x)) if model.other_inputs else {}
+    base = forward({model.input.name: x, **extra})
     t = normalize(model, obj, target, len(x))
     onehot, _ = seed_array(obj, base[obj.tensor], t if general(t) else g.target, (h, w))
     rows = []
@@ -72,13 +73,13 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
         tensor = model.input.name if name == "input" else name
         if name == "input":
             def evaluate(t, ref=forward):
-                return ref({model.input.name: t})[obj.tensor]
+                return ref({model.input.name: t, **extra})[obj.tensor]
             point = x.astype(np.float64)
         else:
             head = Reference(override(proto, tensor, [obj.tensor]))
 
             def evaluate(t, ref=head, tensor=tensor):
-                return ref({model.input.name: x, tensor: t})[obj.tensor]
+                return ref({model.input.name: x, tensor: t, **extra})[obj.tensor]
             point = base[tensor]
         grad = np.asarray(g[name], np.float64)
         for k in range(directions):

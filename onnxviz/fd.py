@@ -46,9 +46,19 @@ class _Scorer:
         feeds = {self.at: values.astype(self.x.dtype, copy=False)}
         if self.needs_image:
             feeds[self.model.input.name] = np.repeat(self.x[i:i + 1], len(values), axis=0)
+        if self.model.other_inputs:
+            feeds.update({k: _row(v, i, len(self.x), len(values))
+                          for k, v in self.model.extra_feeds(len(self.x), self.graph).items()})
         out = self.model.runtime.run(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
                                      progress=progress, key=self.key, desc="finite differences")[self.obj.tensor]
         return np.sum(out.astype(np.float64) * onehot, axis=tuple(range(1, out.ndim)))
+
+
+def _row(value: np.ndarray, i: int, n: int, copies: int) -> np.ndarray:
+    """Image i's value of a fed input, for ``copies`` perturbed copies of that image."""
+    if n > 1 and value.ndim and value.shape[0] == n:
+        return np.repeat(value[i:i + 1], copies, axis=0)
+    return np.repeat(value, copies, axis=0) if value.ndim and value.shape[0] == 1 and copies > 1 else value
 
 
 def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: Optional[str] = None,

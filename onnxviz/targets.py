@@ -277,7 +277,11 @@ def is_dense(model, obj: Objective) -> bool:
 
 
 def normalize(model, obj: Objective, target: TargetLike, n: int):
-    """Class index per row (np.int64 array: the classic path), or a :class:`Target`, or a float seed."""
+    """Class index per row (np.int64 array: the classic path), or a :class:`Target`, or a float seed.
+
+    Integer arrays are class indices per image; float (or bool) arrays of two or more axes, or
+    of one axis for a (N, C) output, are seeds.
+    """
     if isinstance(target, str):
         if target != PREDICTED:
             raise OnnxvizError(f"target {target!r}: expected a class index, {PREDICTED!r}, a Target or a seed array")
@@ -289,7 +293,7 @@ def normalize(model, obj: Objective, target: TargetLike, n: int):
     if target is None:
         return Target() if is_dense(model, obj) else np.full(n, -1, np.int64)
     arr = np.asarray(target)
-    if arr.dtype.kind in "fb" and arr.ndim in (obj.rank - 1, obj.rank) and arr.ndim >= 1:
+    if arr.dtype.kind in "fb" and (arr.ndim >= 2 or (arr.ndim == 1 and obj.rank == 2)):
         return arr.astype(np.float64)
     return target_array(target, n)
 

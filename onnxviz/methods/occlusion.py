@@ -214,6 +214,9 @@ def head_runner(model, x: np.ndarray, layer: str, obj):
         feeds = {layer: batch}
         if needs_image:
             feeds[model.input.name] = x[row]
+        if model.other_inputs:
+            extra = model.extra_feeds(len(x), graph)
+            feeds.update({k: v[row] if v.ndim and v.shape[0] == len(x) else v for k, v in extra.items()})
         return model.runtime.run(graph, feeds, outputs=[obj.tensor], key=key, batch_size=model.input.batch,
                                  desc="head")[obj.tensor]
 
