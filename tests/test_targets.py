@@ -6,6 +6,7 @@ written here from the documented definition, and against float64 central differe
 forward model (check-grad's referee).
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,8 @@ def test_methods_accept_general_targets(seg, x):
               onnxviz.score_cam(seg, x, target=target), onnxviz.layer_cam(seg, x, target=target)):
         close(h.score, score, 1e-4)
         assert (h.target == 1).all() and np.isfinite(h.map).all()
+        assert h.explains == {"output": "seg", "tensor": "logits", "score": "logit",
+                              "target": "class 1 in box (0, 0, 8, 8)"}
 
 
 def test_grad_cam_with_a_mask_equals_the_torch_reference(seg, x):
@@ -236,3 +239,33 @@ def test_cli_targets_and_feeds(seg, tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "two" / "results.json").read_text())
     assert summary["explained"]["target"] == "sum of classes 0, 3"
+
+
+# ---------------------------------------------------------------------------- the bundled dense model
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_bundled_dense_model_is_the_classifier_head_per_pixel():
+    """shapes_seg's class map averaged over positions is shapes_cnn's logits (GAP and the linear layer commute)."""
+    seg = onnxviz.load(str(MODELS / "shapes_seg.onnx"), device="cpu")
+    cls = onnxviz.load(str(MODELS / "shapes_cnn.onnx"), device="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    class_map = seg.activations(x, ["class_map"])["class_map"]
+    logits = cls.activations(x, ["/fc/Gemm_output_0"])["/fc/Gemm_output_0"]
+    close(class_map.mean(axis=(2, 3)), logits, 1e-5)
+    assert seg.run(x)["seg"].shape == (2, 6, 64, 64)
+    assert resolve_layer(seg) == "/features/features.14/Relu_output_0"  # the features, not the class map
+
+
+def test_demo_dense_section(tmp_path):
+    from onnxviz.cli.demo import dense_demo
+
+    images = [MODELS / "images" / "star_0.png", MODELS / "images" / "ring_0.png"]
+    summary = dense_demo(str(MODELS / "shapes_seg.onnx"), images, tmp_path, "cpu")
+    assert [e["label"] for e in summary["images"]] == ["star", "ring"]
+    for e in summary["images"]:
+        assert (tmp_path / Path(e["image"]).stem / "gradcam_mask.png").is_file()
+        assert e["maps"]["gradcam_mask.png"]["target"] == f"class {e['class']} in mask"
+        assert e["maps"]["gradcam_predicted.png"]["target"] == "predicted class at each position"
+    assert json.loads((tmp_path / "results.json").read_text())["layer"] == summary["layer"]

@@ -128,13 +128,14 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
 
 
 def _output_chain(g: _Graph, tracks) -> set:
-    """The outputs and the tensors they copy, activate or normalize: the scores, not features."""
+    """The outputs and the tensors they copy, activate, normalize or upsample, back to the layer
+    that computes the scores (a dense head's classifier): scores, not features."""
     found = set()
     for name in g.outputs:
         while name is not None and name not in found:
             found.add(name)
             node = g.node_of(name)
-            if node is None or node.op_type not in _CHAIN | {"Softmax", "LogSoftmax"}:
+            if node is None or node.op_type not in _CHAIN | {"Softmax", "LogSoftmax", "Resize", "Upsample"}:
                 break
             name = _data_input(g, tracks, node)
     return found

@@ -27,7 +27,7 @@ from ..render.tiles import normalize01
 from ..targets import Objective, TargetLike, class_scores, general, objective, rows, seed_array, target_scores
 from .layers import cached, from_nchw, layer_axes, resolve_layer, to_nchw
 from .occlusion import BATCH, head_runner, perturbed_scores, segments
-from .results import Attribution, Heatmap, scaled, upsampled
+from .results import Attribution, Heatmap, explains, scaled, upsampled
 
 EPS = 1e-7
 
@@ -90,7 +90,7 @@ def class_activation_map(model, x, weigh: Weigher, method: str, target: TargetLi
     raw = np.maximum(fused, 0).astype(np.float32)
     return Heatmap(raw=raw, map=upsampled(raw, model.input.hw(xr)), target=np.asarray(w.target, np.int64),
                    score=np.asarray(w.score, np.float32), method=method, layer=layer, image=image,
-                   weights=w.weights)
+                   weights=w.weights, explains=explains(obj, score, t))
 
 
 # ---------------------------------------------------------------------------- weights
@@ -229,7 +229,7 @@ def guided_grad_cam(model, x, target: TargetLike = None, layer: Optional[str] = 
     cam_ = np.expand_dims(h.map, spec.channel_axis)
     raw = (g.raw * cam_).astype(g.raw.dtype)
     return Attribution(raw=raw, map=_channel_max(raw, spec), target=h.target, score=h.score,
-                       method="guided-gradcam", layer=h.layer, image=h.image)
+                       method="guided-gradcam", layer=h.layer, image=h.image, explains=h.explains)
 
 
 def _channel_max(raw: np.ndarray, spec) -> np.ndarray:

@@ -14,7 +14,7 @@ from ..errors import OnnxvizError
 from ..graph.surgery import head
 from ..targets import TargetLike, class_scores, general, objective, rows, seed_array
 from .layers import layer_axes, resolve_layer
-from .results import Heatmap, scaled, upsampled
+from .results import Heatmap, explains, scaled, upsampled
 
 BATCH = 64
 
@@ -161,7 +161,8 @@ def occlusion(model, x: np.ndarray, target: TargetLike = None, window=32, stride
     raw = windows.spread(before[:, None] - after)
     shape = spec.hw(x)
     return Heatmap(raw=raw, map=scaled(raw) if layer is None else upsampled(raw, shape), target=chosen,
-                   score=before.astype(np.float32), method="occlusion", layer=layer, image=image)
+                   score=before.astype(np.float32), method="occlusion", layer=layer, image=image,
+                   explains=explains(obj, score, t))
 
 
 class _Windows:

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..targets import TargetLike, general, objective, rows, seed_array, target_scores
 from .occlusion import blurred
-from .results import Attribution, scaled
+from .results import Attribution, explains, scaled
 
 METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
@@ -61,7 +61,8 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
             raw = _integrated(model, xr, fixed, steps, baseline, sigma, common)
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
-                       score=np.asarray(value, np.float32), method=method, image=image)
+                       score=np.asarray(value, np.float32), method=method, image=image,
+                       explains=explains(obj, score, t))
 
 
 def channel_map(raw: np.ndarray, spec) -> np.ndarray:
