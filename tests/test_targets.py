@@ -67,6 +67,14 @@ def test_dense_targets_equal_explicit_seeds(seg, x, kind):
     assert np.abs(g["input"]).max() > 0
 
 
+def test_guided_grad_cam_explains_the_general_target(seg, x):
+    target = Target(1, box=(0, 0, 8, 8))
+    guided = onnxviz.saliency(seg, x, target=target, method="guided")
+    h = onnxviz.guided_grad_cam(seg, x, target=target)
+    cam_map = onnxviz.grad_cam(seg, x, target=target).map
+    close(h.raw, guided.raw * cam_map[:, None])
+
+
 @pytest.mark.parametrize("kind", ["box", "mask", "predicted"])
 def test_dense_targets_match_float64_finite_differences(seg, x, kind):
     target, _ = explicit(seg, x)[kind]
@@ -152,7 +160,8 @@ def test_methods_accept_general_targets(seg, x):
     for h in (onnxviz.grad_cam(seg, x, target=target), onnxviz.saliency(seg, x, target=target),
               onnxviz.saliency(seg, x, target=target, method="integrated", steps=4),
               onnxviz.occlusion(seg, x, target=target, window=8, stride=8),
-              onnxviz.score_cam(seg, x, target=target), onnxviz.layer_cam(seg, x, target=target)):
+              onnxviz.score_cam(seg, x, target=target), onnxviz.layer_cam(seg, x, target=target),
+              onnxviz.guided_grad_cam(seg, x, target=target)):
         close(h.score, score, 1e-4)
         assert (h.target == 1).all() and np.isfinite(h.map).all()
         assert h.explains == {"output": "seg", "tensor": "logits", "score": "logit",

@@ -222,9 +222,11 @@ def guided_grad_cam(model, x, target: TargetLike = None, layer: Optional[str] = 
     from .saliency import saliency
 
     # the rows of h already hold one image per (image, class): explain exactly those classes
+    # (a general target, which top_k excludes, is the same for every row: pass it as given)
     rows_x = model.check_input(x)[h.image]
-    options.pop("top_k", None)
-    g = saliency(model, rows_x, target=h.target, method="guided", **options)
+    top_k = options.pop("top_k", None)
+    g = saliency(model, rows_x, target=h.target if top_k is not None or target is None else target, method="guided",
+                 **options)
     spec = model.input
     cam_ = np.expand_dims(h.map, spec.channel_axis)
     raw = (g.raw * cam_).astype(g.raw.dtype)
