@@ -66,6 +66,30 @@ def seg_net(size=16, seed=0, classes=3) -> tuple[onnx.ModelProto, dict]:
     return model, inits
 
 
+def seg_net_nhwc(size=16, classes=3, seed=0) -> onnx.ModelProto:
+    """A channels-last dense net as Keras exports it: NHWC in, Transpose, stride-2 conv, conv,
+    nearest Resize ×2, 1×1 conv to classes, Transpose back: output (N, H, W, classes)."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": (rng.standard_normal((6, 3, 3, 3)) * 0.5).astype(np.float32),
+        "w2": (rng.standard_normal((6, 6, 3, 3)) * 0.4).astype(np.float32),
+        "w3": (rng.standard_normal((classes, 6, 1, 1)) * 0.5).astype(np.float32),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Resize", ["r2", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w3"], ["scores"]),
+        helper.make_node("Transpose", ["scores"], ["out"], perm=[0, 2, 3, 1]),
+    ]
+    return _graph(nodes, inits, [helper.make_tensor_value_info("image", F, ["N", size, size, 3])],
+                  [helper.make_tensor_value_info("out", F, ["N", size, size, classes])])
+
+
 def ctc_net(height=8, width=16, classes=5, seed=0) -> onnx.ModelProto:
     """A CRNN-style recognizer: convs, a 2×2 max pool, (N, C, h, w) -> (N, w, C·h) by
     Transpose+Reshape, a linear layer to ``classes`` per step and LogSoftmax: output (N, T, C)."""

@@ -17,7 +17,7 @@ from onnxviz.errors import OnnxvizError
 from onnxviz.methods.layers import resolve_layer
 from onnxviz.targets import Target
 from builders import tiny_cnn
-from target_models import ctc_net, save, seg_net, seg_weights, two_input_net
+from target_models import ctc_net, save, seg_net, seg_net_nhwc, seg_weights, two_input_net
 
 RTOL = 1e-5
 
@@ -91,6 +91,14 @@ def test_predicted_is_the_default_for_dense_outputs(seg, x):
     assert (g.target == -1).all()
 
 
+def test_prob_score_with_a_box(seg, x):
+    seed = np.zeros((2, 3, 16, 16))
+    seed[:, 0, 8:16, 8:16] = 1
+    g = seg.gradients(x, target=Target(0, box=(8, 8, 16, 16)), score="prob", wrt=["r4"])
+    close(g["r4"], seg.gradients(x, target=seed, score="prob", wrt=["r4"])["r4"])
+    close(g.score, (seg.run(x)["seg"] * seed).sum(axis=(1, 2, 3)))
+
+
 def test_box_maps_to_a_coarser_output_by_the_size_ratio(seg, x):
     """Explaining the 4x4 tensor c3 of a 16x16 input: box x 5..9, y 3..11 covers rows 0..2, cols 1..2."""
     g = seg.gradients(x, target=Target(4, box=(5, 3, 9, 11)), output="c3", wrt=["r2"])
@@ -102,6 +110,21 @@ def test_box_maps_to_a_coarser_output_by_the_size_ratio(seg, x):
     seed = np.zeros((2, 8, 4, 4))
     seed[:, 4] = mask[2::4, 2::4]  # nearest sample at each cell's centre
     close(g["r2"], seg.gradients(x, target=seed, output="c3", wrt=["r2"])["r2"])
+
+
+def test_channels_last_dense_output(tmp_path):
+    """(N, H, W, C) output: the class axis is the last, a box selects rows and columns of axes 1 and 2."""
+    m = onnxviz.load(save(seg_net_nhwc(), tmp_path / "nhwc.onnx"), device="cpu")
+    x = np.random.default_rng(4).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    seed = np.zeros((2, 16, 16, 3))
+    seed[:, 4:12, 0:5, 2] = 1
+    g = m.gradients(x, target=Target(2, box=(0, 4, 5, 12)), wrt=["input", "r2"])
+    ref = m.gradients(x, target=seed, wrt=["input", "r2"])
+    close(g["input"], ref["input"])
+    close(g.score, (m.run(x)["out"] * seed).sum(axis=(1, 2, 3)))
+    assert resolve_layer(m) == "r2"
+    rows = check_gradients(m, x[:1], layers=["r2"], target=Target(2, box=(0, 4, 5, 12)), tolerance=1e-4)
+    assert all(r.ok for r in rows), rows
 
 
 def test_negate_and_multilabel(seg, x, tmp_path):
@@ -235,6 +258,23 @@ def test_cli_targets_and_feeds(seg, tmp_path):
     assert summary["explained"] == {"output": "seg", "tensor": "logits", "score": "logit",
                                     "target": "minus class 1 in box (0, 0, 8, 8)"}
     assert summary["images"][0]["maps"][0]["layer"] == "r4"
+    mask = np.zeros((16, 16, 3), np.uint8)
+    mask[4:10, 2:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    seed = np.zeros((3, 16, 16), np.float32)
+    seed[2, 4:10, 2:12] = 1
+    np.save(tmp_path / "seed.npy", seed)
+    for args, what in ((["--seed", tmp_path / "seed.npy"], "seed array of shape (3, 16, 16)"),
+                       (["--target", "2", "--mask", tmp_path / "mask.png"], "class 2 in mask")):
+        r = _cli("saliency", seg_path, img, *args, "--out", tmp_path / what[:5], "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        summary = json.loads((tmp_path / what[:5] / "results.json").read_text())
+        assert summary["explained"]["target"] == what
+        maps = summary["images"][0]["maps"][0]
+        if what.startswith("seed"):
+            reference = maps["score"]
+        else:
+            assert maps["score"] == pytest.approx(reference, rel=1e-5)  # the same region, two ways
     r = _cli("cam", seg_path, img, "--target", "1", "--step", "2", "--out", tmp_path / "bad", "--device", "cpu")
     assert r.exit_code != 0 and "step needs a sequence output" in r.output and "(1, 3, 16, 16)" in r.output
     assert "Traceback" not in r.output
