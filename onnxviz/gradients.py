@@ -56,12 +56,7 @@ def seed_from_target(obj: Objective):
         predicted = e.op("ArgMax", summed, axis=axis, keepdims=1)
         target = e.op("Reshape", TARGET_INPUT, e.ints([-1] + [1] * (rank - 1)))
         chosen = e.op("Where", e.op("Less", target, e.ints([0])), predicted, target)
-        count = e.op("Gather", e.shape_of(tensor), e.ints([axis]))
-        iota_shape = [1] * rank
-        iota_shape[axis] = -1
-        iota = e.op("Reshape", e.op("Range", e.const(np.int64(0)), e.op("Squeeze", count), e.const(np.int64(1))), e.ints(iota_shape))
-        onehot = e.op("Cast", e.op("Equal", iota, chosen), to=e.elem_type(tensor))
-        seed = e.op("Expand", onehot, e.shape_of(tensor))
+        seed = e.op("Expand", _onehot(e, tensor, chosen, axis, rank), e.shape_of(tensor))
         chosen_flat = e.op("Reshape", chosen, e.ints([-1]))
         score = e.reduce_sum(e.op("Mul", tensor, seed), list(range(1, rank)), keepdims=False)
         e.nodes.append(helper.make_node("Identity", [chosen_flat], [TARGET_OUTPUT], name=e.fresh("target")))
@@ -74,6 +69,16 @@ def seed_from_target(obj: Objective):
     return build
 
 
+def _onehot(e: Emitter, tensor: str, index: str, axis: int, rank: int) -> str:
+    """1 where the position along ``axis`` of ``tensor`` equals ``index`` (broadcast over the rest)."""
+    count = e.op("Gather", e.shape_of(tensor), e.ints([axis]))
+    iota_shape = [1] * rank
+    iota_shape[axis] = -1
+    iota = e.op("Reshape", e.op("Range", e.const(np.int64(0)), e.op("Squeeze", count), e.const(np.int64(1))),
+                e.ints(iota_shape))
+    return e.op("Cast", e.op("Equal", iota, index), to=e.elem_type(tensor))
+
+
 def seed_from_weights(obj: Objective, predicted: bool):
     """A seed builder for general targets: fed weights, times the per-position argmax one-hot when ``predicted``."""
 
@@ -82,12 +87,7 @@ def seed_from_weights(obj: Objective, predicted: bool):
         weights = e.op("Cast", WEIGHTS_INPUT, to=e.elem_type(tensor))
         if predicted:
             best = e.op("ArgMax", tensor, axis=axis, keepdims=1)
-            count = e.op("Gather", e.shape_of(tensor), e.ints([axis]))
-            iota_shape = [1] * rank
-            iota_shape[axis] = -1
-            iota = e.op("Reshape", e.op("Range", e.const(np.int64(0)), e.op("Squeeze", count), e.const(np.int64(1))),
-                        e.ints(iota_shape))
-            weights = e.op("Mul", weights, e.op("Cast", e.op("Equal", iota, best), to=e.elem_type(tensor)))
+            weights = e.op("Mul", weights, _onehot(e, tensor, best, axis, rank))
         seed = e.op("Expand", weights, e.shape_of(tensor))
         score = e.reduce_sum(e.op("Mul", tensor, seed), list(range(1, rank)), keepdims=False)
         e.nodes.append(helper.make_node("Identity", [score], [SCORE_OUTPUT], name=e.fresh("score")))
