@@ -23,7 +23,7 @@ from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
 from .report import report
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "load", "Model", "Layer", "InputSpec", "Runtime",

@@ -25,13 +25,15 @@ class _Scorer:
         self.model, self.obj, self.batch_size = model, obj, batch_size
         self.x = model.check_input(x)
         h, w = model.input.hw(self.x)
-        proto = model.specialized(h, w)
         self.at = at
-        if at == model.input.name:
-            self.graph, self.needs_image = expose(proto, [obj.tensor], keep_outputs=False), False
-        else:
-            self.graph, self.needs_image = head(proto, at, [obj.tensor])
-        self.key = f"fd:{at}:{obj.tensor}:{h}x{w}"
+
+        def build():
+            proto = model.specialized(h, w)
+            if at == model.input.name:
+                return expose(proto, [obj.tensor], keep_outputs=False), False
+            return head(proto, at, [obj.tensor])
+
+        self.graph, self.needs_image = model.derived(f"fd:{at}:{obj.tensor}:{h}x{w}", build)
 
     def base(self) -> tuple:
         """The tensor's value and the objective tensor at the unperturbed input."""
@@ -49,8 +51,8 @@ class _Scorer:
         if self.model.other_inputs:
             feeds.update({k: _row(v, i, len(self.x), len(values))
                           for k, v in self.model.extra_feeds(len(self.x), self.graph).items()})
-        out = self.model.runtime.run(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
-                                     progress=progress, key=self.key, desc="finite differences")[self.obj.tensor]
+        out = self.model.run_graph(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
+                                   progress=progress, desc="finite differences")[self.obj.tensor]
         return np.sum(out.astype(np.float64) * onehot, axis=tuple(range(1, out.ndim)))
 
 

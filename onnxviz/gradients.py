@@ -18,7 +18,7 @@ from .autodiff import RuleSet, gradient_graph, ruleset
 from .errors import OnnxvizError
 from .fd import gradient_fd
 from .graph.emitter import Emitter
-from .graph.emitter import tensor_types
+from .graph.view import tensor_types
 from .targets import (Objective, TargetLike, describe, general, normalize, objective, reported, seed_array,
                       seed_weights)
 
@@ -102,14 +102,11 @@ def seed_from_weights(obj: Objective, predicted: bool):
 def output_shape(model, obj: Objective, x: np.ndarray) -> tuple:
     """The objective tensor's concrete shape for batch ``x``: static when inference knows it, else one run."""
     h, w = model.input.hw(x)
-    key = ("shape", h, w, obj.tensor)
-    cache = model._specialized
-    if key not in cache:
-        shape = tensor_types(model.specialized(h, w).graph).get(obj.tensor, (None, None))[1]
-        if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
-            shape = model.activations(x[:1], [obj.tensor])[obj.tensor].shape
-        cache[key] = tuple(shape[1:])
-    return (len(x), *cache[key])
+    static = model.derived(("shape", h, w, obj.tensor),
+                           lambda: tensor_types(model.specialized(h, w).graph).get(obj.tensor, (None, None))[1])
+    if static is None or any(not isinstance(d, int) or d <= 0 for d in static[1:]):
+        return (len(x), *model.activations(x[:1], [obj.tensor])[obj.tensor].shape[1:])
+    return (len(x), *static[1:])
 
 
 def resolve_wrt(model, wrt: Sequence[str]) -> list:
@@ -130,12 +127,9 @@ def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence
     without the per-position argmax).
     """
     key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules), predicted)
-    cache = model._specialized
-    if key not in cache:
-        proto = model.specialized(height, width)
-        build = seed_from_target(obj) if predicted is None else seed_from_weights(obj, predicted)
-        cache[key] = gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=build)
-    return cache[key], "|".join(map(str, key))
+    build = seed_from_target(obj) if predicted is None else seed_from_weights(obj, predicted)
+    return model.derived(key, lambda: gradient_graph(model.specialized(height, width), obj.tensor, list(wrt), rules,
+                                                     seed_builder=build))
 
 
 def gradients(
@@ -180,18 +174,18 @@ def gradients(
     feeds = model.feeds(x)
     if general(t):
         weights, predicted = seed_weights(obj, t, output_shape(model, obj, x), (h, w))
-        gm, key = gradient_model(model, h, w, obj, names, rules, predicted)
+        gm = gradient_model(model, h, w, obj, names, rules, predicted)
         feeds[WEIGHTS_INPUT] = np.ascontiguousarray(weights, np.float32)
         extra = [SCORE_OUTPUT]
     else:
-        gm, key = gradient_model(model, h, w, obj, names, rules)
+        gm = gradient_model(model, h, w, obj, names, rules)
         feeds[TARGET_INPUT] = t
         extra = [TARGET_OUTPUT, SCORE_OUTPUT]
     grad_outs = [gm.grads[n] for n in names]
     model_outs = list(model.outputs)
     fetch = list(dict.fromkeys([*model_outs, *names, *extra, *grad_outs]))
-    values = model.runtime.run(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
-                               progress=progress, key=key, desc="gradients")
+    values = model.run_graph(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
+                             progress=progress, desc="gradients")
     grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
     return Gradients(
         grads,
@@ -206,7 +200,7 @@ def gradients(
 
 def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
-    if rules.name != "standard":
+    if not rules.exact:
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
     grads, chosen = {}, None

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from .errors import OnnxvizError
+from .graph.view import walk_back
 
 SCORES = ("logit", "prob")
 PREDICTED = "predicted"
@@ -67,16 +68,9 @@ def objective(model, output: Optional[str] = None, score: str = "logit",
 
 def _before_softmax(model, output: str):
     """Walk back through shape-only ops to a Softmax/LogSoftmax; return its input and the node."""
-    name = output
-    for _ in range(8):
-        node = model.producer(name)
-        if node is None:
-            break
-        if node.op_type in ("Softmax", "LogSoftmax"):
-            return node.input[0], node
-        if node.op_type not in _TRANSPARENT:
-            break
-        name = node.input[0]
+    _, node = walk_back(output, model.producer, _TRANSPARENT)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        return node.input[0], node
     return output, None
 
 

@@ -18,8 +18,7 @@ from onnx import helper
 from PIL import Image
 
 import onnxviz
-from attribution_models import flatten_head_cnn
-from builders import save, tiny_cnn
+from builders import flatten_head_cnn, save, tiny_cnn
 from onnxviz.cli import main
 from onnxviz.errors import OnnxvizError
 from onnxviz.report import sections as sections_mod

@@ -1,32 +1,22 @@
 """Helpers the attribution methods share: which layer, and where its axes are (targets: :mod:`onnxviz.targets`)."""
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..errors import OnnxvizError
 from ..graph.analysis import best_gradcam_layer, gradcam_candidates, spatial_axes
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-
-def cached(model, key, compute: Callable):
-    """A graph-analysis result computed once per model (each is a walk over the whole graph)."""
-    table = _CACHE.setdefault(model, {})
-    if key not in table:
-        table[key] = compute()
-    return table[key]
-
-
+# Each analysis is a walk over the whole graph: done once per model (Model.derived).
 def _axes_table(model) -> dict:
-    return cached(model, "axes", lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
+    return model.derived(("spatial_axes",), lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
 
 
 def _candidates(model) -> list:
-    return cached(model, "candidates",
-                  lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
+    return model.derived(("gradcam_candidates",),
+                         lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
 
 
 def resolve_layer(model, layer: Optional[str] = None) -> str:
@@ -43,9 +33,17 @@ def resolve_layer(model, layer: Optional[str] = None) -> str:
     return layer
 
 
-def layer_axes(model, layer: str) -> tuple[int, int, int]:
-    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included."""
+def layer_axes(model, layer: str, strict: bool = True) -> tuple[int, int, int]:
+    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included.
+
+    The height and width axes are traced through the graph from the input. ``strict`` (CAMs,
+    occlusion, channel visualization) refuses a tensor without spatial extent; otherwise
+    (pooling features, showing activations) an untraced tensor takes the input's layout.
+    """
     axes = _axes_table(model).get(layer)
+    if not strict:
+        h, w = axes if axes is not None else ((1, 2) if model.input.layout == "NHWC" else (2, 3))
+        return next(a for a in (1, 2, 3) if a not in (h, w)), h, w
     shape = model.tensor_shape(layer)
     if axes is None or (shape is not None and len(shape) != 4):
         raise OnnxvizError(

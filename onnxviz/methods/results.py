@@ -71,3 +71,8 @@ def scaled(maps: np.ndarray) -> np.ndarray:
 def upsampled(raw: np.ndarray, size: tuple) -> np.ndarray:
     """(N, h, w) -> (N, H, W) bilinear with half-pixel centres, scaled to [0, 1] per map."""
     return scaled(upsample(raw, tuple(size)))
+
+
+def channel_map(raw: np.ndarray, spec) -> np.ndarray:
+    """(N, H, W) from an input-space attribution: max over channels of |raw|, scaled to [0, 1] per image."""
+    return scaled(np.abs(raw).max(axis=spec.channel_axis))

@@ -21,10 +21,12 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..targets import TargetLike, general, objective, rows, seed_array, target_scores
-from .occlusion import blurred
-from .results import Attribution, explains, scaled
+from .perturb import blurred
+from .results import Attribution, channel_map, explains
 
-METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
+TITLES = {"vanilla": "gradient saliency", "deconvnet": "deconvnet", "guided": "guided backprop",
+          "smoothgrad": "SmoothGrad", "integrated": "Integrated Gradients"}
+METHODS = tuple(TITLES)
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
 
 
@@ -63,11 +65,6 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
                        score=np.asarray(value, np.float32), method=method, image=image,
                        explains=explains(obj, score, t))
-
-
-def channel_map(raw: np.ndarray, spec) -> np.ndarray:
-    """(N, H, W): max over channels of |raw|, scaled to [0, 1] per image."""
-    return scaled(np.abs(raw).max(axis=spec.channel_axis))
 
 
 def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common) -> np.ndarray:

@@ -21,6 +21,7 @@ from .explain import explanations
 from .html import render
 from .sections import Inputs, Progress, Section, classvis_available, first_filters, gradient_check, model_card, \
     run_section
+from ..model import load
 
 PathLike = Union[str, Path]
 
@@ -60,7 +61,6 @@ def report(model, images: Sequence[PathLike], out: Optional[PathLike] = None, *,
 
     >>> onnxviz.report("resnet50.onnx", ["cat.jpg"], "audit.html", labels="imagenet.txt")
     """
-    from ..model import load
 
     start = time.perf_counter()
     if isinstance(model, (str, Path)):

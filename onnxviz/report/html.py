@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Optional
 
+from .._version import __version__
 from .pictures import Picture
 
 log = logging.getLogger("onnxviz")
@@ -302,7 +303,6 @@ def timings_html(sections, total: float) -> str:
 
 def render(sections, inputs, generated: Optional[datetime] = None, seconds: float = 0.0) -> str:
     """The whole page for the computed sections."""
-    from .. import __version__
 
     name = Path(inputs.model.path).name
     when = (generated or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip()
