@@ -6,10 +6,10 @@ import logging
 import click
 
 from .._version import __version__
-from . import attribution, classvis, dataset, demo, describe, grad, report
+from . import attribution, classvis, dataset, demo, describe, evaluate, grad, report
 
 # Each command module lists its commands in COMMANDS; a new module joins this tuple.
-MODULES = (describe, grad, demo, attribution, classvis, report, dataset)
+MODULES = (describe, grad, demo, attribution, classvis, report, dataset, evaluate)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,6 +1,6 @@
 """The perturbation engine: score many perturbed copies of each image (or layer value) in batches.
 
-Occlusion, Score-CAM and the coming deletion/insertion metrics all perturb an input many
+Occlusion, Score-CAM and the deletion/insertion metrics all perturb an input many
 times and read the target score back. :func:`perturbed_scores` runs those copies through a
 forward in large batches built in one reused buffer; :func:`head_runner` re-runs only the graph
 after a layer; :func:`blurred` is the usual "removed information" baseline.
@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import OnnxvizError
 from ..graph.surgery import head
 
 BATCH = 64
@@ -81,3 +82,49 @@ def head_runner(model, x: np.ndarray, layer: str, obj):
                                desc="head")[obj.tensor]
 
     return forward
+
+
+# ---------------------------------------------------------------------------- ranked perturbations
+
+
+def pixel_order(maps: np.ndarray) -> np.ndarray:
+    """(N, H·W): positions most relevant first; ties keep their raster order (stable sort)."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    if not np.isfinite(flat).all():
+        raise OnnxvizError("the maps contain NaN or infinite values")
+    return np.argsort(-flat, axis=1, kind="stable")
+
+
+def step_counts(positions: int, steps: int) -> np.ndarray:
+    """How many positions are changed after each of 0..steps steps: slices of ceil(positions/steps)."""
+    if steps < 1:
+        raise OnnxvizError(f"steps must be at least 1, not {steps}")
+    size = -(-positions // steps)
+    return np.minimum(np.arange(steps + 1) * size, positions)
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """The inverse permutation per row: rank[n, position] = where that position comes in the order."""
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None], axis=1)
+    return ranks
+
+
+def ranked_filler(start: np.ndarray, end: np.ndarray, order: np.ndarray, counts: np.ndarray, spec) -> Fill:
+    """Copy k of row r: ``end`` at the first counts[k] positions of ``order[r]``, ``start`` elsewhere.
+
+    Deletion (start = the image, end = the baseline) and insertion (the other way round); the
+    channels of a position move together.
+    """
+    ranks = _ranks(order)
+    h, w = spec.hw(start)
+    c_axis = spec.channel_axis
+
+    def fill(batch, row, copy):
+        for r, a, b in segments(row):
+            taken = ranks[r][None, :] < counts[copy[a:b]][:, None]  # (copies, H·W)
+            where = np.expand_dims(taken.reshape(-1, h, w), c_axis)
+            batch[a:b] = start[r]
+            np.copyto(batch[a:b], end[r], where=where)
+
+    return fill
