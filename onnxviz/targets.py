@@ -97,6 +97,11 @@ def target_array(target, n: int) -> np.ndarray:
     """One class index per image; None or negative entries mean "the predicted class"."""
     if target is None:
         return np.full(n, -1, np.int64)
+    if isinstance(target, Target) or isinstance(target, str):
+        if isinstance(target, Target) and target.plain:
+            return np.full(n, target.single, np.int64)
+        raise OnnxvizError(f"this method takes class indices; the target {describe(target)!r} is not supported "
+                           "here (gradients, CAMs, saliency and occlusion take general targets)")
     t = np.asarray(target)
     if t.ndim == 0:
         return np.full(n, int(t), np.int64)
@@ -394,6 +399,8 @@ def reported(target, n: int) -> np.ndarray:
 
 def describe(target) -> str:
     """What a normalized target explains, in words."""
+    if isinstance(target, str):
+        return target
     if isinstance(target, Target):
         return target.describe()
     if isinstance(target, np.ndarray) and target.dtype.kind == "f":

@@ -318,3 +318,11 @@ def test_demo_dense_section(tmp_path):
         assert e["maps"]["gradcam_mask.png"]["target"] == f"class {e['class']} in mask"
         assert e["maps"]["gradcam_predicted.png"]["target"] == "predicted class at each position"
     assert json.loads((tmp_path / "results.json").read_text())["layer"] == summary["layer"]
+
+
+def test_class_index_methods_refuse_general_targets_clearly(seg, x):
+    from onnxviz.methods.faithfulness import deletion
+
+    maps = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    with pytest.raises(OnnxvizError, match="takes class indices; the target 'class 1 in box"):
+        deletion(seg, x, maps, target=Target(1, box=(0, 0, 8, 8)))
