@@ -24,7 +24,8 @@ from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
 from ..render import heatmap_figure
 from ..targets import SCORES, Target, describe, normalize, objective
-from .common import Session, handle_errors, model_options, open_session, preprocess_options
+from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
+                     preprocess_options)
 
 TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
 
@@ -68,7 +69,7 @@ def attribution_options(fn):
 
 
 _MODEL = click.argument("model", type=click.Path(exists=True, dir_okay=False))
-_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 
 
 @click.command("cam")
@@ -79,6 +80,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -90,7 +92,7 @@ def cam_cmd(model, images, method, layer, **opts):
       onnxviz cam models/shapes_cnn.onnx models/images/star_0.png --method gradcam --out out
     """
     fn = CAM_METHODS[method]
-    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts)
+    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts, dict(layer=layer))
 
 
 @click.command("saliency")
@@ -106,6 +108,7 @@ def cam_cmd(model, images, method, layer, **opts):
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -117,7 +120,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
       onnxviz saliency models/shapes_cnn.onnx models/images/star_0.png --method guided --out out
     """
     kw = dict(samples=samples, noise=noise, steps=steps, baseline=baseline)
-    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts)
+    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts, kw)
 
 
 @click.command("occlusion")
@@ -131,6 +134,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -144,7 +148,7 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
              lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
-             opts)
+             opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 
 def _baseline(text: str):
@@ -159,11 +163,14 @@ def _baseline(text: str):
 # ---------------------------------------------------------------------------- the shared loop
 
 
-def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict) -> None:
+def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict,
+             method_options: Optional[dict] = None) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
     region = {k: opts.pop(k) for k in ("box", "mask_path", "step", "negate", "seed_path")}
     feeds = opts.pop("feed")
     out, batch_size = opts.pop("out"), opts.pop("batch_size")
+    engine, shard = pop_engine(opts, out)
+    images, relative = expand_images(images)
     session = open_session(model_path, **opts)
     if feeds:
         session.model.set_feeds(parse_feeds(feeds))
@@ -173,6 +180,13 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
     check_not_input(folder / "results.json",
                     [model_path, *images, *filter(None, (region["mask_path"], region["seed_path"]))])
     dirs = image_dirs(images, folder)
+    if engine is not None:
+        if general is not None or feeds:
+            raise OnnxvizError("--engine runs class-index targets on image inputs only; drop --engine for "
+                               "--box, --mask, --step, --negate, --seed, repeated --target or --feed")
+        options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+        return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
+                                opts, batch_size, engine, shard)
     entries: list = []
     obj = objective(session.model, output, score)
     summary = {"model": os.path.abspath(model_path), "method": method,
@@ -199,6 +213,41 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
         maps = "; ".join(f"{m['label']} ({m['score']:.3g})" for m in e["maps"])
         click.echo(f"{e['image']}: {maps} -> {e['dir']}")
     click.echo(f"wrote {folder / 'results.json'}")
+
+
+def expand_images(images: Sequence[str]) -> tuple:
+    """Files as given, folders as their images (recursive, sorted); with the names ``--shard`` splits by."""
+    from ..datasets import scan_folder
+
+    paths, relative = [], []
+    for item in images:
+        if os.path.isdir(item):
+            dataset = scan_folder(item)
+            paths += [str(p) for p in dataset.paths]
+            relative += [f.path for f in dataset.files]
+        else:
+            paths.append(item)
+            relative.append(Path(item).name)
+    return paths, relative
+
+
+def _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session, opts,
+                     batch_size, engine, shard) -> None:
+    """The dataset-scale path (--engine ray or --shard): resumable, per-image files written by workers."""
+    from ..distributed import explain_dataset
+    from .dataset import report
+
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
+                          load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                          relative=relative, progress=True)
+    report(run.failures, [], folder)
+    s = run.stats
+    where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \
+        f"{len(run.entries)} images"
+    click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
+               f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+    click.echo(f"wrote {run.results}")
 
 
 def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
@@ -319,7 +368,8 @@ def class_index(text: str, session: Session) -> int:
         labels = session.labels or []
         if text in labels:
             return labels.index(text)
-        hint = "" if labels else " (no label file: pass --labels, or give class indices)"
+        shown = ", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
+        hint = f"; the labels: {shown}" if labels else " (no label file: pass --labels, or give class indices)"
         raise OnnxvizError(f"--target {text!r} is neither a class index nor a label name{hint}") from None
     if k < 0:
         raise OnnxvizError(f"--target {k}: class indices start at 0")

@@ -157,3 +157,65 @@ def out_dir(path: Optional[str], default: str) -> Path:
     out = Path(path or default)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class ShardType(click.ParamType):
+    """i/n: shard i (from 0) of n."""
+
+    name = "i/n"
+
+    def convert(self, value, param, ctx):
+        from ..distributed.shard import Shard
+
+        if value is None or isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(value)
+        except OnnxvizError as exc:
+            self.fail(str(exc).replace("--shard ", ""), param, ctx)
+
+
+def engine_options(fn):
+    """--engine, --address, --actors, --gpus-per-actor, --shard: where a dataset-scale run computes."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process; ray: Ray Data actors (needs the [ray] extra)."),
+        click.option("--address", default=None,
+                     help="Ray cluster to run on (ray://head:10001, head:6379, or auto for the one started on "
+                          "this machine); default: a new local Ray runtime. Images and --out must be on storage "
+                          "every node sees."),
+        click.option("--actors", type=click.IntRange(1), default=None,
+                     help="Ray: actors, each with its own onnxruntime session (default: one per CPU, or per "
+                          "GPU with --gpus-per-actor)."),
+        click.option("--gpus-per-actor", "gpus_per_actor", type=click.FloatRange(0), default=0, show_default=True,
+                     help="Ray: GPUs each actor reserves (1: one GPU each)."),
+        click.option("--shard", type=ShardType(), default=None,
+                     help="Compute only shard i of n (from 0) of the images, for job arrays (SLURM, k8s); "
+                          "results are resumable parts in --out that a run without --shard assembles."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+ENGINE_KEYS = ("engine", "address", "actors", "gpus_per_actor", "shard")
+
+
+def pop_engine(opts: dict, out: Optional[str] = None):
+    """Remove the engine options from ``opts``: (Engine, shard), or (None, None) for a plain local run.
+
+    A local run into an ``out`` folder that holds parts of a sharded or Ray run continues from
+    them (and assembles them) instead of starting over.
+    """
+    from ..distributed import Engine, require_ray
+    from ..distributed.store import PARTS
+
+    engine, address, actors, gpus, shard = (opts.pop(k, None) for k in ENGINE_KEYS)
+    if engine != "ray":
+        if address or actors or gpus:
+            raise OnnxvizError("--address, --actors and --gpus-per-actor need --engine ray")
+        parts = out is not None and (Path(out) / PARTS).is_dir()
+        return (Engine("local") if shard is not None or parts else None), shard
+    require_ray()
+    threads = opts.get("threads")
+    return Engine("ray", address=address, actors=actors, cpus=float(threads or 1), gpus=float(gpus or 0)), shard

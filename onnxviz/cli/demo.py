@@ -15,10 +15,10 @@ from ..io import atomic_write, save_figure, save_json, save_npy
 from ..methods.cam import grad_cam
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure, heatmap_figure
-from ..targets import Target, class_scores, objective
 from ..render.tiles import rank_channels
 from ..report import report
 from ..runtime import DEVICES
+from ..targets import Target, class_scores, objective
 from .common import handle_errors, open_session
 from .report import echo_progress
 
@@ -61,7 +61,7 @@ def demo(model_path, out, device):
     timings = {}
 
     start = time.perf_counter()
-    info = describe(model)
+    info = describe(model, size=session.pre.size)  # as `onnxviz inspect` does: the sidecar's size
     with atomic_write(out / "inspect.txt", "w") as f:
         f.write(format_table(info) + "\n")
     save_json(info, out / "inspect.json")
@@ -90,6 +90,9 @@ def demo(model_path, out, device):
             save_npy(acts.values[i], sub / "activations.npy")
         timings["activations"] = time.perf_counter() - start
 
+        for method, seconds in method_folders(model, x, images, shown, session, out).items():
+            timings[method] = seconds
+
         start = time.perf_counter()
         rows = check_gradients(model, x[:1], layers=[layer])
         with atomic_write(out / "check-grad.txt", "w") as fh:
@@ -111,7 +114,8 @@ def demo(model_path, out, device):
     save_json({"model": model_path, "images": [str(p) for p in images], "timings_s": timings},
               out / "demo.json")
     click.echo(f"wrote the demo to {out.resolve()}/ "
-               f"(inspect.txt, filters.png, per-image activations, check-grad.txt, dense/, report.html)")
+               f"(inspect.txt, filters.png, per-image activations, cam/, saliency/, occlusion/, classvis/, "
+               f"check-grad.txt, dense/, report.html)")
     click.echo(f"report: {page.resolve()} (open it in a browser)")
 
 
@@ -149,6 +153,49 @@ def dense_demo(model_path: str, images, out: Path, device: str = "auto") -> dict
     summary = {"model": model_path, "layer": everywhere.layer, "images": entries}
     save_json(summary, out / "results.json")
     return summary
+
+
+def method_folders(model, x, images, shown, session, out: Path) -> dict:
+    """A folder per method with one PNG per image (the map over the image as the model saw it):
+    cam/<method>/, saliency/<method>/, occlusion/, and classvis/ (one PNG per predicted class).
+    Returns seconds per method family."""
+    from ..methods.cam import METHODS as CAMS
+    from ..methods.classvis import class_visualization
+    from ..methods.occlusion import occlusion
+    from ..methods.saliency import METHODS as SALIENCIES, saliency
+    from ..io import save_png
+
+    timings = {}
+
+    def save_all(result, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(images):
+            result.save(folder / f"{path.stem}.png", image=shown[i], index=i)
+
+    start = time.perf_counter()
+    for name, fn in CAMS.items():
+        save_all(fn(model, x), out / "cam" / name)
+    timings["cam"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name in SALIENCIES:
+        save_all(saliency(model, x, method=name), out / "saliency" / name)
+    timings["saliency"] = time.perf_counter() - start
+    start = time.perf_counter()
+    h, w = model.input.hw(x)
+    save_all(occlusion(model, x, window=max(2, min(h, w) // 4), stride=max(1, min(h, w) // 8)), out / "occlusion")
+    timings["occlusion"] = time.perf_counter() - start
+    start = time.perf_counter()
+    classes = list(dict.fromkeys(int(k) for k in model.run(x)[model.outputs[0]].argmax(axis=1)))
+    vis = class_visualization(model, target=classes, pre=session.pre, size=(h, w))
+    (out / "classvis").mkdir(exist_ok=True)
+    for k, image in zip(vis.target, vis.image):
+        save_png(image, out / "classvis" / f"{_stem(session.label(int(k)))}.png")
+    timings["classvis"] = time.perf_counter() - start
+    return timings
+
+
+def _stem(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def sample_dataset(folder: Path, size, per_class: int = 10):

@@ -79,7 +79,7 @@ def activations_cmd(model, image, layer, top, out, **opts):
 
     \b
     Example:
-      onnxviz activations models/shapes_cnn.onnx models/images/star_0.png --layer relu_3
+      onnxviz activations models/shapes_cnn.onnx models/images/star_0.png --layer /features/features.14/Relu_output_0
     """
     session = open_session(model, **opts)
     x, images, _ = session.batch([image])

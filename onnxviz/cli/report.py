@@ -24,10 +24,14 @@ def echo_progress(line: str) -> None:
 @click.option("--layer", default=None, help="Layer for Grad-CAM, activations and patches (default: the last "
               "spatial tensor before the head; `onnxviz inspect` marks the candidates).")
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="Predictions listed per image.")
+@click.option("--check-grad/--no-check-grad", "check_grad", default=True, show_default=True,
+              help="Run the gradient check (float64 finite differences: the slowest section on large models).")
+@click.option("--classvis-steps", type=click.IntRange(1), default=None,
+              help="Gradient-ascent steps per class visualization (default: the method's own, 256).")
 @model_options
 @preprocess_options
 @handle_errors
-def report_cmd(model, images, out, dataset, layer, top, **opts):
+def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_steps, **opts):
     """Audit MODEL on IMAGES in one HTML page you can open offline, print and send.
 
     The page holds the model card (hash, opset, input, preprocessing, layer table, runtime),
@@ -39,7 +43,7 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
 
     \b
     Example:
-      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset shapes/ -o report.html
+      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset models/images -o report.html
     """
 
     out = Path(out)
@@ -47,7 +51,8 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
     out.parent.mkdir(parents=True, exist_ok=True)
     session = open_session(model, **opts)
     result = report(session.model, images, out, dataset=dataset, labels=session.labels, pre=session.pre,
-                    layer=layer, top=top, progress=echo_progress)
+                    layer=layer, top=top, progress=echo_progress, check_grad=check_grad,
+                    classvis_steps=classvis_steps)
     failed = [s.title for s in result.sections if s.status == "error"]
     if failed:
         click.echo(f"report: {len(failed)} section(s) failed, each explained on the page: {', '.join(failed)}",
