@@ -15,7 +15,7 @@ import numpy as np
 from .errors import OnnxvizError
 from .graph.double import Reference
 from .graph.surgery import expose, override
-from .targets import objective, seed_array
+from .targets import general, normalize, objective, seed_array
 
 # Steps relative to the RMS of the perturbed tensor: 1e-8 stays clear of ReLU and max-pool kinks
 # on ImageNet-size nets (1e-6 crosses about ten per direction); a larger one is taken only when
@@ -97,26 +97,29 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     proto = model.specialized(h, w)
     say("forward model (float64 reference)")
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
-    base = forward({model.input.name: x})
-    classes = base[obj.tensor].shape[obj.class_axis]
-    for t in np.atleast_1d(target if target is not None else []):
-        if not 0 <= int(t) < classes:
-            raise OnnxvizError(f"target {int(t)} is out of range: output {obj.output!r} has {classes} classes "
-                               f"(0 to {classes - 1})")
-    onehot, _ = seed_array(obj, base[obj.tensor], g.target)
+    extra = model.extra_feeds(len(x)) if model.other_inputs else {}
+    base = forward({model.input.name: x, **extra})
+    t = normalize(model, obj, target, len(x))
+    if not general(t):
+        classes = base[obj.tensor].shape[obj.class_axis]
+        for k in np.atleast_1d(target if target is not None else []):
+            if not 0 <= int(k) < classes:
+                raise OnnxvizError(f"target {int(k)} is out of range: output {obj.output!r} has {classes} classes "
+                                   f"(0 to {classes - 1})")
+    onehot, _ = seed_array(obj, base[obj.tensor], t if general(t) else g.target, (h, w))
     s0 = _score(base[obj.tensor], onehot)
     rows = []
     for name in names:
         tensor = model.input.name if name == "input" else name
         if name == "input":
             def evaluate(t, ref=forward):
-                return ref({model.input.name: t})[obj.tensor]
+                return ref({model.input.name: t, **extra})[obj.tensor]
             point = x.astype(np.float64)
         else:
             head = Reference(override(proto, tensor, [obj.tensor]))
 
             def evaluate(t, ref=head, tensor=tensor):
-                return ref({model.input.name: x, tensor: t})[obj.tensor]
+                return ref({model.input.name: x, tensor: t, **extra})[obj.tensor]
             point = base[tensor]
         grad = np.asarray(g[name], np.float64)
         for k in range(directions):

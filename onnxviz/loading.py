@@ -303,7 +303,7 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
             raise ModelError(f"no 4-D image input named {input_name!r}; the model's inputs: {names}")
         vi = chosen[0]
     elif not candidates:
-        described = ", ".join(f"{vi.name} {_describe(vi)}" for vi in model.graph.input) or "none"
+        described = ", ".join(f"{vi.name} {describe_value(vi)}" for vi in model.graph.input) or "none"
         raise ModelError(
             "the model has no image-like input (a 4-D float or uint8 tensor, NCHW or NHWC); "
             f"its inputs: {described}. onnxviz analyzes CNNs that take images."
@@ -372,7 +372,7 @@ def _channels_from_first_conv(model: onnx.ModelProto, name: str) -> Optional[int
     return None
 
 
-def _describe(vi: onnx.ValueInfoProto) -> str:
+def describe_value(vi: onnx.ValueInfoProto) -> str:
     tt = vi.type.tensor_type
     dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
     return f"{onnx.TensorProto.DataType.Name(tt.elem_type).lower()}[{', '.join(dims)}]"

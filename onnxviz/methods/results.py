@@ -52,7 +52,8 @@ class Heatmap(_Picture):
     ``map`` (N, H, W) upsampled to the input size and min-max scaled to [0, 1] per row;
     ``target`` the class explained per row, ``score`` its score (pre-softmax logit by default);
     ``image`` the batch index each row explains (rows repeat an image with ``top_k``);
-    ``weights`` the channel weights (N, K), or per-position weights (N, K, h, w) for Layer-CAM.
+    ``weights`` the channel weights (N, K), or per-position weights (N, K, h, w) for Layer-CAM;
+    ``explains`` what was explained: {"output", "tensor", "score", "target"} (see :func:`explains`).
     """
 
     raw: np.ndarray
@@ -63,6 +64,7 @@ class Heatmap(_Picture):
     layer: Optional[str] = None
     image: Optional[np.ndarray] = None
     weights: Optional[np.ndarray] = None
+    explains: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -86,6 +88,7 @@ class Attribution(_Picture):
     method: str
     layer: Optional[str] = None
     image: Optional[np.ndarray] = None
+    explains: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -104,6 +107,13 @@ def _check(result) -> None:
             image = int(result.image[row]) if result.image is not None and value.ndim else row
             check_finite(value[row] if value.ndim else value,
                          f"the {result.method} {'map' if field == 'raw' else 'score'} of image {image}")
+
+
+def explains(obj, score: str, target) -> dict:
+    """What a result explains: the model output, the differentiated tensor, the score kind, the target."""
+    from ..targets import describe
+
+    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 def scaled(maps: np.ndarray) -> np.ndarray:

@@ -20,9 +20,9 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import Target, chosen_targets, objective, rows
+from ..targets import TargetLike, general, objective, rows, seed_array, target_scores
 from .perturb import blurred
-from .results import Attribution, channel_map
+from .results import Attribution, channel_map, explains
 
 TITLES = {"vanilla": "gradient saliency", "deconvnet": "deconvnet", "guided": "guided backprop",
           "smoothgrad": "SmoothGrad", "integrated": "Integrated Gradients"}
@@ -30,7 +30,7 @@ METHODS = tuple(TITLES)
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
 
 
-def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla", *,
+def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "vanilla", *,
              top_k: Optional[int] = None, output: Optional[str] = None, score: str = "logit",
              samples: int = 25, noise: float = 0.15, steps: int = 32,
              baseline: Union[str, float, np.ndarray] = "zero", sigma: Optional[float] = None,
@@ -55,14 +55,17 @@ def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla
         raw, chosen, value = g["input"], g.target, g.score
     else:
         y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
-        chosen, value = chosen_targets(obj, y, t)
+        chosen, value = target_scores(obj, y, t, model.input.hw(xr))
+        # the explained entries are fixed at the clean image, not re-chosen on each noisy or path copy
+        fixed = seed_array(obj, y, t, model.input.hw(xr))[0].astype(np.float32) if general(t) else chosen
         if method == "smoothgrad":
-            raw = _smoothgrad(model, xr, chosen, samples, noise, seed, common)
+            raw = _smoothgrad(model, xr, fixed, samples, noise, seed, common)
         else:
-            raw = _integrated(model, xr, chosen, steps, baseline, sigma, common)
+            raw = _integrated(model, xr, fixed, steps, baseline, sigma, common)
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
-                       score=np.asarray(value, np.float32), method=method, image=image)
+                       score=np.asarray(value, np.float32), method=method, image=image,
+                       explains=explains(obj, score, t))
 
 
 def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common) -> np.ndarray:
