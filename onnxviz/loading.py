@@ -314,7 +314,7 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
             log.warning("several image-like inputs; using %r (choose another with input_name/--input)", vi.name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     if 0 in dims or any(v is not None and v <= 0 for v in (height, width, channels)):
-        raise ModelError(f"input {vi.name!r} {_describe(vi)} has a zero-size dimension: there is no image to feed it")
+        raise ModelError(f"input {vi.name!r} {describe_value(vi)} has a zero-size dimension: there is no image to feed it")
     layout = layout or detect_layout(model, vi.name, dims)
     if layout not in LAYOUTS:
         raise OnnxvizError(f"layout must be NCHW or NHWC, not {layout!r}")

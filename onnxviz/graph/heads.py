@@ -128,7 +128,7 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
     return out
 
 
-def _output_chain(g: _Graph, tracks) -> set:
+def _output_chain(g: GraphView, tracks) -> set:
     """The outputs and the tensors they copy, activate, normalize or upsample, back to the layer
     that computes the scores (a dense head's classifier): scores, not features."""
     found = set()
@@ -142,7 +142,7 @@ def _output_chain(g: _Graph, tracks) -> set:
     return found
 
 
-def _dense_candidates(g: _Graph, tracks, main: set) -> list[str]:
+def _dense_candidates(g: GraphView, tracks, main: set) -> list[str]:
     """Grad-CAM layers of a dense head (the output keeps spatial extent: segmentation, detection maps).
 
     The coarsest tensors on the main path (largest product of receptive-field jumps: the
