@@ -64,6 +64,7 @@ def profile(proto, feeds: dict, threads: int, runs: int, folder: str) -> dict:
     runs_seen = [e for e in events if e.get("name") == "model_run"]
     first = runs_seen[0]["ts"] + runs_seen[0]["dur"]  # events of the warm-up run end here
     totals = collections.defaultdict(lambda: [0.0, 0.0, 0.0, set()])
+    nodes = collections.defaultdict(float)
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < first:
             continue
@@ -74,17 +75,22 @@ def profile(proto, feeds: dict, threads: int, runs: int, folder: str) -> dict:
         t[0] += ms
         t[2 if node.startswith("grad") or "/grad" in node else 1] += ms
         t[3].add(node)
+        nodes[(op, node, str(e["args"].get("output_type_shape", "")))] += ms
     wall = sum(e["dur"] for e in runs_seen[1:]) / 1e3 / runs
-    return {"wall_ms": wall, "ops": {k: [v[0], v[1], v[2], len(v[3])] for k, v in totals.items()}}
+    slowest = sorted(nodes.items(), key=lambda kv: -kv[1])[:40]
+    return {"wall_ms": wall, "ops": {k: [v[0], v[1], v[2], len(v[3])] for k, v in totals.items()},
+            "nodes": [[op, node, shape, ms] for (op, node, shape), ms in slowest]}
 
 
-def table(name: str, case: str, prof: dict, top: int) -> str:
+def table(name: str, case: str, prof: dict, top: int, nodes: int = 0) -> str:
     ops = sorted(prof["ops"].items(), key=lambda kv: -kv[1][0])
     node_ms = sum(v[0] for v in prof["ops"].values())
     lines = [f"{name} {case}: {prof['wall_ms']:.0f} ms per run, {node_ms:.0f} ms in kernels",
              f"  {'op':<22} {'ms':>8} {'%':>5} {'fwd ms':>8} {'bwd ms':>8} {'nodes':>6}"]
     for op, (ms, f, b, n) in ops[:top]:
         lines.append(f"  {op:<22} {ms:>8.1f} {100 * ms / node_ms:>5.1f} {f:>8.1f} {b:>8.1f} {n:>6}")
+    for op, node, shape, ms in prof["nodes"][:nodes]:
+        lines.append(f"    {ms:>7.1f} ms  {op:<16} {node[:48]:<48} {shape[:80]}")
     return "\n".join(lines)
 
 
@@ -96,6 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=0, help="also list this many of the slowest nodes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     out = {}
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
                     feeds[TARGET_INPUT] = np.full(args.batch, -1, np.int64)
                 prof = profile(proto, feeds, args.threads, args.runs, folder)
                 out[f"{name}/{case}"] = prof
-                print(table(name, case, prof, args.top), flush=True)
+                print(table(name, case, prof, args.top, args.nodes), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0
