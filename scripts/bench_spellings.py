@@ -76,6 +76,8 @@ CONVS = [  # name, C_in, C_out, H_in, kernel, stride, group
     ("dense 3x3 s1 64@56", 64, 64, 56, 3, 1, 1),
     ("dense 3x3 s2 128@56", 128, 128, 56, 3, 2, 1),
     ("pointwise s1 64->256@56", 64, 256, 56, 1, 1, 1),
+    ("pointwise s1 16->96@112", 16, 96, 112, 1, 1, 1),
+    ("pointwise s1 160->960@7", 160, 960, 7, 1, 1, 1),
     ("pointwise s2 256->512@56", 256, 512, 56, 1, 2, 1),
     ("stem 7x7 s2 3->64@224", 3, 64, 224, 7, 2, 1),
 ]
@@ -99,6 +101,11 @@ def convs(selected=None):
         if s == 1:
             yield f"{name}: Conv(flipped)", [n("Conv", ["dy", "wf"], kernel_shape=[k, k], group=g,
                                                pads=[k - 1 - p] * 4)], dy, {"wf": wf}
+            if k == 1 and g == 1:
+                yield f"{name}: MatMul(W^T)", [
+                    n("Reshape", ["dy", "s3"], "d3"), n("MatMul", ["wt", "d3"], "m"), n("Reshape", ["m", "s4"])], dy, {
+                    "wt": np.ascontiguousarray(w[:, :, 0, 0].T), "s3": np.array([8, cout, -1], np.int64),
+                    "s4": np.array([8, cin, h, h], np.int64)}
             continue
         # zero insertion: [N,C,h,1,w,1] padded to [N,C,h,s,w,s], reshaped to [N,C,h*s,w*s]
         up = (8, cout, ho * s, ho * s)
