@@ -70,6 +70,8 @@ def max_pool_by_offsets(e: Emitter, node: Node, dy: str):
     sizes, outs = list(xs[2:]), list(ys[2:])
     if len(sizes) != n or len(outs) != n or not all(isinstance(v, int) for v in sizes + outs):
         return None
+    if outs != _ort_pool_sizes(node, sizes, kernel, strides, dilations, begin, end):
+        return None  # onnx's shape inference keeps a ceil_mode window that starts in the padding; ORT drops it
     reach = [(o - 1) * s + (k - 1) * d + 1 for o, k, s, d in zip(outs, kernel, strides, dilations)]
     pad_end = [max(r - b - h, 0) for r, b, h in zip(reach, begin, sizes)]
     padded = x
@@ -95,6 +97,19 @@ def max_pool_by_offsets(e: Emitter, node: Node, dy: str):
     rows = e.op("Reshape", routed, e.ints([-1, len(offsets), *outs]))
     dx = transpose_conv_to(e, rows, e.const(onehot), x, kernel, strides, dilations, 1, begin)
     return e.reshape_like(dx, x)
+
+
+def _ort_pool_sizes(node: Node, sizes, kernel, strides, dilations, begin, end) -> list:
+    """Output sizes as onnxruntime computes them (ceil_mode drops a last window that starts in the end padding)."""
+    ceil = node.attr("ceil_mode", 0)
+    outs = []
+    for h, k, s, d, b, f in zip(sizes, kernel, strides, dilations, begin, end):
+        span = h + b + f - ((k - 1) * d + 1)
+        o = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (o - 1) * s >= h + b:
+            o -= 1
+        outs.append(o)
+    return outs
 
 
 def max_pool_scatter(e: Emitter, node: Node, dys):
