@@ -73,7 +73,9 @@ CASES: Dict[str, Callable] = {
     "saliency": lambda model, x: onnxviz.saliency(model, x),
     "guided": lambda model, x: onnxviz.saliency(model, x, method="guided"),
     "gradcam": lambda model, x: onnxviz.grad_cam(model, x, layer=last_conv(model)),
-    "smoothgrad8": lambda model, x: onnxviz.saliency(model, x, method="smoothgrad", samples=SMOOTHGRAD_SAMPLES),
+    # in chunks of the batch: the samples x batch images at once would hold 8x the activations
+    "smoothgrad8": lambda model, x: onnxviz.saliency(model, x, method="smoothgrad", samples=SMOOTHGRAD_SAMPLES,
+                                                     batch_size=len(x)),
 }
 BASELINE = "forward"
 TARGETS = {"saliency": 2.5, "guided": 2.5, "gradcam": 1.3, "smoothgrad8": 2.5 * SMOOTHGRAD_SAMPLES}
@@ -141,13 +143,14 @@ def interleaved_medians(fns: Dict[str, Callable], warmup: int, repeat: int) -> D
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_cases(path: Path, batches, device: str, threads, warmup: int, repeat: int, peers: bool, name: str) -> list:
+def time_cases(path: Path, batches, device: str, threads, warmup: int, repeat: int, peers: bool, name: str,
+               peer_smoothgrad: bool = True) -> list:
     model = onnxviz.load(str(path), device=device, threads=threads)
     rows = []
     for n in batches:
         x = batch_of(model, n)
         fns = {case: functools.partial(fn, model, x) for case, fn in CASES.items()}
-        peer_fns = peer_cases(name, x, threads) if peers else {}
+        peer_fns = peer_cases(name, x, threads, peer_smoothgrad) if peers else {}
         medians = interleaved_medians({**fns, **{k: fn for k, (_, fn) in peer_fns.items()}}, warmup, repeat)
         base = medians[BASELINE]
         for case in CASES:
@@ -164,7 +167,7 @@ def time_cases(path: Path, batches, device: str, threads, warmup: int, repeat: i
 
 # ---------------------------------------------------------------------------- peers
 
-def peer_cases(name: str, x: np.ndarray, threads) -> Dict[str, tuple]:
+def peer_cases(name: str, x: np.ndarray, threads, smoothgrad: bool = True) -> Dict[str, tuple]:
     """peer case -> (the onnxviz case it compares with, callable), on the same network and weights.
 
     {} when torch or captum is not importable.
@@ -200,8 +203,10 @@ def peer_cases(name: str, x: np.ndarray, threads) -> Dict[str, tuple]:
         "captum gradcam": ("gradcam", lambda: lgc.attribute(tx, target=target)),
         "captum smoothgrad8": ("smoothgrad8", lambda: smooth.attribute(
             tx.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES,
-            nt_samples_batch_size=SMOOTHGRAD_SAMPLES * len(x), stdevs=0.15, target=target, abs=False)),
+            nt_samples_batch_size=len(x), stdevs=0.15, target=target, abs=False)),
     }
+    if not smoothgrad:
+        del cases["captum smoothgrad8"]
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -311,6 +316,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime (and torch) intra-op threads; 0: all")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory runs")
     parser.add_argument("--no-peers", action="store_true", help="skip captum / pytorch-grad-cam even if installed")
+    parser.add_argument("--no-peer-smoothgrad", action="store_true", help="skip captum's SmoothGrad (the slowest peer)")
     parser.add_argument("--child-timeout", type=float, default=300)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "CASE", "BATCH"), help=argparse.SUPPRESS)
@@ -327,7 +333,7 @@ def main(argv=None) -> int:
         for name, path in prepare_models(args.models, Path(tmp)).items():
             t = time.perf_counter()
             model_rows = time_cases(path, args.batches, args.device, args.threads, args.warmup, args.repeat,
-                                    not args.no_peers and args.device == "cpu", name)
+                                    not args.no_peers and args.device == "cpu", name, not args.no_peer_smoothgrad)
             for r in model_rows:
                 r["model"] = name
                 if not args.no_memory and r["case"] in MEMORY_CASES:
