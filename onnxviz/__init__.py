@@ -15,6 +15,8 @@ from .methods.results import Attribution, Heatmap
 from .methods.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_cam, score_cam
 from .methods.saliency import saliency
 from .methods.occlusion import occlusion
+from .methods.faithfulness import Curve, Road, deletion, energy_pointing, insertion, pointing_game, road
+from .methods.sanity import SanityResult, Similarity, random_logit_test, sanity_check
 from .methods.embed import Embedding, embed
 from .methods.neighbors import Neighbors, nearest_neighbors
 from .methods.projection import Projection, projection
@@ -22,7 +24,7 @@ from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
 from .report import report
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "load", "Model", "Layer", "InputSpec", "Runtime",
@@ -30,6 +32,8 @@ __all__ = [
     "gradients", "Gradients",
     "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
     "Heatmap", "Attribution",
+    "deletion", "insertion", "Curve", "road", "Road", "pointing_game", "energy_pointing",
+    "sanity_check", "SanityResult", "random_logit_test", "Similarity",
     "class_visualization", "channel_visualization", "Visualization",
     "report",
     "embed", "Embedding", "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",

@@ -14,7 +14,7 @@ import numpy as np
 
 from .graph.double import Reference
 from .graph.surgery import expose, override
-from .targets import objective
+from .targets import objective, seed_array
 
 STEPS = (1e-6, 1e-7)
 RETRIES = 4  # fresh directions tried when the differences straddle a kink
@@ -65,7 +65,7 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     proto = model.specialized(h, w)
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
     base = forward({model.input.name: x})
-    onehot = _seed(base[obj.tensor], obj.class_axis, g.target)
+    onehot, _ = seed_array(obj, base[obj.tensor], g.target)
     rows = []
     for name in names:
         tensor = model.input.name if name == "input" else name
@@ -98,13 +98,6 @@ def _compare(name, k, grad, point, evaluate, onehot, tolerance, rng) -> CheckRow
         if spread <= tolerance / 10:
             return CheckRow(name, k, analytic, numerics[0], spread, error, "ok" if error <= tolerance else "FAIL")
     return CheckRow(name, k, analytic, numerics[0], spread, error, "kink")
-
-
-def _seed(y: np.ndarray, axis: int, target: np.ndarray) -> np.ndarray:
-    shape = [1] * y.ndim
-    shape[axis] = -1
-    iota = np.arange(y.shape[axis]).reshape(shape)
-    return np.broadcast_to(iota == target.reshape([-1] + [1] * (y.ndim - 1)), y.shape).astype(np.float64)
 
 
 def format_rows(rows: Sequence[CheckRow]) -> str:

@@ -11,9 +11,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import OnnxvizError
-from .gradients import target_array
 from .graph.surgery import expose, head
-from .targets import Objective, objective
+from .targets import Objective, objective, seed_array
 
 log = logging.getLogger("onnxviz")
 COSTLY = 20_000  # perturbed runs above which a warning is given
@@ -26,13 +25,15 @@ class _Scorer:
         self.model, self.obj, self.batch_size = model, obj, batch_size
         self.x = model.check_input(x)
         h, w = model.input.hw(self.x)
-        proto = model.specialized(h, w)
         self.at = at
-        if at == model.input.name:
-            self.graph, self.needs_image = expose(proto, [obj.tensor], keep_outputs=False), False
-        else:
-            self.graph, self.needs_image = head(proto, at, [obj.tensor])
-        self.key = f"fd:{at}:{obj.tensor}:{h}x{w}"
+
+        def build():
+            proto = model.specialized(h, w)
+            if at == model.input.name:
+                return expose(proto, [obj.tensor], keep_outputs=False), False
+            return head(proto, at, [obj.tensor])
+
+        self.graph, self.needs_image = model.derived(f"fd:{at}:{obj.tensor}:{h}x{w}", build)
 
     def base(self) -> tuple:
         """The tensor's value and the objective tensor at the unperturbed input."""
@@ -47,22 +48,9 @@ class _Scorer:
         feeds = {self.at: values.astype(self.x.dtype, copy=False)}
         if self.needs_image:
             feeds[self.model.input.name] = np.repeat(self.x[i:i + 1], len(values), axis=0)
-        out = self.model.runtime.run(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
-                                     progress=progress, key=self.key, desc="finite differences")[self.obj.tensor]
+        out = self.model.run_graph(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
+                                   progress=progress, desc="finite differences")[self.obj.tensor]
         return np.sum(out.astype(np.float64) * onehot, axis=tuple(range(1, out.ndim)))
-
-
-def _onehot(obj: Objective, y: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Seed per image: one-hot of the target along the class axis, broadcast over the other axes."""
-    other = tuple(i for i in range(1, y.ndim) if i != obj.class_axis)
-    summed = y.sum(axis=other, keepdims=True) if other else y
-    predicted = np.argmax(summed, axis=obj.class_axis).reshape(-1)
-    chosen = np.where(target < 0, predicted, target)
-    shape = [1] * y.ndim
-    shape[obj.class_axis] = -1
-    iota = np.arange(y.shape[obj.class_axis]).reshape(shape)
-    seeds = (iota == chosen.reshape([-1] + [1] * (y.ndim - 1))).astype(np.float64)
-    return np.broadcast_to(seeds, y.shape), chosen
 
 
 def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: Optional[str] = None,
@@ -72,7 +60,7 @@ def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: O
     at = model.input.name if wrt == "input" else wrt
     scorer = _Scorer(model, x, obj, at, batch_size)
     a, y = scorer.base()
-    seeds, chosen = _onehot(obj, y, target_array(target, len(scorer.x)))
+    seeds, chosen = seed_array(obj, y, target)
     per_image = int(np.prod(a.shape[1:]))
     if 2 * per_image * len(a) > COSTLY:
         log.warning("finite differences need %d runs of the model; this may take a while", 2 * per_image * len(a))
@@ -99,7 +87,7 @@ def channel_gradient_sums(model, x: np.ndarray, layer: str, target=None, output:
     a, y = scorer.base()
     if a.ndim < 3:
         raise OnnxvizError(f"layer {layer!r} has shape {a.shape}: expected channels and spatial axes")
-    seeds, chosen = _onehot(obj, y, target_array(target, len(scorer.x)))
+    seeds, chosen = seed_array(obj, y, target)
     k = a.shape[channel_axis]
     sums = np.zeros((len(a), k), np.float64)
     for i in range(len(a)):

@@ -14,8 +14,9 @@ from onnx import helper
 
 from .autodiff import RuleSet, gradient_graph, ruleset
 from .errors import OnnxvizError
+from .fd import gradient_fd
 from .graph.emitter import Emitter
-from .targets import Objective, objective
+from .targets import Objective, objective, seed_array, target_array
 
 TARGET_INPUT = "onnxviz_target"
 TARGET_OUTPUT = "onnxviz_target_used"
@@ -36,19 +37,6 @@ class Gradients(dict):
         self.target = target
         self.score = score
         self.objective = objective
-
-
-def target_array(target, n: int) -> np.ndarray:
-    """One class index per image; None or negative entries mean "the predicted class"."""
-    if target is None:
-        return np.full(n, -1, np.int64)
-    t = np.asarray(target)
-    if t.ndim == 0:
-        return np.full(n, int(t), np.int64)
-    t = t.astype(np.int64).reshape(-1)
-    if t.size != n:
-        raise OnnxvizError(f"got {t.size} targets for {n} images")
-    return t
 
 
 def seed_from_target(obj: Objective):
@@ -92,11 +80,8 @@ def resolve_wrt(model, wrt: Sequence[str]) -> list:
 def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence[str], rules: RuleSet):
     """The (cached) gradient graph for one input size, objective, tensor set and rule set."""
     key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules))
-    cache = model._specialized
-    if key not in cache:
-        proto = model.specialized(height, width)
-        cache[key] = gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
-    return cache[key], "|".join(map(str, key))
+    return model.derived(key, lambda: gradient_graph(model.specialized(height, width), obj.tensor, list(wrt), rules,
+                                                     seed_builder=seed_from_target(obj)))
 
 
 def gradients(
@@ -134,13 +119,13 @@ def gradients(
     if grad != "graph":
         raise OnnxvizError(f"grad must be 'graph' or 'fd', not {grad!r}")
     h, w = model.input.hw(x)
-    gm, key = gradient_model(model, h, w, obj, names, rules)
+    gm = gradient_model(model, h, w, obj, names, rules)
     feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}
     grad_outs = [gm.grads[n] for n in names]
     model_outs = list(model.outputs)
     fetch = list(dict.fromkeys([*model_outs, *names, TARGET_OUTPUT, SCORE_OUTPUT, *grad_outs]))
-    values = model.runtime.run(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
-                               progress=progress, key=key, desc="gradients")
+    values = model.run_graph(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
+                             progress=progress, desc="gradients")
     grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
     return Gradients(
         grads,
@@ -154,9 +139,7 @@ def gradients(
 
 def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_size, progress) -> Gradients:
     """The same result by finite differences (standard rules only: guided/deconvnet are not gradients)."""
-    from .fd import gradient_fd
-
-    if rules.name != "standard":
+    if not rules.exact:
         raise OnnxvizError(f"the {rules.name!r} rule set modifies backpropagation; it has no "
                            "finite-difference equivalent (use grad='graph')")
     grads, chosen = {}, None
@@ -166,8 +149,7 @@ def _gradients_fd(model, x, target, wrt, names, rules, obj: Objective, batch_siz
                                         batch_size=batch_size or 64, progress=progress)
     values = model.activations(x, list(dict.fromkeys([*model.outputs, *names, obj.tensor])))
     y = values[obj.tensor].astype(np.float64)
-    seed = (np.arange(y.shape[obj.class_axis]).reshape([-1 if i == obj.class_axis else 1 for i in range(y.ndim)])
-            == chosen.reshape([-1] + [1] * (y.ndim - 1)))
+    seed, _ = seed_array(obj, y, chosen)
     score = np.sum(y * seed, axis=tuple(range(1, y.ndim)))
     return Gradients(grads, outputs={o: values[o] for o in model.outputs},
                      activations={n: values[n] for n in names}, target=chosen, score=score, objective=obj)

@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+LAYOUTS = ("NCHW", "NHWC")
+
 
 @dataclass(frozen=True)
 class InputSpec:

@@ -9,14 +9,17 @@ pytorch-grad-cam and captum do; ``score="prob"`` explains the output itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
+import numpy as np
 import onnx
 from onnx import helper
 
 from .errors import OnnxvizError
+from .graph.view import walk_back
 
 SCORES = ("logit", "prob")
+Target = Union[None, int, Sequence[int], np.ndarray]
 _TRANSPARENT = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast"}
 
 
@@ -58,16 +61,9 @@ def objective(model, output: Optional[str] = None, score: str = "logit",
 
 def _before_softmax(model, output: str):
     """Walk back through shape-only ops to a Softmax/LogSoftmax; return its input and the node."""
-    name = output
-    for _ in range(8):
-        node = model.producer(name)
-        if node is None:
-            break
-        if node.op_type in ("Softmax", "LogSoftmax"):
-            return node.input[0], node
-        if node.op_type not in _TRANSPARENT:
-            break
-        name = node.input[0]
+    _, node = walk_back(output, model.producer, _TRANSPARENT)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        return node.input[0], node
     return output, None
 
 
@@ -85,3 +81,78 @@ def _default_axis(model, rank: int) -> int:
     if rank == 4:
         return 3 if model.input.layout == "NHWC" else 1
     return rank - 1
+
+
+# ---------------------------------------------------------------------------- class indices per row
+
+
+def target_array(target, n: int) -> np.ndarray:
+    """One class index per image; None or negative entries mean "the predicted class"."""
+    if target is None:
+        return np.full(n, -1, np.int64)
+    t = np.asarray(target)
+    if t.ndim == 0:
+        return np.full(n, int(t), np.int64)
+    t = t.astype(np.int64).reshape(-1)
+    if t.size != n:
+        raise OnnxvizError(f"got {t.size} targets for {n} images")
+    return t
+
+
+def class_scores(obj: Objective, y: np.ndarray) -> np.ndarray:
+    """(N, classes): the objective tensor summed over its axes other than batch and class."""
+    other = tuple(i for i in range(1, y.ndim) if i != obj.class_axis)
+    summed = y.sum(axis=other, keepdims=True) if other else y
+    return np.moveaxis(summed, obj.class_axis, -1).reshape(len(y), -1)
+
+
+def chosen_targets(obj: Objective, y: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class per row, its score): negative targets become the predicted class."""
+    scores = class_scores(obj, y)
+    n_classes = scores.shape[1]
+    bad = target >= n_classes
+    if bad.any():
+        raise OnnxvizError(f"target {int(target[bad][0])} is out of range: {obj.tensor!r} has {n_classes} classes")
+    chosen = np.where(target < 0, scores.argmax(axis=1), target).astype(np.int64)
+    return chosen, scores[np.arange(len(y)), chosen]
+
+
+def seed_array(obj: Objective, y: np.ndarray, target) -> tuple[np.ndarray, np.ndarray]:
+    """(seed, class per row): the float64 one-hot of each row's class along the class axis,
+    broadcast over the other axes, so that Σ seed·y is the explained score (the numpy twin of
+    the in-graph seed that :mod:`onnxviz.gradients` builds)."""
+    chosen, _ = chosen_targets(obj, y, target_array(target, len(y)))
+    shape = [1] * y.ndim
+    shape[obj.class_axis] = -1
+    iota = np.arange(y.shape[obj.class_axis]).reshape(shape)
+    seed = (iota == chosen.reshape([-1] + [1] * (y.ndim - 1))).astype(np.float64)
+    return np.broadcast_to(seed, y.shape), chosen
+
+
+def check_targets(model, obj: Objective, target: np.ndarray) -> np.ndarray:
+    """Refuse class indices beyond the objective's class axis (when its size is known)."""
+    shape = model.tensor_shape(obj.tensor)
+    n_classes = shape[obj.class_axis] if shape is not None else None
+    if isinstance(n_classes, int) and n_classes > 0 and (target >= n_classes).any():
+        raise OnnxvizError(f"target {int(target.max())} is out of range: {obj.tensor!r} has {n_classes} classes")
+    return target
+
+
+def rows(model, x: np.ndarray, obj: Objective, target: Target = None, top_k: Optional[int] = None):
+    """(x per row, target per row, image index per row); ``top_k`` repeats each image for its K best classes.
+
+    Targets are class indices (one for all images, or one per image); -1 means "predicted".
+    """
+    x = model.check_input(x)
+    n = len(x)
+    if top_k is None:
+        return x, check_targets(model, obj, target_array(target, n)), np.arange(n)
+    if target is not None:
+        raise OnnxvizError("give either target or top_k, not both")
+    if top_k < 1:
+        raise OnnxvizError(f"top_k must be at least 1, not {top_k}")
+    scores = class_scores(obj, model.activations(x, [obj.tensor])[obj.tensor])
+    k = min(top_k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    image = np.repeat(np.arange(n), k)
+    return x[image], best.reshape(-1).astype(np.int64), image

@@ -165,3 +165,23 @@ def away_from_zero(rng, shape, margin=0.1, dtype=np.float32):
     v = rng.standard_normal(shape)
     v = np.where(np.abs(v) < margin, np.sign(v + 1e-12) * margin + v, v)
     return v.astype(dtype)
+
+
+class Draw:
+    """Random rule-test inputs from one seeded generator per test module.
+
+    >>> draw = Draw(dtype=np.float64); r, pos = draw.r, draw.pos
+    >>> x, var = r(2, 3), pos(3)
+    """
+
+    def __init__(self, seed: int = 0, dtype=np.float32):
+        self.rng = np.random.default_rng(seed)
+        self.dtype = dtype
+
+    def r(self, *shape, dtype=None, scale: float = 1.0) -> np.ndarray:
+        """Standard normal values (times ``scale``)."""
+        return (scale * self.rng.standard_normal(shape)).astype(dtype or self.dtype)
+
+    def pos(self, *shape, lo: float = 0.5, hi: float = 2.0, dtype=None) -> np.ndarray:
+        """Uniform positive values in [lo, hi), away from zero (variances, divisors, log arguments)."""
+        return self.rng.uniform(lo, hi, shape).astype(dtype or self.dtype)

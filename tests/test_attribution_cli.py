@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import onnxviz
-from attribution_models import flatten_head_cnn, save, strided_cnn
+from builders import flatten_head_cnn, save, strided_cnn
 from onnxviz.cli import main
 
 LABELS = ["circle", "square", "star", "ring"]
@@ -146,3 +146,22 @@ def test_help_has_an_example(command):
     assert r.exit_code == 0 and "Example:" in r.output and f"onnxviz {command} " in r.output
     for option in ("--target", "--top-k", "--out"):
         assert option in r.output
+
+
+def test_a_new_cam_variant_needs_one_row():
+    """Name, function and title of a CAM method live in one table (methods/cam.VARIANTS): the CLI's
+    choices and titles come from it, and a method without a title is named, not a bare KeyError."""
+    from onnxviz.autodiff import RULESETS
+    from onnxviz.cli import attribution
+    from onnxviz.methods import cam, saliency
+    from onnxviz.runtime import DEVICES
+    from onnxviz.targets import SCORES
+
+    def choices(command, option):
+        return list(next(p for p in main.commands[command].params if p.name == option).type.choices)
+
+    assert choices("cam", "method") == list(cam.METHODS) and choices("saliency", "method") == list(saliency.METHODS)
+    assert set(cam.TITLES) == set(cam.METHODS) and all(attribution.title(m) != m for m in cam.METHODS)
+    assert attribution.title("meancam") == "meancam"
+    assert choices("cam", "device") == list(DEVICES) and choices("cam", "score") == list(SCORES)
+    assert choices("export-grad", "rules") == list(RULESETS)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import onnxviz
-from attribution_models import flatten_head_cnn, keras_cnn, save, strided_cnn, weights
-from builders import tiny_cnn
+from builders import flatten_head_cnn, keras_cnn, save, strided_cnn, tiny_cnn, weights
 from onnxviz.errors import OnnxvizError
 from onnxviz.fd import channel_gradient_sums
 from onnxviz.methods.results import upsampled

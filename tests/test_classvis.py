@@ -11,7 +11,6 @@ from onnx import helper
 from PIL import Image
 
 import onnxviz
-from attribution_models import linear_model
 from builders import save, tiny_cnn
 from onnxviz.cli import main
 from onnxviz.errors import OnnxvizError, UnsupportedOpError
@@ -96,18 +95,6 @@ def test_blur_keeps_range_and_constants():
 
 
 # ---------------------------------------------------------------------------- the ascent
-
-
-@pytest.fixture(scope="module")
-def weight():
-    return np.random.default_rng(3).standard_normal((60, 4)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def linear(tmp_path_factory, weight):
-    folder = tmp_path_factory.mktemp("lin")
-    return {layout: onnxviz.load(save(linear_model(weight, layout), folder / f"{layout}.onnx"), device="cpu")
-            for layout in ("NCHW", "NHWC")}
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

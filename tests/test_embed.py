@@ -16,7 +16,7 @@ from onnxviz.errors import ImageError, OnnxvizError
 from onnxviz.images import Preprocess, preprocess, read_image
 from onnxviz.methods import embed as embed_mod
 from onnxviz.methods.embed import FEATURES, MANIFEST, STATUS, embed, penultimate_layer
-from onnxviz.methods.features import to_nchw
+from onnxviz.methods.layers import layer_axes, to_nchw
 from onnxviz.synthetic import make_shapes, save_folder
 
 
@@ -49,7 +49,7 @@ def reference(model, paths, layer, pool="avg"):
     x = preprocess([read_image(p) for p in paths], model.input, pre)
     values = model.activations(x, [layer])[layer]
     if values.ndim == 4:
-        values = to_nchw(model, layer, values)
+        values = to_nchw(values, layer_axes(model, layer, strict=False))
         values = values.mean(axis=(2, 3)) if pool == "avg" else values.reshape(len(values), -1)
     return values.reshape(len(values), -1)
 
@@ -101,8 +101,8 @@ def test_features_equal_a_plain_forward_for_every_pooling(tmp_path, tiny):
         np.testing.assert_allclose(emb.features, reference(tiny, paths, layer, pool), rtol=1e-5, atol=1e-6)
         assert emb.paths == paths and emb.layer == layer and emb.computed == 10
     emb = embed(tiny, data, "relu2", pool="max")
-    acts = to_nchw(tiny, "relu2", tiny.activations(preprocess([read_image(p) for p in paths], tiny.input,
-                                                                Preprocess(size=(32, 32))), ["relu2"])["relu2"])
+    x = preprocess([read_image(p) for p in paths], tiny.input, Preprocess(size=(32, 32)))
+    acts = to_nchw(tiny.activations(x, ["relu2"])["relu2"], layer_axes(tiny, "relu2", strict=False))
     np.testing.assert_allclose(emb.features, acts.max(axis=(2, 3)), rtol=1e-6)
 
 

@@ -119,3 +119,22 @@ def test_unsupported_op_names_op_node_and_fallback(tmp_path):
         model.gradients(batch(1))
     f = model.gradients(batch(1), grad="fd", wrt=["relu2"])  # the fallback works
     assert f["relu2"].shape == (1, 8, 8, 8)
+
+
+def test_fd_refuses_a_replaced_rule_set_whatever_its_name(model):
+    """grad='fd' stands in only for true gradients: a set with a swapped rule is not one, even
+    when it keeps (or is given) the name "standard"."""
+    from onnxviz.autodiff import GUIDED, STANDARD
+    from onnxviz.autodiff.rules.activations import relu_guided
+
+    x = batch(1)
+    for rules in (GUIDED, STANDARD.replace(Relu=relu_guided), STANDARD.replace("standard", Relu=relu_guided)):
+        assert not rules.exact
+        with pytest.raises(OnnxvizError, match="has no finite-difference equivalent"):
+            model.gradients(x, target=0, rules=rules, grad="fd")
+    assert STANDARD.replace(Relu=relu_guided).name == "standard+Relu"
+    same = STANDARD.replace(Relu=STANDARD["Relu"])  # nothing swapped: still the true gradient
+    assert same.exact and same.name == "standard"
+    declared = STANDARD.replace("mine", exact=True, Relu=STANDARD["Relu"])
+    np.testing.assert_allclose(model.gradients(x, target=0, rules=declared, grad="fd")["input"],
+                               model.gradients(x, target=0, grad="fd")["input"])

@@ -181,3 +181,28 @@ def test_batch_one_export_gets_a_dynamic_batch(tmp_path):
     both = model.run(x)["prob"]
     singles = np.concatenate([model.run(x[i:i + 1])["prob"] for i in range(3)])
     np.testing.assert_allclose(both, singles, rtol=1e-5, atol=1e-7)
+
+
+def test_derived_graphs_are_built_once_and_run_on_their_own_session(tmp_path):
+    """Model.derived keeps one value per key; each derived graph gets one session, named after its
+    key, and run_graph refuses a graph the model did not derive (its session could be stale)."""
+    from onnxviz.graph.surgery import expose
+
+    model = load(save(tiny_cnn(), tmp_path / "tiny.onnx"), device="cpu")
+    builds = []
+
+    def build():
+        builds.append(1)
+        return expose(model.proto, ["relu1"], keep_outputs=False)
+
+    graph = model.derived(("mine", "relu1"), build)
+    assert model.derived(("mine", "relu1"), build) is graph and len(builds) == 1
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    keys = []
+    real = model.runtime.run
+    model.runtime.run = lambda *a, **k: keys.append(k["key"]) or real(*a, **k)
+    got = model.run_graph(graph, model.feeds(x), outputs=["relu1"])["relu1"]
+    np.testing.assert_array_equal(got, model.activations(x, ["relu1"])["relu1"])
+    assert keys[0] == "mine|relu1" and keys[1].startswith("expose:")
+    with pytest.raises(OnnxvizError, match="Model.derived"):
+        model.run_graph(expose(model.proto, ["relu1"], keep_outputs=False), model.feeds(x))

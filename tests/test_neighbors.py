@@ -9,8 +9,8 @@ from builders import save, tiny_cnn
 from onnxviz.errors import OnnxvizError
 from onnxviz.images import Preprocess
 from onnxviz.methods.embed import Embedding, embed
-from onnxviz.methods.neighbors import (knn_accuracy, knn_predict, nearest_neighbors, neighbors_figure,
-                                       neighbors_of)
+from onnxviz.methods.neighbors import knn_accuracy, knn_predict, nearest_neighbors, neighbors_of
+from onnxviz.render.dataset import neighbors_figure
 from onnxviz.synthetic import make_shapes, save_folder
 
 SAMPLE = Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"

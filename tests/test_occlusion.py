@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import onnxviz
-from attribution_models import linear_model, save, strided_cnn, weights
+from builders import linear_model, save, strided_cnn, weights
 from onnxviz.errors import OnnxvizError
 from onnxviz.methods.occlusion import coverage, window_starts
 from onnxviz.render import normalize01

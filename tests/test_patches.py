@@ -13,9 +13,9 @@ from onnxviz.autodiff import STANDARD, gradient_graph
 from onnxviz.datasets import scan_folder
 from onnxviz.errors import OnnxvizError
 from onnxviz.images import Geometry, Preprocess, preprocess, read_image
-from onnxviz.methods.features import to_nchw
-from onnxviz.methods.patches import (RunningTopK, layer_field, patches_grid, patches_overview, selectivity,
-                                     to_json, top_patches)
+from onnxviz.methods.layers import layer_axes, to_nchw
+from onnxviz.methods.patches import RunningTopK, layer_field, selectivity, to_json, top_patches
+from onnxviz.render.dataset import patches_grid, patches_overview
 from onnxviz.synthetic import make_shapes, save_folder
 
 SAMPLE = Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"
@@ -197,7 +197,7 @@ def brute_force(model, folder, layer, pre):
     paths = scan_folder(folder).paths
     images = [read_image(p) for p in paths]
     x = preprocess(images, model.input, pre)
-    acts = to_nchw(model, layer, model.activations(x, [layer])[layer])
+    acts = to_nchw(model.activations(x, [layer])[layer], layer_axes(model, layer, strict=False))
     return paths, images, acts
 
 

@@ -8,7 +8,8 @@ import pytest
 from onnxviz.errors import OnnxvizError
 from onnxviz.images import Preprocess
 from onnxviz.methods.embed import Embedding
-from onnxviz.methods.projection import project, projection, save_csv, scatter_figure, thumbnail_map
+from onnxviz.methods.projection import project, projection, save_csv
+from onnxviz.render.dataset import scatter_figure, thumbnail_map
 
 
 def blobs(n=90, d=64, seed=0):

@@ -18,8 +18,7 @@ from onnx import helper
 from PIL import Image
 
 import onnxviz
-from attribution_models import flatten_head_cnn
-from builders import save, tiny_cnn
+from builders import flatten_head_cnn, save, tiny_cnn
 from onnxviz.cli import main
 from onnxviz.errors import OnnxvizError
 from onnxviz.report import sections as sections_mod
@@ -129,8 +128,8 @@ def full(files):
 def test_every_section_ok_in_order(full):
     r, _, _ = full
     keys = [s.key for s in r.sections]
-    assert keys[:5] == ["model", "gradcheck", "filters", "images", "dataset"]
-    assert keys[5:] == (["classvis"] if sections_mod.classvis_available() else [])
+    assert keys[:6] == ["model", "gradcheck", "filters", "images", "trust", "dataset"]
+    assert keys[6:] == (["classvis"] if sections_mod.classvis_available() else [])
     assert [(s.key, s.status, s.message) for s in r.sections if s.status != "ok"] == []
     assert all(s.seconds > 0 for s in r.sections)
 
@@ -310,7 +309,7 @@ def test_a_bug_in_a_section_is_shown_and_logged(files, tmp_path, monkeypatch, ca
     s = r.section("filters")
     assert s.status == "error" and "internal error" in s.message and "ZeroDivisionError: boom" in s.message
     assert any(rec.exc_info and "Filters" in rec.getMessage() for rec in caplog.records)
-    assert [x.status for x in r.sections if x.key != "filters"] == ["ok", "ok", "ok", "skipped"]
+    assert [x.status for x in r.sections if x.key != "filters"] == ["ok", "ok", "ok", "ok", "skipped"]
     assert "ZeroDivisionError: boom" in section_html(r.html, "filters")
 
 
@@ -330,7 +329,7 @@ def test_unreadable_images_are_listed(files, tmp_path, no_classvis):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     r = onnxviz.report(files["model"], [str(bad), files["images"][0]], tmp_path / "r.html", device="cpu")
-    assert [s.status for s in r.sections] == ["ok", "ok", "ok", "ok", "skipped"]
+    assert [s.status for s in r.sections] == ["ok", "ok", "ok", "ok", "ok", "skipped"]
     assert r.section("model").result.unreadable[0][0] == "bad.png"
     assert len(r.section("images").result.images) == 1
     assert "bad.png" in section_html(r.html, "model")
@@ -342,7 +341,7 @@ def test_no_readable_image_still_gives_a_report(files, tmp_path, no_classvis):
     r = onnxviz.report(files["model"], [str(bad)], tmp_path / "r.html", device="cpu")
     status = {s.key: s.status for s in r.sections}
     assert status == {"model": "ok", "gradcheck": "skipped", "filters": "ok", "images": "skipped",
-                      "dataset": "skipped"}
+                      "trust": "skipped", "dataset": "skipped"}
     assert "no image could be read" in r.section("images").message
 
 
@@ -403,7 +402,7 @@ def test_cli_report(files, tmp_path, no_classvis):
                                   str(labels), "--device", "cpu", "--top", "3"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert f"wrote {out.resolve()}" in r.stdout
-    assert "report: [1/5] Model card ..." in r.stderr and "report: [5/5] Dataset: skipped" in r.stderr
+    assert "report: [1/6] Model card ..." in r.stderr and "report: [6/6] Dataset: skipped" in r.stderr
     page = out.read_text()
     assert page.count("<table class=preds>") == 2 and page.count("<tr class=top1>") == 2
     assert re.search(r"<td class=num>3</td>", page) and "<td class=num>4</td>" not in section_html(page, "images")

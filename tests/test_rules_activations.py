@@ -2,15 +2,13 @@
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, check_case, gradients, node_model
+from gradcheck import Case, Draw, assert_case, check_case, gradients, node_model
 from onnxviz.autodiff import DECONVNET, GUIDED, STANDARD
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f32, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(dtype)
+draw = Draw(dtype=f32)
+rng = draw.rng
+r = draw.r
 
 
 def away(*shape, dtype=f32, scale=1.0, kinks=(0.0,), margin=0.1):

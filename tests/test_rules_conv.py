@@ -6,17 +6,15 @@ with the exact adjoint identity. Gemm and MatMul run in float64 against central 
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, check_case
+from gradcheck import Case, Draw, assert_case, check_case
 
 from onnxviz.autodiff import STANDARD
 from onnxviz.errors import OnnxvizError
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f32):
-    return rng.standard_normal(shape).astype(dtype)
+draw = Draw(dtype=f32)
+rng = draw.rng
+r = draw.r
 
 
 CASES = []

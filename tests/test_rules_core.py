@@ -2,14 +2,12 @@
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, away_from_zero, check_case
+from gradcheck import Case, Draw, assert_case, away_from_zero, check_case
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f32):
-    return rng.standard_normal(shape).astype(dtype)
+draw = Draw(dtype=f32)
+rng = draw.rng
+r = draw.r
 
 
 CASES = [

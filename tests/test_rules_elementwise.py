@@ -2,18 +2,12 @@
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, away_from_zero, gradients, node_model
+from gradcheck import Case, Draw, assert_case, away_from_zero, gradients, node_model
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f64):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def pos(*shape, lo=0.5, hi=2.0, dtype=f64):
-    return rng.uniform(lo, hi, shape).astype(dtype)
+draw = Draw(dtype=f64)
+rng = draw.rng
+r, pos = draw.r, draw.pos
 
 
 def off_grid(*shape, offset=0.0, dtype=f64):

@@ -3,20 +3,14 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from gradcheck import Case, assert_case, check_case, forward, gradients, node_model
+from gradcheck import Case, Draw, assert_case, check_case, forward, gradients, node_model
 from onnxviz.autodiff import STANDARD
 from onnxviz.graph.double import spec_lrn
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f64):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def pos(*shape, dtype=f64):
-    return rng.uniform(0.5, 2.0, shape).astype(dtype)
+draw = Draw(dtype=f64)
+rng = draw.rng
+r, pos = draw.r, draw.pos
 
 
 def bn_params(*shape, dtype=f64):

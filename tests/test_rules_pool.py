@@ -7,22 +7,20 @@ central differences with eps = 1e-2 on inputs without near-ties (distinct values
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, check_case, gradients, node_model
+from gradcheck import Case, Draw, assert_case, check_case, gradients, node_model
 
 from onnxviz.autodiff import STANDARD
 
-rng = np.random.default_rng(0)
 f32 = np.float32
+draw = Draw(dtype=f32)
+rng = draw.rng
+r = draw.r
 
 
 def distinct(*shape):
     """A random permutation of values 0.05 apart: no two elements of a window within 2*eps."""
     n = int(np.prod(shape))
     return (rng.permutation(n) * 0.05 - n * 0.025).astype(f32).reshape(shape)
-
-
-def r(*shape):
-    return rng.standard_normal(shape).astype(f32)
 
 
 def maxpool(name, shape, attrs, opset=17, **kw):

@@ -2,19 +2,13 @@
 import numpy as np
 import pytest
 
-from gradcheck import Case, assert_case, check_case, forward, gradients, node_model, numeric_vjp
+from gradcheck import Case, Draw, assert_case, check_case, forward, gradients, node_model, numeric_vjp
 from onnxviz.autodiff import STANDARD
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
-
-
-def r(*shape, dtype=f64):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def pos(*shape, dtype=f64):
-    return rng.uniform(0.5, 2.0, shape).astype(dtype)
+draw = Draw(dtype=f64)
+rng = draw.rng
+r, pos = draw.r, draw.pos
 
 
 def distinct(*shape, dtype=f32):

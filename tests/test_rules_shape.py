@@ -7,17 +7,15 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from gradcheck import Case, assert_case, check_case
+from gradcheck import Case, Draw, assert_case, check_case
 
 from onnxviz.autodiff import STANDARD
 
-rng = np.random.default_rng(0)
 f32, f64 = np.float32, np.float64
 i64 = np.int64
-
-
-def r(*shape, dtype=f64):
-    return rng.standard_normal(shape).astype(dtype)
+draw = Draw(dtype=f64)
+rng = draw.rng
+r = draw.r
 
 
 def ints(*v):

@@ -4,24 +4,12 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import onnxviz
-from attribution_models import linear_model, save, strided_cnn, two_layer_relu
+from builders import linear_model, save, strided_cnn, two_layer_relu
 from onnxviz.errors import OnnxvizError
 from onnxviz.fd import gradient_fd
 from onnxviz.render import normalize01
 
 METHODS = ["vanilla", "deconvnet", "guided", "smoothgrad", "integrated"]
-
-
-@pytest.fixture(scope="module")
-def weight():
-    return np.random.default_rng(3).standard_normal((60, 4)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def linear(tmp_path_factory, weight):
-    folder = tmp_path_factory.mktemp("lin")
-    return {layout: onnxviz.load(save(linear_model(weight, layout), folder / f"{layout}.onnx"), device="cpu")
-            for layout in ("NCHW", "NHWC")}
 
 
 @pytest.fixture(scope="module")

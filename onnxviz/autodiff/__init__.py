@@ -7,9 +7,10 @@ from .backward import GradientModel, gradient_graph
 from .ruleset import Node, RuleSet
 from .rules import STANDARD_RULES, activations
 
-STANDARD = RuleSet("standard", STANDARD_RULES)
+STANDARD = RuleSet("standard", STANDARD_RULES, exact=True)
 GUIDED = STANDARD.replace("guided", **activations.GUIDED)
 DECONVNET = STANDARD.replace("deconvnet", **activations.DECONVNET)
+REDIRECTED = STANDARD.replace("redirected", **activations.REDIRECTED)  # class visualization only
 RULESETS = {"standard": STANDARD, "guided": GUIDED, "deconvnet": DECONVNET}
 
 
@@ -23,4 +24,5 @@ def ruleset(rules) -> RuleSet:
         raise ValueError(f"unknown rule set {rules!r}; choose from {', '.join(RULESETS)}") from None
 
 
-__all__ = ["GradientModel", "gradient_graph", "Node", "RuleSet", "STANDARD", "GUIDED", "DECONVNET", "ruleset"]
+__all__ = ["GradientModel", "gradient_graph", "Node", "RuleSet", "STANDARD", "GUIDED", "DECONVNET", "REDIRECTED",
+           "ruleset"]

@@ -14,7 +14,8 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxvizError, UnsupportedOpError
-from ..graph.emitter import FLOAT_TYPES, Emitter, constant_values, tensor_types
+from ..graph.emitter import Emitter
+from ..graph.view import FLOAT_TYPES, constant_values, tensor_types
 from ..graph.surgery import default_opset, prune, value_info_for
 from .ruleset import Node, RuleSet
 

@@ -58,11 +58,16 @@ Rule = Callable[[Emitter, Node, Sequence[Optional[str]]], Sequence[Optional[str]
 class RuleSet(Mapping):
     """An immutable op_type -> rule table. ``replace`` returns a new set.
 
+    ``exact``: the set computes the true gradient, so finite differences (``grad="fd"``) can
+    stand in for it. A set made by ``replace`` with any rule swapped is not exact unless the
+    caller says so (``exact=True``): what a set computes is known from its rules, not its name.
+
     >>> GUIDED = STANDARD.replace(Relu=relu_guided)
     """
 
-    def __init__(self, name: str, rules: Mapping[str, Rule]):
+    def __init__(self, name: str, rules: Mapping[str, Rule], exact: bool = False):
         self.name = name
+        self.exact = exact
         self._rules = dict(rules)
 
     def __getitem__(self, op_type: str) -> Rule:
@@ -74,8 +79,11 @@ class RuleSet(Mapping):
     def __len__(self) -> int:
         return len(self._rules)
 
-    def replace(self, name: Optional[str] = None, **rules: Rule) -> "RuleSet":
-        return RuleSet(name or self.name, {**self._rules, **rules})
+    def replace(self, name: Optional[str] = None, *, exact: bool = False, **rules: Rule) -> "RuleSet":
+        """This set with ``rules`` swapped in; unnamed, it is called e.g. ``standard+Relu``."""
+        changed = sorted(op for op, rule in rules.items() if self._rules.get(op) is not rule)
+        default = f"{self.name}+{','.join(changed)}" if changed else self.name
+        return RuleSet(name or default, {**self._rules, **rules}, exact=self.exact and (exact or not changed))
 
     def __repr__(self) -> str:
         return f"RuleSet({self.name!r}, {len(self)} ops)"

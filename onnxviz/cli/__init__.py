@@ -5,14 +5,11 @@ import logging
 
 import click
 
-from .. import __version__
-from .attribution import cam_cmd, occlusion_cmd, saliency_cmd
-from .classvis import classvis_cmd
-from .dataset import COMMANDS as DATASET_COMMANDS
-from .demo import demo
-from .describe import activations_cmd, filters_cmd, inspect
-from .grad import check_grad, export_grad
-from .report import report_cmd
+from .._version import __version__
+from . import attribution, classvis, dataset, demo, describe, evaluate, grad, report
+
+# Each command module lists its commands in COMMANDS; a new module joins this tuple.
+MODULES = (describe, grad, demo, attribution, classvis, report, dataset, evaluate)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,10 +21,8 @@ def main(verbose):
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s")
 
 
-for command in (inspect, filters_cmd, activations_cmd, export_grad, check_grad, demo,
-                cam_cmd, saliency_cmd, occlusion_cmd, classvis_cmd, report_cmd):
-    main.add_command(command)
-for command in DATASET_COMMANDS:
-    main.add_command(command)
+for module in MODULES:
+    for command in module.COMMANDS:
+        main.add_command(command)
 
 __all__ = ["main"]

@@ -18,16 +18,19 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..images import deprocess
 from ..io import check_not_input, ensure_out_dir, save_figure, save_json, save_npy
-from ..methods.cam import METHODS as CAM_METHODS
+from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
-from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
+from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
 from ..render import heatmap_figure
+from ..targets import SCORES
 from .common import Session, handle_errors, model_options, open_session, preprocess_options
 
-TITLES = {"gradcam": "Grad-CAM", "cam": "CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-          "layercam": "Layer-CAM", "guided-gradcam": "Guided Grad-CAM", "vanilla": "gradient saliency",
-          "deconvnet": "deconvnet", "guided": "guided backprop", "smoothgrad": "SmoothGrad",
-          "integrated": "Integrated Gradients", "occlusion": "occlusion"}
+TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
+
+
+def title(method: str) -> str:
+    """The method's title for figures and messages (its name when it has none)."""
+    return TITLES.get(method, method)
 
 
 def attribution_options(fn):
@@ -39,7 +42,7 @@ def attribution_options(fn):
         click.option("--top-k", "top_k", type=click.IntRange(1), default=None,
                      help="Explain each image's K highest-scoring classes (files get a _<class> suffix)."),
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
-        click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+        click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
                      help="logit: explain the pre-softmax value when the output ends in Softmax."),
         click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
                      help="Output folder."),
@@ -59,7 +62,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
 @_MODEL
 @_IMAGES
 @click.option("--method", type=click.Choice(list(CAM_METHODS)), default="gradcam", show_default=True,
-              help="gradcam, cam (GAP+FC heads), gradcam++, scorecam, layercam or guided-gradcam.")
+              help="; ".join(f"{name}: {t}" for name, t in CAM_TITLES.items()) + " (cam needs a GAP+FC head).")
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
 @attribution_options
@@ -153,7 +156,7 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
     dirs = image_dirs(images, folder)
     entries: list = []
     summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
-    with click.progressbar(length=len(images), label=f"{TITLES[method]}", file=sys.stderr) as bar:
+    with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
         for start in range(0, len(images), batch_size):
             paths = list(images[start:start + batch_size])
             x, _, _ = session.batch(paths)
@@ -168,7 +171,7 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             bar.update(len(paths))
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
-        click.echo(f"{TITLES[method]} at layer {', '.join(map(repr, layers))}")
+        click.echo(f"{title(method)} at layer {', '.join(map(repr, layers))}")
     for e in entries:
         maps = "; ".join(f"{m['label']} ({m['score']:.3g})" for m in e["maps"])
         click.echo(f"{e['image']}: {maps} -> {e['dir']}")
@@ -184,11 +187,11 @@ def _write_image(session: Session, result, rows, shown, path: str, folder: Path,
         stem = f"{method}_{k}" if suffixed else method
         label = session.label(k)
         caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
-        title = TITLES[method] + (f" @ {result.layer}" if result.layer else "")
+        heading = title(method) + (f" @ {result.layer}" if result.layer else "")
         files = {
             "map": save_npy(result.map[r], folder / f"{stem}.npy"),
             "raw": save_npy(result.raw[r], folder / f"{stem}.raw.npy"),
-            "png": save_figure(heatmap_figure(shown, result.map[r], title, label=caption), folder / f"{stem}.png"),
+            "png": save_figure(heatmap_figure(shown, result.map[r], heading, label=caption), folder / f"{stem}.png"),
         }
         maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
                      "method": method, "files": {kind: str(p) for kind, p in files.items()}})
@@ -200,7 +203,7 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     if text is None:
         return None
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    classes = [_class_index(p, session) for p in parts]
+    classes = [class_index(p, session) for p in parts]
     if len(classes) == 1:
         return np.full(n, classes[0], np.int64)
     if len(classes) != n:
@@ -208,7 +211,8 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     return np.asarray(classes, np.int64)
 
 
-def _class_index(text: str, session: Session) -> int:
+def class_index(text: str, session: Session) -> int:
+    """A --target class given as an index or, with --labels, a label name."""
     try:
         k = int(text)
     except ValueError:
@@ -235,3 +239,6 @@ def image_dirs(images: Sequence[str], folder: Path) -> list:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+
+
+COMMANDS = (cam_cmd, saliency_cmd, occlusion_cmd)

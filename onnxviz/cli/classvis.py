@@ -15,8 +15,11 @@ import click
 from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_json, save_npy, save_png
 from ..methods.classvis import Ascent, channel_visualization, class_visualization
+from ..methods.parameterization import PARAMETERIZATIONS
+from ..methods.layers import layer_axes
 from ..render.tiles import grid
-from .attribution import _class_index, _safe
+from ..targets import objective
+from .attribution import class_index, _safe
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 _D = Ascent()
@@ -67,7 +70,7 @@ class RangeType(click.ParamType):
               help="Random scale range each step (1,1: none).")
 @click.option("--rotate", type=click.FloatRange(0), default=_D.rotate, show_default=True,
               help="Random rotation of up to ± this many degrees each step.")
-@click.option("--param", type=click.Choice(["pixel", "fourier"]), default=_D.param, show_default=True,
+@click.option("--param", type=click.Choice(PARAMETERIZATIONS), default=_D.param, show_default=True,
               help="Optimize pixels, or a decorrelated Fourier spectrum (lucid).")
 @click.option("--subtract-others", is_flag=True, help="Class objective: the logit minus the mean of the others.")
 @click.option("--snapshots", type=click.IntRange(0), default=_D.snapshots, show_default=True,
@@ -122,7 +125,6 @@ def classvis_cmd(model, target, layer, channel, steps, lr, seed, batch, l2, tv, 
 
 def _targets(text: str, session, output: Optional[str]) -> list:
     if text.strip().lower() == "all":
-        from ..targets import objective
 
         obj = objective(session.model, output, "logit")
         k = (session.model.tensor_shape(obj.tensor) or [None] * obj.rank)[obj.class_axis]
@@ -131,12 +133,11 @@ def _targets(text: str, session, output: Optional[str]) -> list:
         if not k:
             raise OnnxvizError("--target all: the number of classes is unknown; list the classes")
         return list(range(k))
-    return [_class_index(p.strip(), session) for p in text.split(",") if p.strip()]
+    return [class_index(p.strip(), session) for p in text.split(",") if p.strip()]
 
 
 def _channels(text: str, model, layer: str) -> list:
     if text.strip().lower() == "all":
-        from ..methods.layers import layer_axes
 
         shape = model.tensor_shape(layer)
         axis = 1 if shape is not None and len(shape) == 2 else layer_axes(model, layer)[0]
@@ -172,3 +173,6 @@ def _write(vis, session, folder, batch: int) -> list:
             entry["probability"] = float(vis.probability[r])
         entries.append(entry)
     return entries
+
+
+COMMANDS = (classvis_cmd,)

@@ -13,8 +13,10 @@ import click
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..images import Preprocess, geometries, load_labels, preprocess, read_image
+from ..images import NORMS, RESIZES, Preprocess, geometries, load_labels, preprocess, read_image
 from ..model import load
+from ..runtime import DEVICES
+from ..spec import LAYOUTS
 
 log = logging.getLogger("onnxviz")
 
@@ -58,10 +60,10 @@ class SizeType(click.ParamType):
 def model_options(fn):
     """--device, --threads, --layout, --size."""
     options = [
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="Where onnxruntime runs: auto = CUDA when onnxruntime-gpu sees a GPU."),
         click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads."),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+        click.option("--layout", type=click.Choice(LAYOUTS), default=None,
                      help="Override the detected input layout."),
         click.option("--size", type=SizeType(), default=None,
                      help="Input size HxW (required for some dynamic-size models; default: the model's)."),
@@ -74,13 +76,13 @@ def model_options(fn):
 def preprocess_options(fn):
     """--norm, --mean, --std, --scale, --resize, --crop, --bgr/--rgb, --labels."""
     options = [
-        click.option("--norm", type=click.Choice(["imagenet", "unit", "symmetric", "raw", "caffe", "custom"]),
+        click.option("--norm", type=click.Choice([*NORMS, "custom"]),
                      default=None, help="Normalization preset (default: the model's sidecar JSON, else imagenet)."),
         click.option("--mean", default=None, help="Custom per-channel mean, e.g. 0.5,0.5,0.5 (implies --norm custom)."),
         click.option("--std", default=None, help="Custom per-channel std (implies --norm custom)."),
         click.option("--scale", type=click.Choice(["1", "255"]), default="1", show_default=True,
                      help="Units of --mean/--std: 1 for 0-1 values, 255 for 0-255."),
-        click.option("--resize", type=click.Choice(["shorter", "stretch"]), default=None,
+        click.option("--resize", type=click.Choice(RESIZES), default=None,
                      help="shorter: resize the shorter side and center-crop; stretch: plain resize."),
         click.option("--crop", type=click.FloatRange(0.1, 1.0), default=None,
                      help="Center-crop fraction (0.875 = Resize(256)+CenterCrop(224))."),

@@ -13,9 +13,14 @@ import click
 import numpy as np
 
 from ..datasets import scan_folder
+from ..graph.heads import penultimate_layer
 from ..images import read_image
 from ..io import save_figure, save_json, save_png
-from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest, penultimate_layer
+from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest
+from ..methods.neighbors import METRICS, nearest_neighbors
+from ..methods.patches import to_json, top_patches
+from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
+from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
 from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
 
 SHOWN_FAILURES = 20
@@ -160,7 +165,7 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--query", required=True, type=click.Path(exists=True, dir_okay=False), help="The query image.")
 @click.option("-k", "k", type=click.IntRange(1), default=8, show_default=True, help="How many neighbours.")
-@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--out", default="onnxviz-out/neighbors", show_default=True, help="Output folder.")
 @feature_options
 @dataset_options
@@ -178,7 +183,6 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
     Example:
       onnxviz neighbors models/shapes_cnn.onnx models/images --query models/images/star_0.png -k 3
     """
-    from ..methods.neighbors import nearest_neighbors, neighbors_figure
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/neighbors")
@@ -195,7 +199,7 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
 @click.command("tsne")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
+@click.option("--method", type=click.Choice(PROJECTIONS), default="tsne", show_default=True)
 @click.option("--perplexity", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="t-SNE perplexity (lowered to (n-1)/3 for small folders).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same map.")
@@ -221,7 +225,6 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
     Example:
       onnxviz tsne models/shapes_cnn.onnx models/images --perplexity 30 --seed 0
     """
-    from ..methods.projection import projection, save_csv, scatter_figure, thumbnail_map
 
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/tsne")
@@ -269,7 +272,6 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
       onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
         --channels 4 --top 4
     """
-    from ..methods.patches import patches_grid, patches_overview, to_json, top_patches
 
     if channel and n_channels:
         raise click.UsageError("use --channel or --channels, not both")

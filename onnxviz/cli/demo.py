@@ -16,6 +16,7 @@ from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
 from ..report import report
+from ..runtime import DEVICES
 from .common import handle_errors, open_session
 from .report import echo_progress
 
@@ -35,7 +36,7 @@ def bundled_models_dir() -> Path:
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Model to demo (default: the bundled shapes CNN).")
 @click.option("--out", default="onnxviz-demo", show_default=True, help="Output folder.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @handle_errors
 def demo(model_path, out, device):
     """Run every visualization on the bundled sample model and its images; write them to a folder,
@@ -115,3 +116,6 @@ def sample_dataset(folder: Path, size, per_class: int = 10):
         return None
     save_folder(make_shapes(per_class * len(CLASSES), size=(size or (64, 64))[0], seed=4242), folder)
     return folder
+
+
+COMMANDS = (demo,)

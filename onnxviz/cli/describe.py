@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..images import deprocess
 from ..inspection import describe, format_table
 from ..io import check_not_input, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
@@ -87,7 +88,6 @@ def activations_cmd(model, image, layer, top, out, **opts):
     folder = out_dir(out, "onnxviz-out/activations") / Path(image).stem
     folder.mkdir(parents=True, exist_ok=True)
     check_not_input(folder / "x.png", [model, image])
-    from ..images import deprocess
 
     shown = deprocess(x, session.model.input, session.pre)[0]
     title = f"{layer} {tuple(acts.values.shape[1:])}: top {len(chosen)} channels by mean activation"
@@ -102,3 +102,6 @@ def activations_cmd(model, image, layer, top, out, **opts):
 def _safe(name: str) -> str:
     """A tensor name as a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tensor"
+
+
+COMMANDS = (inspect, filters_cmd, activations_cmd)

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 import onnx
 
-from ..autodiff import gradient_graph, ruleset
+from ..autodiff import RULESETS, gradient_graph, ruleset
 from ..checkgrad import check_gradients, format_rows
 from ..errors import OnnxvizError
 from ..graph.analysis import gradcam_candidates
 from ..io import check_not_input
-from ..targets import objective
+from ..targets import SCORES, objective
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 
@@ -22,9 +22,9 @@ from .common import handle_errors, model_options, open_session, preprocess_optio
 @click.option("--wrt", multiple=True, default=["input"], show_default=True,
               help="Tensor to differentiate with respect to (repeatable); 'input' is the image input.")
 @click.option("--output", default=None, help="Model output to explain (default: the first).")
-@click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+@click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
               help="logit: differentiate the pre-softmax tensor when the output ends in Softmax.")
-@click.option("--rules", type=click.Choice(["standard", "guided", "deconvnet"]), default="standard",
+@click.option("--rules", type=click.Choice(list(RULESETS)), default="standard",
               show_default=True, help="Backward rule set.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx.")
 @model_options
@@ -106,3 +106,6 @@ def check_grad(model, image, layers, directions, tolerance, target, **opts):
     if bad:
         raise click.ClickException(f"{len(bad)} of {len(rows)} checks exceed the tolerance {tolerance:g}")
     click.echo(f"all {len(rows)} checks within {tolerance:g}: the gradients are exact to float32 precision")
+
+
+COMMANDS = (export_grad, check_grad)

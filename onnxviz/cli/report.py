@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..io import check_not_input
+from ..report import report
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 
@@ -40,7 +41,6 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
     Example:
       onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset shapes/ -o report.html
     """
-    from ..report import report
 
     out = Path(out)
     check_not_input(out, [model, *images])
@@ -54,3 +54,6 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
                    err=True)
     size = out.stat().st_size
     click.echo(f"wrote {out.resolve()} ({size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+
+
+COMMANDS = (report_cmd,)

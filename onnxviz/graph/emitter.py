@@ -12,51 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import OnnxvizError
-
-FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-}
-
-# Static dims are ints, symbolic dims their dim_param string, unknown dims None;
-# a Shape is None when even the rank is unknown.
-Shape = Optional[tuple]
-
-
-def tensor_types(graph: onnx.GraphProto) -> dict[str, tuple[int, Shape]]:
-    """Element type and static shape of every typed tensor in a (shape-inferred) graph."""
-    info: dict[str, tuple[int, Shape]] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            continue
-        shape: Shape = None
-        if tt.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            )
-        info[vi.name] = (tt.elem_type, shape)
-    for init in graph.initializer:
-        info[init.name] = (init.data_type, tuple(init.dims))
-    return info
-
-
-def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of initializers and Constant nodes (those with a plain ``value`` attribute)."""
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                values[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                values[node.output[0]] = np.array(helper.get_attribute_value(attr))
-            elif attr.name in ("value_floats", "value_ints"):
-                values[node.output[0]] = np.array(helper.get_attribute_value(attr))
-    return values
-
+from .view import Shape
 
 class Emitter:
     """Collects new nodes and initializers for a graph being rewritten.

@@ -11,13 +11,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .emitter import constant_values
+from .view import RANDOM_OPS, constant_values
 
 log = logging.getLogger("onnxviz")
 
 # Ops whose output depends on more than their inputs, or that are too costly to fold.
-_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-          "Bernoulli", "If", "Loop", "Scan"}
+_NEVER = RANDOM_OPS | {"If", "Loop", "Scan"}
 _MAX_ELEMENTS = 2**28  # 1 GiB of float32: VGG-19 fc6 is 103M
 
 

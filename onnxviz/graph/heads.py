@@ -1,6 +1,6 @@
-"""Where a classifier's head pools its feature maps: Grad-CAM target layers and CAM heads.
+"""Where a classifier's head pools its feature maps: Grad-CAM target layers, CAM heads, the penultimate layer.
 
-Both read the spatial-axis tracks of :mod:`.tracking` from the ModelProto only (run
+Grad-CAM layers and CAM heads read the spatial-axis tracks of :mod:`.receptive_fields` from the ModelProto only (run
 ``onnx.shape_inference.infer_shapes`` first for shapes).
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..errors import ModelError
-from .tracking import _POINTWISE, _Graph, _attrs, _const_value, _ints, _pad_begin, _tracks
+from ..errors import ModelError, OnnxvizError
+from .receptive_fields import POINTWISE_OPS, pad_begin, track_axes
+from .view import GraphView, attrs, const_value, ints, walk_back
 
-__all__ = ["CamHead", "best_gradcam_layer", "cam_head", "gradcam_candidates"]
+__all__ = ["CamHead", "best_gradcam_layer", "cam_head", "gradcam_candidates", "penultimate_layer"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,25 +46,25 @@ _CHAIN = _ACTIVATIONS | _SAME_VALUES | {"BatchNormalization", "InstanceNormaliza
                                         "MaxPool", "AveragePool", "LpPool", "Add", "Sub", "Mul", "Div"}
 
 
-def _has_extent(g: _Graph, tracks, name: str) -> bool:
+def _has_extent(g: GraphView, tracks, name: str) -> bool:
     """Both input axes are still there, each larger than 1 (or dynamic)."""
     t = tracks.get(name)
     return t is not None and None not in t.axes and all(g.dim(name, a) != 1 for a in t.axes)
 
 
-def _is_spatial(g: _Graph, tracks, name: str) -> bool:
+def _is_spatial(g: GraphView, tracks, name: str) -> bool:
     """A 4-D tensor with spatial extent: what Grad-CAM can weight and upsample."""
     return g.rank(name) == 4 and _has_extent(g, tracks, name)
 
 
-def _is_gate(g: _Graph, tracks, node, name: str) -> bool:
+def _is_gate(g: GraphView, tracks, node, name: str) -> bool:
     """An input broadcast over the spatial axes of a spatial output: an SE-style gate or scale."""
-    if node.op_type not in _POINTWISE or not _has_extent(g, tracks, node.output[0]):
+    if node.op_type not in POINTWISE_OPS or not _has_extent(g, tracks, node.output[0]):
         return False
     return not _has_extent(g, tracks, name)
 
 
-def _main_path(g: _Graph, tracks) -> set:
+def _main_path(g: GraphView, tracks) -> set:
     """Tensors that reach a model output other than only through gates."""
     main = set(g.outputs)
     for node in reversed(g.nodes):
@@ -72,13 +73,13 @@ def _main_path(g: _Graph, tracks) -> set:
     return main
 
 
-def _data_input(g: _Graph, tracks, node) -> Optional[str]:
+def _data_input(g: GraphView, tracks, node) -> Optional[str]:
     """The single input-dependent, non-gate input of a node, if there is exactly one."""
     names = [i for i in node.input if i in tracks and not _is_gate(g, tracks, node, i)]
     return names[0] if len(set(names)) == 1 else None
 
 
-def _chain(g: _Graph, tracks, name: str) -> list:
+def _chain(g: GraphView, tracks, name: str) -> list:
     """`name` and the tensors behind it through activations, pools and the like, up to the layer."""
     chain = [name]
     node = g.node_of(name)
@@ -102,8 +103,8 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
     Each is followed by the tensors behind it up to its layer; copies (Dropout, Identity) defer
     to the activation they copy, so a conv→relu→GAP head gives [relu, conv].
     """
-    g = _Graph(model)
-    tracks = _tracks(g, input_name, layout)
+    g = GraphView(model)
+    tracks = track_axes(g, input_name, layout)
     main = _main_path(g, tracks)
     frontier = []
     for k, node in enumerate(g.nodes):
@@ -139,17 +140,11 @@ _AFTER_FC = {"Softmax", "LogSoftmax", "Identity", "Dropout", "Flatten", "Reshape
 _BEFORE_FC = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Transpose"}
 
 
-def _skip_back(g: _Graph, tracks, name: str, ops) -> str:
-    node = g.node_of(name)
-    while node is not None and node.op_type in ops:
-        x = _data_input(g, tracks, node)
-        if x is None:
-            break
-        name, node = x, g.node_of(x)
-    return name
+def _skip_back(g: GraphView, tracks, name: str, ops) -> str:
+    return walk_back(name, g.node_of, ops, lambda node: _data_input(g, tracks, node))[0]
 
 
-def _pooled(g: _Graph, tracks, node):
+def _pooled(g: GraphView, tracks, node):
     """(feature, channel_axis, scale) when `node` averages its input over both spatial axes.
 
     `scale` = pooled value / spatial mean: ≠ 1 only for an AveragePool counting padding.
@@ -157,14 +152,14 @@ def _pooled(g: _Graph, tracks, node):
     if node is None or not node.input:
         return None
     x = node.input[0]
-    t, rank, a = tracks.get(x), g.rank(x), _attrs(node)
+    t, rank, a = tracks.get(x), g.rank(x), attrs(node)
     if t is None or None in t.axes or rank is None:
         return None
     scale = 1.0
     if node.op_type == "GlobalAveragePool":
         pooled = set(range(2, rank))
     elif node.op_type == "ReduceMean":
-        axes = _ints(g, node, "axes", 1)
+        axes = ints(g, node, "axes", 1)
         pooled = set(range(rank)) if not axes else {ax % rank for ax in axes}
     elif node.op_type == "AveragePool":
         pooled, scale = _covering_pool(g, node, a, x)
@@ -176,7 +171,7 @@ def _pooled(g: _Graph, tracks, node):
     return x, channels[0], scale
 
 
-def _covering_pool(g: _Graph, node, a: dict, x: str) -> tuple:
+def _covering_pool(g: GraphView, node, a: dict, x: str) -> tuple:
     """Axes an AveragePool averages whole (its single window covers them), and its scale to the mean."""
     k, s, pads = a["kernel_shape"], a.get("strides", [1] * len(a["kernel_shape"])), a.get("pads")
     nd = len(k)
@@ -184,7 +179,7 @@ def _covering_pool(g: _Graph, node, a: dict, x: str) -> tuple:
     pooled, scale = set(), 1.0
     for i in range(nd):
         n, n_out = g.dim(x, 2 + i), g.dim(node.output[0], 2 + i)
-        pb = _pad_begin(a.get("auto_pad", "NOTSET"), pads, i, n, k[i], s[i])
+        pb = pad_begin(a.get("auto_pad", "NOTSET"), pads, i, n, k[i], s[i])
         if n is None or n_out != 1 or k[i] - pb < n:
             continue
         pooled.add(2 + i)
@@ -194,20 +189,20 @@ def _covering_pool(g: _Graph, node, a: dict, x: str) -> tuple:
     return pooled, scale
 
 
-def _fc_data(g: _Graph, tracks, node) -> Optional[str]:
+def _fc_data(g: GraphView, tracks, node) -> Optional[str]:
     """The data input of a Gemm / MatMul / Conv with constant weights, else None."""
     if node is None or node.op_type not in ("Gemm", "MatMul", "Conv") or len(node.input) < 2:
         return None
-    a = _attrs(node)
+    a = attrs(node)
     if a.get("transA", 0) or a.get("group", 1) != 1 or node.input[1] not in g.const:
         return None
     return node.input[0] if node.input[0] in tracks else None
 
 
-def _fc_weights(g: _Graph, node) -> Optional[tuple]:
+def _fc_weights(g: GraphView, node) -> Optional[tuple]:
     """(weight classes×channels, bias) of a fully-connected node: Gemm (any transB), MatMul, 1×1 Conv."""
-    a, w = _attrs(node), _const_value(g, node.input[1])
-    c = _const_value(g, node.input[2]) if len(node.input) > 2 else None
+    a, w = attrs(node), const_value(g, node.input[1])
+    c = const_value(g, node.input[2]) if len(node.input) > 2 else None
     if w is None:
         return None
     if node.op_type == "Gemm" and w.ndim == 2:
@@ -229,7 +224,7 @@ def _bias(c, classes: int, scale: float = 1.0) -> Optional[np.ndarray]:
     return np.broadcast_to(c.reshape(c.shape[-1:]), (classes,)).copy()
 
 
-def _extra_bias(g: _Graph, tracks, name: str):
+def _extra_bias(g: GraphView, tracks, name: str):
     """(bias, data input) when `name` is Add(data, constant), as after a Keras Dense MatMul."""
     node = g.node_of(name)
     if node is None or node.op_type != "Add":
@@ -238,7 +233,7 @@ def _extra_bias(g: _Graph, tracks, name: str):
     data = [i for i in node.input if i in tracks]
     if len(consts) != 1 or len(data) != 1:
         return None, name
-    return np.ravel(_const_value(g, consts[0])), data[0]
+    return np.ravel(const_value(g, consts[0])), data[0]
 
 
 def cam_head(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
@@ -251,8 +246,8 @@ def cam_head(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
     Walking back from the output, SE gates cannot pass for a head. A GAP whose output is already
     the logits (SqueezeNet: conv10 → relu → GAP → softmax) gives an identity weight.
     """
-    g = _Graph(model)
-    tracks = _tracks(g, input_name, layout)
+    g = GraphView(model)
+    tracks = track_axes(g, input_name, layout)
     for out in [output] if output else g.outputs:
         head = _head_at(g, tracks, out)
         if head is not None:
@@ -260,7 +255,7 @@ def cam_head(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
     return None
 
 
-def _head_at(g: _Graph, tracks, out: str) -> Optional[CamHead]:
+def _head_at(g: GraphView, tracks, out: str) -> Optional[CamHead]:
     logits = _skip_back(g, tracks, out, _AFTER_FC)
     extra, name = _extra_bias(g, tracks, logits)
     fc_node = g.node_of(name)
@@ -288,3 +283,38 @@ def _head_at(g: _Graph, tracks, out: str) -> Optional[CamHead]:
     return CamHead(feature=feature, weight=np.asarray(weight * scale, dtype=weight.dtype), bias=bias,
                    output=out, logits=logits, channel_axis=channel_axis,
                    fc=None if data is None else fc_node.name)
+
+
+# ---------------------------------------------------------------------------- penultimate layer
+
+_AFTER_CLASSIFIER = {"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
+                     "Unsqueeze", "Cast"}
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
+_BEFORE_POOL = {"Relu", "LeakyRelu", "PRelu", "Clip", "Elu", "Selu", "Sigmoid", "HardSwish", "Identity", "Dropout"}
+
+
+def penultimate_layer(model, output: Optional[str] = None) -> str:
+    """The data input of the classifier's final fully-connected op (Gemm, MatMul or 1x1 Conv).
+
+    ``model``: a ModelProto or a loaded :class:`onnxviz.Model`. Walks back from ``output``
+    (default the first) past Softmax/Flatten/Reshape and a bias Add. A head without a
+    fully-connected op (SqueezeNet: conv → relu → global pool) gives the input of its last
+    convolution. Raises when the head has another shape: name a layer then.
+    """
+    g = GraphView(getattr(model, "proto", model))
+    out = output or g.outputs[0]
+    name, node = walk_back(out, g.node_of, _AFTER_CLASSIFIER)
+    if node is not None and node.op_type == "Add":
+        data = [i for i in node.input if i not in g.init]
+        if len(data) == 1 and len(node.input) == 2:
+            name, node = data[0], g.node_of(data[0])
+    if node is not None and node.op_type in _GLOBAL_POOLS:  # pooled conv classifier
+        name, node = walk_back(node.input[0], g.node_of, _BEFORE_POOL)
+    if node is not None and node.op_type in ("Gemm", "MatMul", "Conv"):
+        data = [i for i in node.input[:2] if i and i not in g.init]
+        if len(data) == 1:
+            return data[0]
+    raise OnnxvizError(
+        f"could not find the final fully-connected layer behind output {out!r} "
+        f"(walking back stopped at {node.op_type if node is not None else 'the input'} {name!r}); "
+        "name the layer (--layer; `onnxviz inspect` lists the tensors)")

@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 import numpy as np
 import onnx
 
-from .tracking import ReceptiveField, _Graph, _attrs, _const_value, _public, _tracks
+from .receptive_fields import ReceptiveField, field_of, track_axes
+from .view import GraphView, attrs, const_value
 
 __all__ = ["LayerInfo", "layer_table", "summarize"]
 
@@ -49,7 +50,7 @@ _DATA_ONLY = {"Reshape", "Expand", "Tile", "Slice", "Pad", "Resize", "Upsample",
 _PARAM_INPUTS = {"QLinearConv": (3, 8), "QLinearMatMul": (3,), "ConvInteger": (1,), "MatMulInteger": (1,)}
 
 
-def _param_root(g: _Graph, name: str) -> str:
+def _param_root(g: GraphView, name: str) -> str:
     """The stored tensor behind a constant input, through Identity/Cast/Reshape/DequantizeLinear..."""
     node = g.node_of(name)
     while node is not None and node.op_type in _PASS_THROUGH and node.input[0] in g.const:
@@ -58,20 +59,20 @@ def _param_root(g: _Graph, name: str) -> str:
     return name
 
 
-def _numel(g: _Graph, name: str) -> int:
+def _numel(g: GraphView, name: str) -> int:
     shape = g.shape(name)
     if shape is not None and all(isinstance(d, int) for d in shape):
         return math.prod(shape)
     node = g.node_of(name)
     if node is not None and node.op_type == "ConstantOfShape":
-        dims = _const_value(g, node.input[0])
+        dims = const_value(g, node.input[0])
         if dims is not None:
             return int(np.prod(dims))
-    value = _const_value(g, name)
+    value = const_value(g, name)
     return 0 if value is None else int(value.size)
 
 
-def _node_params(g: _Graph, node) -> tuple:
+def _node_params(g: GraphView, node) -> tuple:
     """((stored tensor, elements), ...) for the node's constant weight-like inputs."""
     idx = _PARAM_INPUTS.get(node.op_type)
     if idx is not None:
@@ -99,7 +100,7 @@ def _per_sample(shape) -> Optional[int]:
     return _prod(shape[1:] if len(shape) >= 2 else shape)
 
 
-def _node_macs(g: _Graph, node) -> Optional[int]:
+def _node_macs(g: GraphView, node) -> Optional[int]:
     """Multiply-accumulates per sample: Conv = out elements × Cin/group × kh × kw;
     ConvTranspose = in elements × Cout/group × kh × kw; Gemm/MatMul = out elements × K; others 0."""
     op, out = node.op_type, node.output[0]
@@ -112,7 +113,7 @@ def _node_macs(g: _Graph, node) -> Optional[int]:
         x = g.shape(node.input[0])
         if x is None:
             return None
-        k = x[0] if op == "Gemm" and _attrs(node).get("transA", 0) else x[-1]
+        k = x[0] if op == "Gemm" and attrs(node).get("transA", 0) else x[-1]
         a = _per_sample(g.shape(out))
         return None if a is None or not isinstance(k, int) else a * k
     return 0
@@ -126,8 +127,8 @@ def layer_table(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -
     Add/Mul (a split BatchNorm); settings (shapes, scales, pads, Clip bounds, Dropout ratio) do
     not. A node's params and MACs sit on its first output.
     """
-    g = _Graph(model)
-    tracks = _tracks(g, input_name, layout)
+    g = GraphView(model)
+    tracks = track_axes(g, input_name, layout)
     rows = []
     for node in g.nodes:
         if all(o in g.const for o in node.output):
@@ -141,7 +142,7 @@ def layer_table(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -
             t = tracks.get(name)
             rows.append(LayerInfo(name, node.op_type, node.name, shape,
                                   sum(n for _, n in params) if k == 0 else 0, macs if k == 0 else 0,
-                                  None if t is None else _public(t), params if k == 0 else ()))
+                                  None if t is None else field_of(t), params if k == 0 else ()))
     return rows
 
 

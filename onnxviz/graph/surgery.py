@@ -8,7 +8,7 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxvizError
-from .emitter import tensor_types
+from .view import tensor_types
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -24,10 +24,11 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
-from ..targets import Objective, objective
-from .layers import Target, cached, chosen_targets, class_scores, from_nchw, layer_axes, resolve_layer, rows, to_nchw
-from .occlusion import BATCH, head_runner, perturbed_scores, segments
-from .results import Attribution, Heatmap, scaled, upsampled
+from ..targets import Objective, Target, chosen_targets, class_scores, objective, rows
+from .layers import from_nchw, layer_axes, resolve_layer, to_nchw
+from .perturb import BATCH, head_runner, perturbed_scores, segments
+from .results import Attribution, Heatmap, channel_map, upsampled
+from .saliency import saliency
 
 EPS = 1e-7
 
@@ -192,7 +193,7 @@ def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Op
     times h·w. A model without such a head raises an error pointing to :func:`grad_cam`.
     """
     spec = model.input
-    head_ = cached(model, ("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
+    head_ = model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
     if head_ is None:
         raise OnnxvizError(
             "CAM needs a global-average-pool → fully-connected (Gemm, MatMul or 1x1 Conv) head before the "
@@ -213,7 +214,6 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
     ``raw`` has the shape and layout of ``x``; the Grad-CAM map multiplies every channel.
     """
     h = grad_cam(model, x, target, layer, **options)
-    from .saliency import saliency
 
     # the rows of h already hold one image per (image, class): explain exactly those classes
     rows_x = model.check_input(x)[h.image]
@@ -222,19 +222,21 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
     spec = model.input
     cam_ = np.expand_dims(h.map, spec.channel_axis)
     raw = (g.raw * cam_).astype(g.raw.dtype)
-    return Attribution(raw=raw, map=_channel_max(raw, spec), target=h.target, score=h.score,
+    return Attribution(raw=raw, map=channel_map(raw, spec), target=h.target, score=h.score,
                        method="guided-gradcam", layer=h.layer, image=h.image)
 
 
-def _channel_max(raw: np.ndarray, spec) -> np.ndarray:
-    return scaled(np.abs(raw).max(axis=spec.channel_axis))
 
 
-METHODS = {
-    "gradcam": grad_cam,
-    "cam": cam,
-    "gradcam++": grad_cam_pp,
-    "scorecam": score_cam,
-    "layercam": layer_cam,
-    "guided-gradcam": guided_grad_cam,
+# The CAM family, one row each: CLI/API name -> (function, title for figures and messages).
+# A new variant is a function above (its channel weights on the shared template) plus one row here.
+VARIANTS = {
+    "gradcam": (grad_cam, "Grad-CAM"),
+    "cam": (cam, "CAM"),
+    "gradcam++": (grad_cam_pp, "Grad-CAM++"),
+    "scorecam": (score_cam, "Score-CAM"),
+    "layercam": (layer_cam, "Layer-CAM"),
+    "guided-gradcam": (guided_grad_cam, "Guided Grad-CAM"),
 }
+METHODS = {name: fn for name, (fn, _) in VARIANTS.items()}
+TITLES = {name: title for name, (_, title) in VARIANTS.items()}

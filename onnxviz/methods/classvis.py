@@ -34,12 +34,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..autodiff import STANDARD, gradient_graph
-from ..autodiff.rules.elementwise import positive, select, where_zero
+from ..autodiff import REDIRECTED, STANDARD, gradient_graph
 from ..errors import OnnxvizError
 from ..images import Preprocess, deprocess
-from ..targets import objective
-from .layers import cached, class_scores, layer_axes
+from ..targets import class_scores, objective
+from .layers import layer_axes
 from .parameterization import PARAMETERIZATIONS, Fourier, Pixels
 from .transforms import blur, random_warp, tv_gradient
 
@@ -259,27 +258,12 @@ def _valued(seed: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("ni,ni->n", seed.reshape(len(seed), -1), y.reshape(len(y), -1).astype(np.float32))
 
 
-def relu_redirected(e, node, dys):
-    """Lucid's redirected ReLU gradient: for an image where no gradient passes a ReLU at all (a
-    dead target channel), also pass it where it pushes the output up (dy > 0), so the ascent can
-    revive the channel; otherwise the standard rule."""
-    y, dy = node.outputs[0], dys[0]
-    passed = where_zero(e, positive(e, y), dy, like=y)
-    rank = e.rank(y)
-    if not rank or rank < 2:
-        return [passed]
-    upward = where_zero(e, e.op("Or", positive(e, y), e.op("Greater", dy, e.scalar(0, like=y))), dy, like=y)
-    magnitude = e.reduce_sum(e.op("Abs", passed), list(range(1, rank)), keepdims=True)
-    return [select(e, e.op("Greater", magnitude, e.scalar(0, like=y)), passed, upward, like=y)]
-
-
-REDIRECTED = STANDARD.replace("redirected", Relu=relu_redirected)
 REDIRECT_STEPS = 16  # steps on the redirected rules after an image's gradient came out all zero
 
 
 def gradient_model(model, height: int, width: int, tensor: str, rules=STANDARD):
     """The gradient graph of ``seed · tensor`` with respect to the input, cached per size and rule set."""
-    return cached(model, ("classvis", height, width, tensor, rules.name), lambda: gradient_graph(
+    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), lambda: gradient_graph(
         model.specialized(height, width), tensor, [model.input.name], rules, extra_outputs=[tensor]))
 
 
@@ -390,9 +374,8 @@ def _ascend(model, tensor: str, make_seed: Callable, rows: np.ndarray, pre: Opti
         rules = REDIRECTED if redirect else STANDARD
         gm = gradient_model(model, h, w, tensor, rules)
         grad_name = gm.grads[model.input.name]
-        values = model.runtime.run(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
-                                   outputs=[tensor, grad_name], batch_size=chunk,
-                                   key=f"classvis:{h}x{w}:{tensor}:{rules.name}")
+        values = model.run_graph(gm.proto, {model.input.name: space.to_input(seen), gm.seed: seed_},
+                                 outputs=[tensor, grad_name], batch_size=chunk)
         y, gx = values[tensor], values[grad_name]
         history[t] = _valued(seed_, y)
         centred = p - space.center

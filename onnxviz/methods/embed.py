@@ -33,7 +33,8 @@ from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import ImageError, OnnxvizError
 from ..images import Preprocess, preprocess, read_image
 from ..io import atomic_write, to_jsonable
-from .features import layer_axes
+from ..graph.heads import penultimate_layer  # noqa: F401  (its home; imported from here by callers)
+from .layers import layer_axes
 
 log = logging.getLogger("onnxviz")
 
@@ -74,48 +75,6 @@ class Embedding:
         return self.classes[k] if k >= 0 else ""
 
 
-# ---------------------------------------------------------------------------- which layer
-
-_AFTER_FC = {"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
-             "Unsqueeze", "Cast"}
-_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
-_ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Elu", "Selu", "Sigmoid", "HardSwish", "Identity", "Dropout"}
-
-
-def penultimate_layer(model, output: Optional[str] = None) -> str:
-    """The data input of the classifier's final fully-connected op (Gemm, MatMul or 1x1 Conv).
-
-    Walks back from ``output`` (default the first) past Softmax/Flatten/Reshape and a bias Add.
-    A head without a fully-connected op (SqueezeNet: conv → relu → global pool) gives the
-    input of its last convolution. Raises when the head has another shape: name a layer then.
-    """
-    consts = {t.name for t in model.proto.graph.initializer}
-    out = output or model.outputs[0]
-    name, node = out, model.producer(out)
-
-    def back(n):
-        return n.input[0], model.producer(n.input[0])
-
-    while node is not None and node.op_type in _AFTER_FC:
-        name, node = back(node)
-    if node is not None and node.op_type == "Add":
-        data = [i for i in node.input if i not in consts]
-        if len(data) == 1 and len(node.input) == 2:
-            name, node = data[0], model.producer(data[0])
-    if node is not None and node.op_type in _POOLS:  # pooled conv classifier
-        name, node = back(node)
-        while node is not None and node.op_type in _ACTIVATIONS:
-            name, node = back(node)
-    if node is not None and node.op_type in ("Gemm", "MatMul", "Conv"):
-        data = [i for i in node.input[:2] if i and i not in consts]
-        if len(data) == 1:
-            return data[0]
-    raise OnnxvizError(
-        f"could not find the final fully-connected layer behind output {out!r} "
-        f"(walking back stopped at {node.op_type if node is not None else 'the input'} {name!r}); "
-        "name the layer (--layer; `onnxviz inspect` lists the tensors)")
-
-
 class Pooler:
     """Turns a batch of a layer's values into (N, D) float32 rows.
 
@@ -135,7 +94,7 @@ class Pooler:
         n = values.shape[0]
         if values.ndim == 4:
             if self._axes is None:
-                self._axes = layer_axes(self.model, self.layer)
+                self._axes = layer_axes(self.model, self.layer, strict=False)
             c, h, w = self._axes
             if self.pool == "avg":
                 values = values.mean(axis=(h, w), dtype=np.float64)
@@ -518,7 +477,7 @@ def embed(model, folder: Union[str, Path, Dataset], layer: Optional[str] = None,
     store = FeatureStore(cache, cache_header(model, layer, pool, pre, digest), dataset)
     todo = store.todo()
     computed = 0
-    bar = _progress(len(todo), progress, f"features of {layer}")
+    bar = progress_bar(len(todo), progress, f"features of {layer}")
     try:
         for batch in read_batches(dataset, todo, model.input, pre, batch_size, workers):
             for i, reason in batch.failures:
@@ -552,7 +511,8 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar over images when enabled, else one that does nothing."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

@@ -8,7 +8,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
-from ..graph.analysis import spatial_axes
+from .layers import layer_axes, to_nchw
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,4 @@ def activations(model, x: np.ndarray, layer: str) -> Activations:
         return Activations(layer, values[:, :, None, None])
     if values.ndim != 4:
         raise OnnxvizError(f"layer {layer!r} has shape {values.shape}; expected a 4-D feature map")
-    return Activations(layer, to_nchw(model, layer, values))
-
-
-def layer_axes(model, tensor: str) -> tuple:
-    """(channel axis, height axis, width axis) of a 4-D tensor of the model."""
-    axes = spatial_axes(model.proto, model.input.name, model.input.layout).get(tensor)
-    if axes is None:
-        axes = (1, 2) if model.input.layout == "NHWC" else (2, 3)
-    channel = next(a for a in (1, 2, 3) if a not in axes)
-    return (channel, *axes)
-
-
-def to_nchw(model, tensor: str, values: np.ndarray) -> np.ndarray:
-    """A batch of the 4-D tensor's values as (N, C, H, W)."""
-    return np.transpose(values, (0, *layer_axes(model, tensor)))
+    return Activations(layer, to_nchw(values, layer_axes(model, layer, strict=False)))

@@ -1,36 +1,22 @@
-"""Helpers the attribution methods share: which layer, where its axes are, which class per row."""
+"""Helpers the attribution methods share: which layer, and where its axes are (targets: :mod:`onnxviz.targets`)."""
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..gradients import target_array
 from ..graph.analysis import best_gradcam_layer, gradcam_candidates, spatial_axes
-from ..targets import Objective
-
-Target = Union[None, int, Sequence[int], np.ndarray]
-
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def cached(model, key, compute: Callable):
-    """A graph-analysis result computed once per model (each is a walk over the whole graph)."""
-    table = _CACHE.setdefault(model, {})
-    if key not in table:
-        table[key] = compute()
-    return table[key]
-
-
+# Each analysis is a walk over the whole graph: done once per model (Model.derived).
 def _axes_table(model) -> dict:
-    return cached(model, "axes", lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
+    return model.derived(("spatial_axes",), lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
 
 
 def _candidates(model) -> list:
-    return cached(model, "candidates",
-                  lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
+    return model.derived(("gradcam_candidates",),
+                         lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
 
 
 def resolve_layer(model, layer: Optional[str] = None) -> str:
@@ -47,9 +33,17 @@ def resolve_layer(model, layer: Optional[str] = None) -> str:
     return layer
 
 
-def layer_axes(model, layer: str) -> tuple[int, int, int]:
-    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included."""
+def layer_axes(model, layer: str, strict: bool = True) -> tuple[int, int, int]:
+    """(channel, height, width) axes of a 4-D layer tensor, channels-last layers included.
+
+    The height and width axes are traced through the graph from the input. ``strict`` (CAMs,
+    occlusion, channel visualization) refuses a tensor without spatial extent; otherwise
+    (pooling features, showing activations) an untraced tensor takes the input's layout.
+    """
     axes = _axes_table(model).get(layer)
+    if not strict:
+        h, w = axes if axes is not None else ((1, 2) if model.input.layout == "NHWC" else (2, 3))
+        return next(a for a in (1, 2, 3) if a not in (h, w)), h, w
     shape = model.tensor_shape(layer)
     if axes is None or (shape is not None and len(shape) != 4):
         raise OnnxvizError(
@@ -75,53 +69,3 @@ def from_nchw(a: np.ndarray, axes: tuple[int, int, int]) -> np.ndarray:
 
 def _fmt(shape) -> str:
     return "unknown" if shape is None else "(" + ", ".join(str(d) if d else "?" for d in shape) + ")"
-
-
-# ---------------------------------------------------------------------------- targets
-
-
-def class_scores(obj: Objective, y: np.ndarray) -> np.ndarray:
-    """(N, classes): the objective tensor summed over its axes other than batch and class."""
-    other = tuple(i for i in range(1, y.ndim) if i != obj.class_axis)
-    summed = y.sum(axis=other, keepdims=True) if other else y
-    return np.moveaxis(summed, obj.class_axis, -1).reshape(len(y), -1)
-
-
-def chosen_targets(obj: Objective, y: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(class per row, its score): negative targets become the predicted class."""
-    scores = class_scores(obj, y)
-    n_classes = scores.shape[1]
-    bad = target >= n_classes
-    if bad.any():
-        raise OnnxvizError(f"target {int(target[bad][0])} is out of range: {obj.tensor!r} has {n_classes} classes")
-    chosen = np.where(target < 0, scores.argmax(axis=1), target).astype(np.int64)
-    return chosen, scores[np.arange(len(y)), chosen]
-
-
-def check_targets(model, obj: Objective, target: np.ndarray) -> np.ndarray:
-    """Refuse class indices beyond the objective's class axis (when its size is known)."""
-    shape = model.tensor_shape(obj.tensor)
-    n_classes = shape[obj.class_axis] if shape is not None else None
-    if isinstance(n_classes, int) and n_classes > 0 and (target >= n_classes).any():
-        raise OnnxvizError(f"target {int(target.max())} is out of range: {obj.tensor!r} has {n_classes} classes")
-    return target
-
-
-def rows(model, x: np.ndarray, obj: Objective, target: Target = None, top_k: Optional[int] = None):
-    """(x per row, target per row, image index per row); ``top_k`` repeats each image for its K best classes.
-
-    Targets are class indices (one for all images, or one per image); -1 means "predicted".
-    """
-    x = model.check_input(x)
-    n = len(x)
-    if top_k is None:
-        return x, check_targets(model, obj, target_array(target, n)), np.arange(n)
-    if target is not None:
-        raise OnnxvizError("give either target or top_k, not both")
-    if top_k < 1:
-        raise OnnxvizError(f"top_k must be at least 1, not {top_k}")
-    scores = class_scores(obj, model.activations(x, [obj.tensor])[obj.tensor])
-    k = min(top_k, scores.shape[1])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    image = np.repeat(np.arange(n), k)
-    return x[image], best.reshape(-1).astype(np.int64), image

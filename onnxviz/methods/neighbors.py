@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -106,16 +106,3 @@ def knn_accuracy(embedding: Embedding, k: int = 5, metric: str = "cosine") -> fl
     """Share of labelled images whose leave-one-out k-NN label (``knn_predict``) is their own."""
     labelled = embedding.labels[embedding.labels >= 0]
     return float((knn_predict(embedding, k, metric) == labelled).mean())
-
-
-# ---------------------------------------------------------------------------- rendering
-
-def neighbors_figure(result: Neighbors, images: Sequence[np.ndarray], query_image: np.ndarray,
-                     title: Optional[str] = None):
-    """The query beside its neighbours (uint8 images, nearest first), each captioned with rank,
-    distance and label."""
-    from ..render.figures import strip_figure
-
-    captions = ["query"] + [f"#{n.rank}  d={n.distance:.3g}\n{n.label or n.path.name}" for n in result.neighbors]
-    title = title or f"{len(result.neighbors)} nearest at {result.layer} ({result.metric})"
-    return strip_figure([query_image, *images], captions, title)

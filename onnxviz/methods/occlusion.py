@@ -1,4 +1,4 @@
-"""Occlusion (Zeiler & Fergus, 2014), and the batched perturbation loop it shares with Score-CAM.
+"""Occlusion (Zeiler & Fergus, 2014), on the batched perturbation engine of :mod:`.perturb`.
 
 Every occluded copy of every image goes through the plain forward graph in large batches,
 built in one reused buffer; the drop of the target score is spread back over the pixels
@@ -6,53 +6,15 @@ each window covers.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..graph.surgery import head
-from ..targets import objective
-from .layers import Target, class_scores, layer_axes, resolve_layer, rows
+from ..targets import Target, class_scores, objective, rows
+from .layers import layer_axes, resolve_layer
+from .perturb import BATCH, blurred, head_runner, perturbed_scores, segments
 from .results import Heatmap, scaled, upsampled
-
-BATCH = 64
-
-# run(batch, row per copy) -> score per copy; fill(batch, row per copy, copy index within its row)
-Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
-Fill = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
-
-
-def perturbed_scores(run: Run, fill: Fill, n_rows: int, per_row: int, shape: tuple, dtype,
-                     batch_size: int = BATCH, progress: bool = False, desc: str = "perturbing") -> np.ndarray:
-    """Scores (n_rows, per_row) of ``per_row`` perturbed copies of each row, in batches of one buffer."""
-    total = n_rows * per_row
-    if total == 0:
-        return np.zeros((n_rows, per_row))
-    size = max(1, min(batch_size, total))
-    buffer = np.empty((size, *shape), dtype)
-    out = np.empty(total, np.float64)
-    starts = range(0, total, size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=desc, leave=False)
-    for start in starts:
-        stop = min(total, start + size)
-        row, copy = np.divmod(np.arange(start, stop), per_row)
-        batch = buffer[:stop - start]
-        fill(batch, row, copy)
-        out[start:stop] = run(batch, row)
-    return out.reshape(n_rows, per_row)
-
-
-def segments(row: np.ndarray):
-    """(row, start, stop) runs of equal rows in a chunk: copies of one image lie side by side."""
-    cuts = np.flatnonzero(np.diff(row)) + 1
-    bounds = [0, *cuts.tolist(), len(row)]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        yield int(row[a]), a, b
-
 
 def window_starts(n: int, window: int, stride: int) -> np.ndarray:
     """Window origins along an axis of length n: every ``stride``, plus one flush with the end."""
@@ -76,16 +38,6 @@ def _pair(v, what: str) -> tuple[int, int]:
     if len(v) != 2 or min(v) < 1:
         raise OnnxvizError(f"{what} must be a positive int or (height, width), not {v}")
     return v
-
-
-def blurred(x: np.ndarray, spatial_axes: tuple, sigma: float) -> np.ndarray:
-    """Gaussian blur of a batch along its two spatial axes."""
-    from scipy.ndimage import gaussian_filter
-
-    sig = [0.0] * x.ndim
-    for a in spatial_axes:
-        sig[a] = sigma
-    return gaussian_filter(x.astype(np.float64), sig, mode="nearest").astype(x.dtype)
 
 
 def baseline_batch(x: np.ndarray, hw_axes: tuple, baseline, sigma: float) -> np.ndarray:
@@ -192,19 +144,3 @@ class _Windows:
         total = np.einsum("py,npq,qx->nyx", ry, grid, rx)
         count = ry.sum(axis=0)[:, None] * rx.sum(axis=0)[None, :]
         return (total / count).astype(np.float32)
-
-
-def head_runner(model, x: np.ndarray, layer: str, obj):
-    """Run only the graph after ``layer`` (with the image too when residual paths bypass the layer)."""
-    h, w = model.input.hw(x)
-    graph, needs_image = head(model.specialized(h, w), layer, [obj.tensor])
-    key = f"head:{layer}:{obj.tensor}:{h}x{w}"
-
-    def forward(batch, row):
-        feeds = {layer: batch}
-        if needs_image:
-            feeds[model.input.name] = x[row]
-        return model.runtime.run(graph, feeds, outputs=[obj.tensor], key=key, batch_size=model.input.batch,
-                                 desc="head")[obj.tensor]
-
-    return forward

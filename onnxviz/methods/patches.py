@@ -25,8 +25,8 @@ from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import OnnxvizError
 from ..graph.analysis import ReceptiveField, receptive_field, spatial_axes
 from ..images import Geometry, Preprocess, read_image
-from .embed import _progress, fixed_size, read_batches
-from .features import layer_axes
+from .embed import progress_bar, fixed_size, read_batches
+from .layers import layer_axes
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def top_patches(model, folder: Union[str, Path, Dataset], layer: str, channels: 
     size = pre.size
     rf = layer_field(model, layer, size)
     dataset = folder if isinstance(folder, Dataset) else scan_folder(folder)
-    c_axis, h_axis, w_axis = layer_axes(model, layer)
+    c_axis, h_axis, w_axis = layer_axes(model, layer, strict=False)
     shape = model.tensor_shape(layer)
     n_chan = shape[c_axis] if shape and len(shape) == 4 and shape[c_axis] else None
     if channels is not None:
@@ -156,7 +156,7 @@ def top_patches(model, folder: Union[str, Path, Dataset], layer: str, channels: 
     moments = _Moments()
     sizes = np.zeros((len(dataset), 2), np.int64)
     failures, seen = [], 0
-    bar = _progress(len(dataset), progress, f"top units of {layer}")
+    bar = progress_bar(len(dataset), progress, f"top units of {layer}")
     try:
         for batch in read_batches(dataset, np.arange(len(dataset)), model.input, pre, batch_size, workers):
             failures += [Skipped(dataset.path(i), reason) for i, reason in batch.failures]
@@ -262,58 +262,6 @@ def _crop_all(result: Patches, sizes: np.ndarray, dataset: Dataset, pre: Preproc
             box = (x0, y0, x1, y1)
             crop = np.asarray(geometry.crop(im, box).convert("RGB")) if im is not None else None
             cp.patches[k] = Patch(p.rank, p.path, p.label, p.value, p.unit, p.box, geometry.to_original(box), crop)
-
-
-# ---------------------------------------------------------------------------- rendering
-
-def _tile(crop: Optional[np.ndarray], tile: int) -> np.ndarray:
-    """A crop fitted into a grey tile x tile square (pixels repeated when enlarging, so they stay honest)."""
-    from PIL import Image
-
-    out = Image.new("RGB", (tile, tile), (128, 128, 128))
-    if crop is not None and crop.size:
-        im = Image.fromarray(crop)
-        scale = tile / max(im.width, im.height)
-        new = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-        im = im.resize(new, Image.NEAREST if scale >= 1 else Image.BILINEAR)
-        out.paste(im, ((tile - new[0]) // 2, (tile - new[1]) // 2))
-    return np.asarray(out)
-
-
-def patches_grid(cp: ChannelPatches, tile: int = 64, cols: Optional[int] = None, pad: int = 2) -> np.ndarray:
-    """A channel's patches as one uint8 picture, each tile captioned with its activation value."""
-    from PIL import Image, ImageDraw
-
-    from ..render.tiles import grid, grid_shape
-
-    caption = 12
-    tiles = []
-    for p in cp.patches:
-        t = Image.new("RGB", (tile, tile + caption), (255, 255, 255))
-        t.paste(Image.fromarray(_tile(p.image, tile)), (0, 0))
-        ImageDraw.Draw(t).text((2, tile), f"{p.value:.3g}", fill=(0, 0, 0))
-        tiles.append(np.asarray(t))
-    if not tiles:
-        return np.full((tile + caption, tile, 3), 255, np.uint8)
-    return grid(np.stack(tiles), cols or grid_shape(len(tiles), min(len(tiles), 8))[1], pad)
-
-
-def patches_overview(result: Patches, tile: int = 48, pad: int = 2) -> np.ndarray:
-    """One row per chosen channel (its label on the left, then its patches): uint8 RGB."""
-    from PIL import Image, ImageDraw
-
-    rows = [patches_grid(cp, tile, cols=max(1, len(cp.patches)), pad=pad) for cp in result.channels]
-    label_w = 90
-    width = label_w + max(r.shape[1] for r in rows)
-    height = sum(r.shape[0] for r in rows) + pad * (len(rows) - 1)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    y = 0
-    for cp, row in zip(result.channels, rows):
-        canvas.paste(Image.fromarray(row), (label_w, y))
-        draw.text((2, y + 2), f"channel {cp.channel}\nsel {cp.selectivity:.2f}", fill=(0, 0, 0))
-        y += row.shape[0] + pad
-    return np.asarray(canvas)
 
 
 def to_json(result: Patches) -> dict:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
 from ..errors import OnnxvizError
+from ..io import atomic_write
 from .embed import Embedding
 
 METHODS = ("tsne", "pca")
@@ -102,7 +103,6 @@ def projection(embedding: Embedding, method: str = "tsne", perplexity: float = 3
 
 def save_csv(proj: Projection, path: Union[str, Path]) -> Path:
     """``path,label,x,y`` per image."""
-    from ..io import atomic_write
 
     with atomic_write(path, "w") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -110,74 +110,3 @@ def save_csv(proj: Projection, path: Union[str, Path]) -> Path:
         for i, p in enumerate(proj.paths):
             w.writerow([str(p), proj.label_name(i), f"{proj.coords[i, 0]:.6g}", f"{proj.coords[i, 1]:.6g}"])
     return Path(path)
-
-
-# ---------------------------------------------------------------------------- rendering
-
-def scatter_figure(proj: Projection, title: Optional[str] = None, point_size: Optional[float] = None):
-    """The map as a scatter plot, one colour per class (grey for unlabelled images)."""
-    from ..render.figures import new_figure
-    import matplotlib
-
-    fig = new_figure((8, 7))
-    ax = fig.add_subplot()
-    size = point_size or float(np.clip(2000 / max(len(proj.paths), 1), 4, 40))
-    cmap = matplotlib.colormaps["tab10" if len(proj.classes) <= 10 else "tab20"]
-    unlabelled = proj.labels < 0
-    if unlabelled.any():
-        ax.scatter(*proj.coords[unlabelled].T, s=size, c="0.6", label="(no label)", linewidths=0)
-    for k, name in enumerate(proj.classes):
-        sel = proj.labels == k
-        if sel.any():
-            ax.scatter(*proj.coords[sel].T, s=size, color=cmap(k % cmap.N), label=name, linewidths=0)
-    if len(proj.classes) and len(proj.classes) <= 30:
-        ax.legend(loc="best", fontsize=8, markerscale=max(1.0, 30 / size) ** 0.5, frameon=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title or f"{_name(proj)} of {proj.layer} ({len(proj.paths)} images)")
-    return fig
-
-
-def thumbnail_map(proj: Projection, size: int = 2000, thumb: Optional[int] = None, limit: int = 1500,
-                  seed: int = 0, background: int = 255) -> tuple[np.ndarray, int]:
-    """Thumbnails of the images pasted at their map positions: (uint8 (size, size, 3), images placed).
-
-    At most ``limit`` images (a seeded random choice) are read, one at a time; unreadable ones
-    are left out. Each thumbnail (``thumb`` px on its longer side; default from the image count)
-    gets a border in its class colour.
-    """
-    import matplotlib
-    from PIL import Image
-
-    from ..images import read_image
-
-    n = len(proj.paths)
-    order = np.arange(n)
-    if n > limit:
-        order = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    thumb = thumb or int(np.clip(0.8 * size / np.sqrt(len(order)), 24, 96))
-    lo, hi = proj.coords.min(axis=0), proj.coords.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    inner = size - thumb - 4
-    cmap = matplotlib.colormaps["tab10" if len(proj.classes) <= 10 else "tab20"]
-    canvas = Image.new("RGB", (size, size), (background,) * 3)
-    placed = 0
-    for i in order:
-        try:
-            im = read_image(proj.paths[i]).convert("RGB")
-        except Exception:
-            continue
-        scale = thumb / max(im.width, im.height)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
-        k = int(proj.labels[i])
-        colour = tuple(int(255 * c) for c in cmap(k % cmap.N)[:3]) if k >= 0 else (150, 150, 150)
-        framed = Image.new("RGB", (im.width + 4, im.height + 4), colour)
-        framed.paste(im, (2, 2))
-        x, y = (proj.coords[i] - lo) / span * inner
-        canvas.paste(framed, (int(x), int(inner - y)))  # y up, as in the scatter
-        placed += 1
-    return np.asarray(canvas), placed
-
-
-def _name(proj: Projection) -> str:
-    return {"tsne": "t-SNE", "pca": "PCA"}[proj.method]

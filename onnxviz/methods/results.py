@@ -61,3 +61,59 @@ def scaled(maps: np.ndarray) -> np.ndarray:
 def upsampled(raw: np.ndarray, size: tuple) -> np.ndarray:
     """(N, h, w) -> (N, H, W) bilinear with half-pixel centres, scaled to [0, 1] per map."""
     return scaled(upsample(raw, tuple(size)))
+
+
+def channel_map(raw: np.ndarray, spec) -> np.ndarray:
+    """(N, H, W) from an input-space attribution: max over channels of |raw|, scaled to [0, 1] per image."""
+    return scaled(np.abs(raw).max(axis=spec.channel_axis))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The target's score as pixels are deleted or inserted in the map's order.
+
+    ``scores`` (N, steps + 1): the score after 0, 1, … steps; ``fractions`` (steps + 1,): the
+    fraction of pixel positions changed at each step; ``target`` the class per image;
+    ``auc`` (N,): the area under each curve over [0, 1] (trapezoid rule).
+    """
+
+    scores: np.ndarray
+    fractions: np.ndarray
+    target: np.ndarray
+    metric: str
+    score: str = "prob"
+
+    @property
+    def auc(self) -> np.ndarray:
+        return trapezoid(self.scores, self.fractions)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Road:
+    """ROAD: score changes (after − before) when the top (MoRF) or bottom (LeRF) p% of pixels are imputed.
+
+    ``morf``, ``lerf`` (N, percentiles); ``combined`` (N,): the mean over percentiles of
+    (LeRF − MoRF) / 2 — higher is better: removing what the map calls relevant hurts more than
+    removing what it calls irrelevant.
+    """
+
+    percentiles: np.ndarray
+    morf: np.ndarray
+    lerf: np.ndarray
+    before: np.ndarray  # (N,) the score of the untouched image
+    target: np.ndarray
+    score: str = "prob"
+
+    @property
+    def combined(self) -> np.ndarray:
+        return ((self.lerf - self.morf) / 2).mean(axis=1)
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """∫ y dx along the last axis by the trapezoid rule (numpy renamed trapz, so written out)."""
+    y = np.asarray(y, np.float64)
+    dx = np.diff(np.asarray(x, np.float64))
+    return ((y[..., 1:] + y[..., :-1]) / 2 * dx).sum(axis=-1)

@@ -20,12 +20,13 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import objective
-from .layers import Target, chosen_targets, rows
-from .occlusion import blurred
-from .results import Attribution, scaled
+from ..targets import Target, chosen_targets, objective, rows
+from .perturb import blurred
+from .results import Attribution, channel_map
 
-METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "integrated")
+TITLES = {"vanilla": "gradient saliency", "deconvnet": "deconvnet", "guided": "guided backprop",
+          "smoothgrad": "SmoothGrad", "integrated": "Integrated Gradients"}
+METHODS = tuple(TITLES)
 _RULES = {"vanilla": "standard", "deconvnet": "deconvnet", "guided": "guided"}
 
 
@@ -61,11 +62,6 @@ def saliency(model, x: np.ndarray, target: Target = None, method: str = "vanilla
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
                        score=np.asarray(value, np.float32), method=method, image=image)
-
-
-def channel_map(raw: np.ndarray, spec) -> np.ndarray:
-    """(N, H, W): max over channels of |raw|, scaled to [0, 1] per image."""
-    return scaled(np.abs(raw).max(axis=spec.channel_axis))
 
 
 def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common) -> np.ndarray:

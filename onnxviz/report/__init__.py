@@ -21,6 +21,8 @@ from .explain import explanations
 from .html import render
 from .sections import Inputs, Progress, Section, classvis_available, first_filters, gradient_check, model_card, \
     run_section
+from .trust import trust_section
+from ..model import load
 
 PathLike = Union[str, Path]
 
@@ -43,6 +45,7 @@ SECTIONS = (
     ("gradcheck", "Gradient check", gradient_check),
     ("filters", "Filters of the first convolution", first_filters),
     ("images", "Predictions and explanations", explanations),
+    ("trust", "Can these maps be trusted?", trust_section),
     ("dataset", "Dataset", dataset_views),
 )
 
@@ -60,7 +63,6 @@ def report(model, images: Sequence[PathLike], out: Optional[PathLike] = None, *,
 
     >>> onnxviz.report("resnet50.onnx", ["cat.jpg"], "audit.html", labels="imagenet.txt")
     """
-    from ..model import load
 
     start = time.perf_counter()
     if isinstance(model, (str, Path)):

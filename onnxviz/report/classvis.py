@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .explain import predictions
 from .pictures import PANEL, picture
 from .sections import Inputs, NotApplicable
 
@@ -23,14 +24,15 @@ class ClassVisView:
 
 def predicted_classes(inp: Inputs) -> list:
     """Top-1 classes of the images, each once, in the order the images give them."""
-    from .explain import predictions
 
     rows, _ = predictions(inp.model, inp.x, 1, inp.label)
     return list(dict.fromkeys(r[0].index for r in rows))
 
 
 def class_visualizations(inp: Inputs) -> ClassVisView:
+    # Lazy: the section is optional (classvis_available), so the report imports without it.
     from ..methods.classvis import class_visualization
+
 
     if inp.x is None:
         raise NotApplicable("no image could be read, so there are no predicted classes to visualize")

@@ -11,6 +11,14 @@ from typing import Optional
 
 import numpy as np
 
+from ..datasets import scan_folder
+from ..images import read_image
+from ..methods.embed import embed
+from ..methods.layers import resolve_layer
+from ..methods.neighbors import nearest_neighbors
+from ..methods.patches import top_patches
+from ..methods.projection import projection
+from ..render.dataset import patches_grid, thumbnail_map
 from .pictures import Picture, picture
 from .sections import Inputs, NotApplicable, Part, guarded
 
@@ -52,8 +60,6 @@ class DatasetView:
 
 
 def dataset_views(inp: Inputs) -> DatasetView:
-    from ..datasets import scan_folder
-    from ..methods.embed import embed
 
     if inp.dataset is None:
         raise NotApplicable("no dataset folder was given; --dataset DIR adds a t-SNE map, nearest neighbours "
@@ -80,7 +86,6 @@ def _tsne(emb, view: DatasetView) -> None:
     import matplotlib
     from matplotlib.colors import to_hex
 
-    from ..methods.projection import projection, thumbnail_map
 
     proj = projection(emb, "tsne", seed=0)
     canvas, placed = thumbnail_map(proj, size=MAP_SIDE, limit=MAP_LIMIT, seed=0)
@@ -94,8 +99,6 @@ def _tsne(emb, view: DatasetView) -> None:
 
 
 def _neighbors(inp: Inputs, emb, view: DatasetView) -> None:
-    from ..images import read_image
-    from ..methods.neighbors import nearest_neighbors
 
     for i, path in enumerate(inp.paths):
         found = nearest_neighbors(inp.model, emb, path, k=NEIGHBORS)
@@ -112,8 +115,6 @@ def _neighbors(inp: Inputs, emb, view: DatasetView) -> None:
 
 
 def _patches(inp: Inputs, data, view: DatasetView) -> None:
-    from ..methods.layers import resolve_layer
-    from ..methods.patches import patches_grid, top_patches
 
     layer = resolve_layer(inp.model, inp.layer)
     result = top_patches(inp.model, data, layer, n_channels=PATCH_CHANNELS, top=PATCHES, pre=inp.pre,

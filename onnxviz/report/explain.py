@@ -12,6 +12,14 @@ from typing import Optional
 
 import numpy as np
 
+from ..graph.analysis import cam_head
+from ..methods.cam import cam, grad_cam, guided_grad_cam
+from ..methods.features import activations
+from ..methods.layers import resolve_layer
+from ..methods.occlusion import occlusion
+from ..methods.saliency import saliency
+from ..render.tiles import activation_grid, overlay
+from ..targets import class_scores, objective
 from .pictures import PANEL, Picture, gradient_image, picture, resized
 from .sections import Inputs, NotApplicable, Part, guarded
 
@@ -55,8 +63,6 @@ class Explanations:
 
 
 def explanations(inp: Inputs) -> Explanations:
-    from ..methods.layers import resolve_layer
-    from ..targets import objective
 
     if inp.x is None:
         raise NotApplicable("no image could be read" + (
@@ -98,8 +104,6 @@ def explanations(inp: Inputs) -> Explanations:
 
 def predictions(model, x: np.ndarray, top: int, label) -> tuple[list, str]:
     """The ``top`` classes of each image with probability (and pre-softmax logit), best first."""
-    from ..methods.layers import class_scores
-    from ..targets import objective
 
     out = objective(model, None, "prob")
     logit = objective(model, None, "logit")
@@ -136,7 +140,6 @@ def as_probabilities(scores: np.ndarray) -> tuple[np.ndarray, str]:
 
 def _heatmaps(h, title: str, detail: str):
     """A panel maker for a Heatmap: its map over image i."""
-    from ..render.tiles import overlay
 
     def panel(i: int, base: np.ndarray, inp: Inputs) -> Picture:
         return picture(overlay(base, h.map[i], alpha=0.5), f"{title} · {detail}", f"{title} map")
@@ -162,21 +165,18 @@ def _size(h) -> str:
 
 
 def _grad_cam(model, x, layer):
-    from ..methods.cam import grad_cam
 
     h = grad_cam(model, x, layer=layer, batch_size=BATCH)
     return _heatmaps(h, "Grad-CAM", f"{h.layer} ({_size(h)})")
 
 
 def _guided_grad_cam(model, x, layer):
-    from ..methods.cam import guided_grad_cam
 
     a = guided_grad_cam(model, x, layer=layer, batch_size=BATCH)
     return _gradients(a, "Guided Grad-CAM", f"guided backprop × Grad-CAM of {a.layer}")
 
 
 def _guided_backprop(model, x, layer):
-    from ..methods.saliency import saliency
 
     a = saliency(model, x, method="guided", batch_size=BATCH)
     return _gradients(a, "Guided backprop", "input gradient, guided ReLUs")
@@ -189,7 +189,6 @@ def occlusion_window(height: int, width: int) -> tuple[int, int]:
 
 
 def _occlusion(model, x, layer):
-    from ..methods.occlusion import occlusion
 
     window, stride = occlusion_window(*model.input.hw(x))
     h = occlusion(model, x, window=window, stride=stride, baseline=0.0, batch_size=64)
@@ -197,8 +196,6 @@ def _occlusion(model, x, layer):
 
 
 def _cam(model, x, layer):
-    from ..graph.analysis import cam_head
-    from ..methods.cam import cam
 
     spec = model.input
     if cam_head(model.proto, spec.name, spec.layout) is None:
@@ -218,8 +215,6 @@ _METHODS = (
 
 
 def _activations(model, x, layer, chosen: Part):
-    from ..methods.features import activations
-    from ..render.tiles import activation_grid
 
     if layer is None:
         raise NotApplicable(f"no layer to show: {chosen.message}")

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Optional
 
+from .._version import __version__
 from .pictures import Picture
 
 log = logging.getLogger("onnxviz")
@@ -258,11 +259,38 @@ def classvis_html(view) -> str:
             f'<div class="panels">{"".join(figure(p) for p in view.pictures)}</div>')
 
 
+def trust_html(view) -> str:
+    rows = "".join(
+        f"<tr><td>{e(r.title)}</td><td class=num>{r.deletion:.3f}</td><td class=num>{r.insertion:.3f}</td>"
+        f"<td class=num>{r.randomized:.2f}</td><td class=num>{r.random_class:.2f}</td>"
+        f"<td class='{'ok' if r.passes else 'bad'}'>{e(r.verdict)}</td></tr>" for r in view.rows)
+    out = [f"<p>Each map is scored on the first {view.images} image{'s' if view.images != 1 else ''} "
+           f"for the predicted class. <strong>Deletion</strong>: how fast the class's probability falls as "
+           f"the pixels the map ranks highest are removed ({view.steps} steps; lower area is better). "
+           "<strong>Insertion</strong>: how fast it rises as they are restored into a blurred copy (higher is "
+           "better). <strong>Randomization test</strong> (Adebayo et al., 2018): the weights of the model's "
+           "layers are replaced by noise, from the output back; a map that stays similar to the original "
+           "(rank correlation above 0.5 with every layer randomized) shows the image, not the model. "
+           "<strong>Random class</strong>: the similarity of the map for a random other class.</p>",
+           "<table class=compact><thead><tr><th>method</th><th class=num>deletion AUC ↓</th>"
+           "<th class=num>insertion AUC ↑</th><th class=num>similarity, all layers randomized ↓</th>"
+           f"<th class=num>similarity, random class ↓</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"]
+    missing = view.unavailable
+    if missing:
+        items = "".join(f"<li><strong>{e(p.name)}</strong>: {e(p.message)}</li>" for p in missing)
+        out.append(f'<div class="notice skipped"><strong>Not scored for this model:</strong><ul>{items}</ul></div>')
+    for pic in (view.curves, view.sanity):
+        if pic is not None:
+            out.append(figure(pic))
+    return "".join(out)
+
+
 RENDERERS = {
     "model": model_html,
     "gradcheck": gradcheck_html,
     "filters": filters_html,
     "images": explanations_html,
+    "trust": trust_html,
     "dataset": dataset_html,
     "classvis": classvis_html,
 }
@@ -300,7 +328,6 @@ def timings_html(sections, total: float) -> str:
 
 def render(sections, inputs, generated: Optional[datetime] = None, seconds: float = 0.0) -> str:
     """The whole page for the computed sections."""
-    from .. import __version__
 
     name = Path(inputs.model.path).name
     when = (generated or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip()

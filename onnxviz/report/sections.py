@@ -17,8 +17,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import checkgrad
+from .._version import __version__
 from ..errors import OnnxvizError
 from ..images import Preprocess
+from ..inspection import describe, sha256
+from ..methods.features import convolutions, filters
+from ..methods.layers import resolve_layer
+from ..render.tiles import filter_grid
 from .pictures import Picture, picture
 
 log = logging.getLogger("onnxviz")
@@ -128,8 +134,6 @@ class ModelCard:
 
 
 def model_card(inp: Inputs) -> ModelCard:
-    from .. import __version__
-    from ..inspection import describe, sha256
 
     model = inp.model
     size = model.input.hw(inp.x) if inp.x is not None else inp.pre.size
@@ -223,14 +227,12 @@ class GradientCheck:
 
 
 def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
-    from ..checkgrad import check_gradients
-    from ..methods.layers import resolve_layer
 
     if inp.x is None:
         raise NotApplicable("no image could be read to check the gradients on")
     layer = guarded("layer", resolve_layer, inp.model, inp.layer)
     layers = [layer.value] if layer.status == "ok" else []
-    rows = check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
+    rows = checkgrad.check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
     return GradientCheck(Path(inp.paths[0]).name, rows, tolerance)
 
 
@@ -249,8 +251,6 @@ class FilterView:
 
 
 def first_filters(inp: Inputs) -> FilterView:
-    from ..methods.features import convolutions, filters
-    from ..render.tiles import filter_grid
 
     if not convolutions(inp.model):
         raise NotApplicable("the model has no convolution with constant weights")

@@ -343,3 +343,21 @@ DECONVNET = {
     "LeakyRelu": leaky_relu_deconvnet,
     "PRelu": prelu_deconvnet,
 }
+
+
+def relu_redirected(e: Emitter, node: Node, dys):
+    """Lucid's redirected ReLU gradient: for an image where no gradient passes a ReLU at all (a
+    dead target channel), also pass it where it pushes the output up (dy > 0), so the ascent can
+    revive the channel; otherwise the standard rule."""
+    y, dy = node.outputs[0], dys[0]
+    passed = where_zero(e, positive(e, y), dy, like=y)
+    rank = e.rank(y)
+    if not rank or rank < 2:
+        return [passed]
+    upward = where_zero(e, e.op("Or", positive(e, y), e.op("Greater", dy, e.scalar(0, like=y))), dy, like=y)
+    magnitude = e.reduce_sum(e.op("Abs", passed), list(range(1, rank)), keepdims=True)
+    return [select(e, e.op("Greater", magnitude, e.scalar(0, like=y)), passed, upward, like=y)]
+
+
+# Class visualization's rule set: a dead ReLU lets the ascent through (see relu_redirected).
+REDIRECTED = {"Relu": relu_redirected}

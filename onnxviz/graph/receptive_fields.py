@@ -1,4 +1,4 @@
-"""Receptive fields and spatial-axis tracking, and the graph view that the analyses share.
+"""Receptive fields and spatial-axis tracking.
 
 Everything reads the ModelProto only (run ``onnx.shape_inference.infer_shapes`` first for
 shapes): no sessions, so inspecting a large model takes seconds.
@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, NamedTuple, Optional, Sequence
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from ..errors import ModelError
+from .view import GraphView, attrs, floats, ints
 
 __all__ = ["ReceptiveField", "receptive_field", "spatial_axes"]
 
@@ -70,138 +68,6 @@ class ReceptiveField:
             return (y0, x0, y1, x1)
         h, w = clip_to
         return (_clamp(y0, 0, h), _clamp(x0, 0, w), _clamp(y1, 0, h), _clamp(x1, 0, w))
-
-
-# ---------------------------------------------------------------------------- graph lookups
-
-_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-
-
-class _Graph:
-    """Lookups over one model: producers, shapes, dtypes and constant tensors."""
-
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.model = model
-        self.nodes = list(g.node)
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.init = {t.name: t for t in g.initializer}
-        self.inputs = [i.name for i in g.input if i.name not in self.init]
-        self.outputs = [o.name for o in g.output]
-        self.producer = {o: k for k, n in enumerate(self.nodes) for o in n.output if o}
-        self.shapes, self.dtypes = {}, {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            self._read_value_info(vi)
-        for t in g.initializer:
-            self.shapes[t.name], self.dtypes[t.name] = tuple(t.dims), t.data_type
-        self.const = set(self.init) | {""}
-        for n in self.nodes:
-            if n.op_type not in _RANDOM and all(i in self.const for i in n.input):
-                self.const.update(n.output)
-
-    def _read_value_info(self, vi):
-        t = vi.type.tensor_type
-        if vi.type.HasField("tensor_type"):
-            self.dtypes[vi.name] = t.elem_type
-        if t.HasField("shape"):
-            self.shapes[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-
-    def node_of(self, name: str):
-        k = self.producer.get(name)
-        return None if k is None else self.nodes[k]
-
-    def shape(self, name: str) -> Optional[tuple]:
-        """Shape with ints for known dims, dim_param strings or None for unknown ones."""
-        return self.shapes.get(name)
-
-    def rank(self, name: str) -> Optional[int]:
-        s = self.shapes.get(name)
-        return None if s is None else len(s)
-
-    def dim(self, name: str, axis: int) -> Optional[int]:
-        s = self.shapes.get(name)
-        if s is None or not -len(s) <= axis < len(s):
-            return None
-        d = s[axis]
-        return d if isinstance(d, int) else None
-
-    def is_float(self, name: str) -> bool:
-        return self.dtypes.get(name, TensorProto.FLOAT) in _FLOATS
-
-
-def _attrs(node) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
-def _const_value(g: _Graph, name: str) -> Optional[np.ndarray]:
-    """Value of a constant tensor (initializer, Constant, or a subgraph of constants), else None."""
-    if not name or name not in g.const:
-        return None
-    if name in g.init:
-        return numpy_helper.to_array(g.init[name])
-    node = g.node_of(name)
-    if node.op_type == "Constant":
-        a = _attrs(node)
-        if "value" in a:
-            return numpy_helper.to_array(a["value"])
-        for key in ("value_float", "value_floats", "value_int", "value_ints"):
-            if key in a:
-                return np.asarray(a[key], np.float32 if "float" in key else np.int64)
-        return None
-    return _evaluate_constant(g, name)
-
-
-def _evaluate_constant(g: _Graph, name: str) -> Optional[np.ndarray]:
-    """Run the constant subgraph behind `name` with onnx's numpy reference evaluator."""
-    from onnx.reference import ReferenceEvaluator
-
-    needed, stack = set(), [name]
-    while stack:
-        k = g.producer.get(stack.pop())
-        if k is not None and k not in needed:
-            needed.add(k)
-            stack.extend(i for i in g.nodes[k].input if i)
-    nodes = [g.nodes[k] for k in sorted(needed)]
-    inits = [g.init[i] for n in nodes for i in n.input if i in g.init]
-    graph = helper.make_graph(nodes, "const", [], [onnx.ValueInfoProto(name=name)],
-                              initializer=list({t.name: t for t in inits}.values()))
-    model = helper.make_model(graph, opset_imports=list(g.model.opset_import))
-    model.ir_version = g.model.ir_version
-    try:
-        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
-    except Exception:  # an exotic constant subgraph: report "unknown" rather than fail the analysis
-        return None
-
-
-def _ints(g: _Graph, node, attr: str, index: int) -> Optional[list]:
-    """An int-list setting given as attribute (old opsets) or constant input (new ones)."""
-    a = _attrs(node)
-    if attr in a:
-        v = a[attr]
-        return [v] if isinstance(v, int) else list(v)
-    if len(node.input) > index and node.input[index]:
-        v = _const_value(g, node.input[index])
-        return None if v is None else [int(x) for x in np.ravel(v)]
-    return None
-
-
-def _floats(g: _Graph, node, attr: str, index: int) -> Optional[list]:
-    a = _attrs(node)
-    if attr in a:
-        return list(a[attr])
-    if len(node.input) > index and node.input[index]:
-        v = _const_value(g, node.input[index])
-        return None if v is None or v.size == 0 else [float(x) for x in np.ravel(v)]
-    return None
-
-
-# ---------------------------------------------------------------------------- receptive-field tracks
 
 
 class _Span(NamedTuple):
@@ -266,7 +132,7 @@ def _replace(t: _Track, d: int, axis=..., span=None) -> _Track:
     return _Track(tuple(axes), tuple(spans))
 
 
-def _remap(g: _Graph, name: str, t: _Track, mapping: Callable[[int], Optional[int]]) -> _Track:
+def _remap(g: GraphView, name: str, t: _Track, mapping: Callable[[int], Optional[int]]) -> _Track:
     """Move tracked axes to new positions; an axis mapped to None is merged away (whole)."""
     for d in (0, 1):
         a = t.axes[d]
@@ -277,7 +143,7 @@ def _remap(g: _Graph, name: str, t: _Track, mapping: Callable[[int], Optional[in
     return t
 
 
-def _mix(g: _Graph, name: str, t: _Track, axes, keep: bool = True) -> _Track:
+def _mix(g: GraphView, name: str, t: _Track, axes, keep: bool = True) -> _Track:
     """Units along `axes` all see each other (a reduction); keep=False also drops those axes."""
     axes = set(axes)
     for d in (0, 1):
@@ -289,11 +155,11 @@ def _mix(g: _Graph, name: str, t: _Track, axes, keep: bool = True) -> _Track:
     return _Track(tuple(None if a is None else a - sum(r < a for r in axes) for a in t.axes), t.spans)
 
 
-def _lost(g: _Graph, name: str, t: _Track) -> _Track:
+def _lost(g: GraphView, name: str, t: _Track) -> _Track:
     return _mix(g, name, t, [a for a in t.axes if a is not None], keep=False)
 
 
-def _merge(g: _Graph, out: str, parts) -> _Track:
+def _merge(g: GraphView, out: str, parts) -> _Track:
     """Union of input tracks already moved to output axes; parts are (track, in_sizes)."""
     axes, spans = [], []
     for d in (0, 1):
@@ -308,7 +174,7 @@ def _merge(g: _Graph, out: str, parts) -> _Track:
     return _Track(tuple(axes), tuple(spans))
 
 
-def _part(g: _Graph, name: str, t: _Track, mapping) -> tuple:
+def _part(g: GraphView, name: str, t: _Track, mapping) -> tuple:
     sizes = tuple(None if a is None else g.dim(name, a) for a in t.axes)
     return (_remap(g, name, t, mapping), sizes)
 
@@ -330,7 +196,7 @@ def _rf_pointwise(g, node, ins):
 
 def _window_attrs(g, node):
     """(kernel, strides, dilations, pads, auto_pad) of a Conv/Pool node; kernel None if unknown."""
-    a = _attrs(node)
+    a = attrs(node)
     k = a.get("kernel_shape")
     if k is None:
         w = g.shape(node.input[3 if node.op_type == "QLinearConv" else 1])
@@ -342,7 +208,7 @@ def _window_attrs(g, node):
             a.get("pads", [0] * (2 * nd)), a.get("auto_pad", "NOTSET"))
 
 
-def _pad_begin(auto: str, pads, i: int, n: Optional[int], ke: int, s: int) -> int:
+def pad_begin(auto: str, pads, i: int, n: Optional[int], ke: int, s: int) -> int:
     """Begin pad of Conv/Pool axis i; SAME total = max((⌈n/s⌉-1)s + k_eff - n, 0)."""
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         # unknown n: exact when n is a multiple of s, the usual case for image sizes
@@ -353,7 +219,7 @@ def _pad_begin(auto: str, pads, i: int, n: Optional[int], ke: int, s: int) -> in
 
 def _convt_pad_begin(node, pads, i: int, n: Optional[int], ke: int, s: int) -> int:
     """Begin pad of ConvTranspose axis i, derived from output_shape / auto_pad as the spec says."""
-    a = _attrs(node)
+    a = attrs(node)
     nd = len(pads) // 2
     auto, out_shape = a.get("auto_pad", "NOTSET"), a.get("output_shape")
     if not out_shape and auto not in ("SAME_UPPER", "SAME_LOWER"):
@@ -383,7 +249,7 @@ def _rf_window(g, node, ins):
             if transposed:
                 sp = _convt_span(t.spans[d], k[i], s[i], dil[i], _convt_pad_begin(node, pads, i, n, ke, s[i]))
             else:
-                sp = _conv_span(t.spans[d], k[i], s[i], dil[i], _pad_begin(auto, pads, i, n, ke, s[i]))
+                sp = _conv_span(t.spans[d], k[i], s[i], dil[i], pad_begin(auto, pads, i, n, ke, s[i]))
             t = _replace(t, d, span=sp)
         elif a == 1 and node.op_type in _WEIGHTED:  # convolution sums over its channel axis
             t = _mix(g, x, t, [1])
@@ -391,7 +257,7 @@ def _rf_window(g, node, ins):
 
 
 def _rf_space_to_depth(g, node, ins):
-    b = _attrs(node)["blocksize"]
+    b = attrs(node)["blocksize"]
     t = ins[0]
     for d in (0, 1):
         if t.axes[d] in (2, 3):
@@ -401,7 +267,7 @@ def _rf_space_to_depth(g, node, ins):
 
 def _rf_depth_to_space(g, node, ins):
     """Output row y copies input row ⌊y/b⌋: j' = j/b."""
-    b = _attrs(node)["blocksize"]
+    b = attrs(node)["blocksize"]
     t = ins[0]
     for d in (0, 1):
         if t.axes[d] in (2, 3):
@@ -417,12 +283,12 @@ def _rf_global_pool(g, node, ins):
 
 def _rf_reduce(g, node, ins):
     """Reduce* and ArgMax/ArgMin: reduced axes see the whole input along them."""
-    x, t, a = node.input[0], ins[0], _attrs(node)
+    x, t, a = node.input[0], ins[0], attrs(node)
     rank = g.rank(x)
     if node.op_type in ("ArgMax", "ArgMin"):
         axes = [a.get("axis", 0)]
     else:
-        axes = _ints(g, node, "axes", 1)
+        axes = ints(g, node, "axes", 1)
         if not axes and a.get("noop_with_empty_axes", 0):
             return t
     if rank is None:
@@ -436,13 +302,13 @@ def _rf_softmax(g, node, ins):
     x, rank = node.input[0], g.rank(node.input[0])
     if rank is None:
         return _lost(g, x, ins[0])
-    axis = _attrs(node).get("axis", 1 if g.opset < 13 else -1) % rank
+    axis = attrs(node).get("axis", 1 if g.opset < 13 else -1) % rank
     return _mix(g, x, ins[0], range(axis, rank) if g.opset < 13 else [axis])
 
 
 def _rf_transpose(g, node, ins):
     rank = g.rank(node.input[0]) or 1 + max(a for a in ins[0].axes if a is not None)
-    perm = list(_attrs(node).get("perm", range(rank - 1, -1, -1)))
+    perm = list(attrs(node).get("perm", range(rank - 1, -1, -1)))
     return _remap(g, node.input[0], ins[0], lambda a: perm.index(a) if a in perm else None)
 
 
@@ -480,7 +346,7 @@ def _rf_reshape(g, node, ins):
     """Reshape, Flatten and shape-driven Squeeze/Unsqueeze, tracked through static shapes."""
     x, src, dst = node.input[0], g.shape(node.input[0]), g.shape(node.output[0])
     if node.op_type == "Flatten" and src is not None and dst is None:
-        ax = _attrs(node).get("axis", 1) % max(len(src), 1)
+        ax = attrs(node).get("axis", 1) % max(len(src), 1)
         dst = tuple(math.prod(part) if all(isinstance(v, int) for v in part) else None
                     for part in (src[:ax], src[ax:]))
     mapping = _reshape_axes(src, dst) if src is not None and dst is not None else {}
@@ -488,7 +354,7 @@ def _rf_reshape(g, node, ins):
 
 
 def _rf_squeeze(g, node, ins):
-    axes, rank = _ints(g, node, "axes", 1), g.rank(node.input[0])
+    axes, rank = ints(g, node, "axes", 1), g.rank(node.input[0])
     if axes is None or rank is None:
         return _rf_reshape(g, node, ins)
     axes = {a % rank for a in axes}
@@ -496,7 +362,7 @@ def _rf_squeeze(g, node, ins):
 
 
 def _rf_unsqueeze(g, node, ins):
-    axes, rank = _ints(g, node, "axes", 1), g.rank(node.input[0])
+    axes, rank = ints(g, node, "axes", 1), g.rank(node.input[0])
     if axes is None or rank is None:
         return _rf_reshape(g, node, ins)
     out_rank = rank + len(axes)
@@ -523,7 +389,7 @@ def _rf_matmul(g, node, ins):
 
 
 def _rf_gemm(g, node, ins):
-    a = _attrs(node)
+    a = attrs(node)
     keep_a = 1 if a.get("transA", 0) else 0
     keep_b = 0 if a.get("transB", 0) else 1
     parts = []
@@ -542,7 +408,7 @@ def _rf_gather(g, node, ins):
     rank, q = g.rank(x), g.rank(node.input[1])
     if t is None or rank is None or q is None:
         return _lost(g, x, t) if t is not None else None
-    axis = _attrs(node).get("axis", 0) % rank
+    axis = attrs(node).get("axis", 0) % rank
     return _remap(g, x, t, lambda a: a if a < axis else (None if a == axis else a + q - 1))
 
 
@@ -550,10 +416,10 @@ def _rf_slice(g, node, ins):
     """Slice: c' = c + begin·j, j' = j·step along sliced spatial axes."""
     x, t, rank = node.input[0], ins[0], g.rank(node.input[0])
     if g.opset < 10:
-        a = _attrs(node)
+        a = attrs(node)
         starts, axes, steps = a.get("starts"), a.get("axes"), None
     else:
-        starts, axes, steps = _ints(g, node, "", 1), _ints(g, node, "", 3), _ints(g, node, "", 4)
+        starts, axes, steps = ints(g, node, "", 1), ints(g, node, "", 3), ints(g, node, "", 4)
     if starts is None or rank is None:
         return _lost(g, x, t)
     axes = [a % rank for a in (axes or range(len(starts)))]
@@ -577,10 +443,10 @@ def _slice_span(sp: _Span, begin: int, step: int, n: Optional[int]) -> _Span:
 def _rf_pad(g, node, ins):
     """Pad shifts the start: c' = c - pad_begin·j (any mode; reflect/edge borders repeat inner units)."""
     x, t, rank = node.input[0], ins[0], g.rank(node.input[0])
-    pads = _ints(g, node, "pads", 1) if g.opset >= 2 else _ints(g, node, "paddings", 1)
+    pads = ints(g, node, "pads", 1) if g.opset >= 2 else ints(g, node, "paddings", 1)
     if pads is None or rank is None:
         return _lost(g, x, t)
-    axes = [a % rank for a in (_ints(g, node, "", 3) or range(len(pads) // 2))]
+    axes = [a % rank for a in (ints(g, node, "", 3) or range(len(pads) // 2))]
     for k, ax in enumerate(axes):
         for d in (0, 1):
             if t.axes[d] == ax:
@@ -596,11 +462,11 @@ def _resize_scales(g, node, x: str) -> Optional[list]:
     """Per-axis output/input scale of Resize/Upsample: constant scales, else sizes or shapes."""
     rank = g.rank(x)
     if node.op_type == "Upsample":
-        scales = _floats(g, node, "scales", 1)
+        scales = floats(g, node, "scales", 1)
     else:
-        scales = _floats(g, node, "", 1 if g.opset < 11 else 2)
-    sizes = None if node.op_type == "Upsample" or g.opset < 11 else _ints(g, node, "", 3)
-    axes = _attrs(node).get("axes")
+        scales = floats(g, node, "", 1 if g.opset < 11 else 2)
+    sizes = None if node.op_type == "Upsample" or g.opset < 11 else ints(g, node, "", 3)
+    axes = attrs(node).get("axes")
     if scales is None and sizes and rank is not None:
         axes_ = axes or range(rank)
         scales = [None if g.dim(x, a) is None else s / g.dim(x, a) for a, s in zip(axes_, sizes)]
@@ -618,7 +484,7 @@ def _resize_scales(g, node, x: str) -> Optional[list]:
 
 def _rf_resize(g, node, ins):
     """Resize/Upsample: j' = j/f; c' = c + j·x(0) with x(0) the sampling coordinate of output 0."""
-    x, t, a = node.input[0], ins[0], _attrs(node)
+    x, t, a = node.input[0], ins[0], attrs(node)
     scales = _resize_scales(g, node, x)
     old = node.op_type == "Upsample" or g.opset < 11
     mode = a.get("coordinate_transformation_mode", "asymmetric" if old else "half_pixel")
@@ -647,7 +513,7 @@ def _rf_split(g, node, ins):
     x, t, rank = node.input[0], ins[0], g.rank(node.input[0])
     if rank is None:
         return [_lost(g, x, t)] * len(node.output)
-    axis = _attrs(node).get("axis", 0) % rank
+    axis = attrs(node).get("axis", 0) % rank
     sizes = [g.dim(o, axis) for o in node.output]
     outs, offset = [], 0
     for size in sizes:
@@ -679,7 +545,7 @@ def _rf_none(g, node, ins):
 
 
 _WEIGHTED = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv"}
-_POINTWISE = (
+POINTWISE_OPS = (
     "Relu LeakyRelu PRelu Elu Selu Celu Gelu Sigmoid HardSigmoid HardSwish Swish Mish Tanh Softplus "
     "Softsign ThresholdedRelu Clip Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sign Erf Sin Cos Not "
     "Identity Dropout Cast CastLike BatchNormalization InstanceNormalization LayerNormalization "
@@ -688,7 +554,7 @@ _POINTWISE = (
     "IsNaN IsInf Shrink BitShift"
 ).split()
 _RF_RULES: dict[str, Callable] = {
-    **{op: _rf_pointwise for op in _POINTWISE},
+    **{op: _rf_pointwise for op in POINTWISE_OPS},
     **{op: _rf_window for op in (*_WEIGHTED, "MaxPool", "AveragePool", "LpPool")},
     **{op: _rf_global_pool for op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")},
     **{op: _rf_reduce for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
@@ -712,7 +578,7 @@ _RF_RULES: dict[str, Callable] = {
 }
 
 
-def _check_input(g: _Graph, input_name: str, layout: str) -> None:
+def _check_input(g: GraphView, input_name: str, layout: str) -> None:
     if layout not in ("NCHW", "NHWC"):
         raise ModelError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}")
     if input_name not in g.inputs:
@@ -722,7 +588,7 @@ def _check_input(g: _Graph, input_name: str, layout: str) -> None:
         raise ModelError(f"image input {input_name!r} has rank {rank}; a 4-D {layout} tensor is expected")
 
 
-def _tracks(g: _Graph, input_name: str, layout: str) -> dict[str, _Track]:
+def track_axes(g: GraphView, input_name: str, layout: str) -> dict[str, _Track]:
     """Receptive-field track of every tensor whose values depend on the image input."""
     _check_input(g, input_name, layout)
     one = _Span(Fraction(1), Fraction(1), Fraction(0))
@@ -750,7 +616,7 @@ def _number(x):
     return int(x) if x.denominator == 1 else float(x)
 
 
-def _public(t: _Track) -> ReceptiveField:
+def field_of(t: _Track) -> ReceptiveField:
     h, w = t.spans
     return ReceptiveField(size=(_number(h.size), _number(w.size)), jump=(_number(h.jump), _number(w.jump)),
                           start=(_number(h.start), _number(w.start)))
@@ -773,11 +639,11 @@ def receptive_field(model: onnx.ModelProto, input_name: str, layout: str = "NCHW
     >>> rf = receptive_field(model, "data", "NCHW")["conv5"]
     >>> y0, x0, y1, x1 = rf.box(3, 4, clip_to=(224, 224))
     """
-    return {name: _public(t) for name, t in _tracks(_Graph(model), input_name, layout).items()}
+    return {name: field_of(t) for name, t in track_axes(GraphView(model), input_name, layout).items()}
 
 
 def spatial_axes(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> dict[str, tuple[int, int]]:
     """(H axis, W axis) of every tensor that still carries both input spatial axes."""
-    tracks = _tracks(_Graph(model), input_name, layout)
+    tracks = track_axes(GraphView(model), input_name, layout)
     return {name: t.axes for name, t in tracks.items() if None not in t.axes}
 

@@ -1,0 +1,203 @@
+"""Randomization sanity checks: weights fed as inputs equal weights baked in; the sample model's verdicts."""
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import tiny_cnn
+from onnx import helper, numpy_helper
+
+import onnxviz
+from onnxviz.errors import OnnxvizError
+from onnxviz.methods.sanity import (randomized_weights, reweighted, spearman, ssim, top_overlap,
+                                    weighted_layers)
+
+SAMPLE = Path(os.environ.get("ONNXVIZ_SHAPES_MODEL",
+                             Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    proto = tiny_cnn(size=12, classes=4)
+    onnx.save(proto, str(path))
+    x = np.random.default_rng(0).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    return onnxviz.load(str(path), device="cpu"), proto, x, path.parent
+
+
+def baked(proto, values: dict, folder, name):
+    """The model with ``values`` written into its initializers, loaded afresh."""
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    for init in p.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    path = folder / name
+    onnx.save(p, str(path))
+    return onnxviz.load(str(path), device="cpu")
+
+
+def test_weighted_layers_in_graph_order_shared_weights_once():
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    v = numpy_helper.from_array(np.ones((4, 2), np.float32), "v")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"),
+         helper.make_node("MatMul", ["a", "w"], ["b"], name="shared"),  # same weight: randomized once
+         helper.make_node("MatMul", ["b", "b"], ["c"], name="no_weight"),
+         helper.make_node("MatMul", ["c", "v"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])], initializer=[w, v])
+    layers = weighted_layers(helper.make_model(graph))
+    assert [(l.name, l.weight) for l in layers] == [("first", "w"), ("y", "v")]
+    conv = weighted_layers(tiny_cnn())
+    assert [(l.op_type, l.weight, l.bias) for l in conv] == [("Conv", "w1", "b1"), ("Conv", "w2", "b2"),
+                                                             ("Gemm", "fc_w", "fc_b")]
+
+
+def test_random_weights_keep_shape_and_spread():
+    proto = tiny_cnn(size=12)
+    layers = weighted_layers(proto)
+    draws = randomized_weights(proto, layers, seed=3)
+    orig = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert [sorted(d) for d in draws] == [["b1", "w1"], ["b2", "w2"], ["fc_b", "fc_w"]]
+    big = randomized_weights(proto, layers, seed=3)
+    assert all(np.array_equal(big[i][k], draws[i][k]) for i in range(3) for k in draws[i])  # seeded
+    for d in draws:
+        for name, value in d.items():
+            assert value.shape == orig[name].shape and value.dtype == orig[name].dtype
+            assert not np.allclose(value, orig[name])
+    many = randomized_weights(tiny_cnn(size=12), layers[:1], seed=0)[0]["w1"]
+    assert abs(many.std() / orig["w1"].std() - 1) < 0.25 and abs(many.mean()) < 0.2 * orig["w1"].std()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "vanilla", "guided"])
+def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method):
+    """Every cascading step's map equals the map of a model rebuilt with those weights."""
+    model, proto, x, folder = tiny
+    s = onnxviz.sanity_check(model, x, method=method, seed=1)
+    layers = weighted_layers(proto)[::-1]
+    assert s.layers == [l.name for l in layers]
+    draws = randomized_weights(proto, layers, seed=1)
+    values = {}
+    for i, d in enumerate(draws):
+        values.update(d)
+        other = baked(proto, values, folder, f"step{i}.onnx")
+        fn = onnxviz.grad_cam if method == "gradcam" else (lambda m, x_, target: onnxviz.saliency(
+            m, x_, target=target, method=method))
+        want = fn(other, x, target=s.target).map
+        np.testing.assert_allclose(s.maps[i], want, atol=1e-5)
+    assert not np.allclose(s.maps[-1], s.original, atol=1e-3)
+
+
+def test_one_session_for_all_steps(tiny):
+    """L randomized steps create one session (the re-weighted gradient graph), not L."""
+    _, _, x, folder = tiny
+    model = onnxviz.load(str(folder / "tiny.onnx"), device="cpu")  # no session from the other tests
+    first = onnxviz.saliency(model, x)
+    created = []
+    runtime = model.runtime
+    original = runtime._create
+
+    def counting(p):
+        created.append(1)
+        return original(p)
+
+    runtime._create = counting
+    try:
+        s = onnxviz.sanity_check(model, x, method="vanilla", original=first)
+        assert len(s.layers) == 3 and len(created) == 1
+        again = onnxviz.sanity_check(model, x, method="vanilla", original=first, seed=5)
+        assert len(created) == 1  # kept with the model, like its other sessions
+    finally:
+        del runtime._create
+    assert not np.allclose(again.maps, s.maps)
+
+
+def test_reweighted_view_leaves_the_model_alone(tiny):
+    model, proto, x, _ = tiny
+    before = model.run(x)["prob"]
+    view = reweighted(model, {"fc_w": np.zeros((8, 4), np.float32), "fc_b": np.zeros(4, np.float32)})
+    np.testing.assert_allclose(view.run(x)["prob"], 0.25, atol=1e-7)  # all-zero logits
+    np.testing.assert_array_equal(model.run(x)["prob"], before)
+    view.runtime.values["fc_b"] = np.array([0, 0, 50, 0], np.float32)
+    assert (view.run(x)["prob"].argmax(1) == 2).all()
+
+
+def test_similarity_measures():
+    a = np.random.default_rng(0).random((3, 9, 11))
+    b = a + 0.3 * np.random.default_rng(1).random((3, 9, 11))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    want = [scipy_stats.spearmanr(a[i].ravel(), b[i].ravel())[0] for i in range(3)]
+    np.testing.assert_allclose(spearman(a, b), want, atol=1e-12)
+    ties = np.round(a * 3)  # few distinct values: average ranks matter
+    want = [scipy_stats.spearmanr(ties[i].ravel(), b[i].ravel())[0] for i in range(3)]
+    np.testing.assert_allclose(spearman(ties, b), want, atol=1e-12)
+    np.testing.assert_allclose(spearman(a, a), 1.0)
+    assert spearman(a, np.zeros_like(a)).tolist() == [0.0, 0.0, 0.0]  # a constant map ranks nothing
+    np.testing.assert_allclose(ssim(a, a), 1.0)
+    assert (ssim(a, b) < 1).all()
+    skimage = pytest.importorskip("skimage.metrics", reason="scikit-image referee not installed")
+    ref = [skimage.structural_similarity(a[i], b[i], data_range=1.0) for i in range(3)]
+    np.testing.assert_allclose(ssim(a, b), ref, atol=1e-9)
+
+
+def test_top_overlap_by_hand():
+    a = np.arange(10, dtype=float).reshape(1, 2, 5)  # top 2 of 10: positions 9, 8
+    b = a.copy()
+    b[0, 1, 3] = -1  # position 8 leaves the top; 7 enters
+    assert top_overlap(a, a, 0.2).tolist() == [1.0]
+    assert top_overlap(a, b, 0.2).tolist() == [0.5]
+
+
+def test_bad_arguments(tiny):
+    model, _, x, _ = tiny
+    with pytest.raises(OnnxvizError, match="order"):
+        onnxviz.sanity_check(model, x, order="sideways")
+    with pytest.raises(OnnxvizError, match="unknown method"):
+        onnxviz.sanity_check(model, x, method="astrology")
+    with pytest.raises(OnnxvizError, match="CAM"):
+        onnxviz.sanity_check(model, x, method="cam")
+
+
+# ---------------------------------------------------------------------------- the sample model
+
+
+@pytest.fixture(scope="module")
+def sample():
+    if not SAMPLE.exists():
+        pytest.skip(f"the sample model {SAMPLE} is not built (scripts/build_sample_model.py)")
+    from PIL import Image
+
+    from onnxviz.synthetic import make_shapes
+
+    model = onnxviz.load(str(SAMPLE), device="cpu")
+    data = make_shapes(16, size=64, seed=9203)
+    pre = onnxviz.Preprocess(norm="imagenet", resize="stretch", size=(64, 64))
+    return model, onnxviz.preprocess([Image.fromarray(im) for im in data.images], model.input, pre)
+
+
+def test_sample_model_randomization(sample):
+    """Vanilla gradient and Grad-CAM lose their maps with every layer randomized (similarity < 0.3);
+    guided backprop is reported, without asserting a direction (Adebayo et al. found it insensitive)."""
+    model, x = sample
+    final = {}
+    for method in ("vanilla", "gradcam", "guided"):
+        s = onnxviz.sanity_check(model, x, method=method)
+        assert s.spearman.shape == (len(s.layers), len(x)) and s.layers[0] == "/fc/Gemm"
+        final[method] = s.spearman_abs.mean(axis=1)
+        print(f"\n{method}: Spearman |map| after randomizing {len(s.layers)} layers top-down: "
+              f"{np.round(final[method], 3).tolist()}; SSIM {np.round(s.ssim.mean(axis=1), 3).tolist()}: "
+              f"{s.verdict()}")
+    assert final["vanilla"][-1] < 0.3
+    assert final["gradcam"][-1] < 0.3
+
+
+def test_sample_model_random_logit(sample):
+    model, x = sample
+    sim, predicted, other = onnxviz.random_logit_test(model, x, "gradcam", seed=2)
+    assert (other != predicted).all() and ((other >= 0) & (other < 6)).all()
+    guided, _, _ = onnxviz.random_logit_test(model, x, "guided", seed=2)
+    print(f"\nrandom-logit Spearman |map|: Grad-CAM {sim.spearman_abs.mean():.3f}, "
+          f"guided backprop {guided.spearman_abs.mean():.3f}")
+    assert sim.spearman_abs.mean() < 0.5  # Grad-CAM is class-discriminative on this model
