@@ -317,11 +317,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory runs")
     parser.add_argument("--no-peers", action="store_true", help="skip captum / pytorch-grad-cam even if installed")
     parser.add_argument("--no-peer-smoothgrad", action="store_true", help="skip captum's SmoothGrad (the slowest peer)")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="only these cases (the forward always runs)")
     parser.add_argument("--child-timeout", type=float, default=300)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "CASE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or None
+    if args.cases:
+        for case in [c for c in CASES if c != BASELINE and c not in args.cases]:
+            del CASES[case]
 
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]), args.device, args.threads, args.warmup, args.repeat)
