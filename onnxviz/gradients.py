@@ -13,8 +13,9 @@ import onnx
 from onnx import helper
 
 from .autodiff import RuleSet, gradient_graph, ruleset
-from .errors import OnnxvizError
+from .errors import NonFiniteError, OnnxvizError
 from .fd import gradient_fd
+from .graph.double import has_float16, to_float32
 from .graph.emitter import Emitter
 from .targets import Objective, objective, seed_array, target_array
 
@@ -80,8 +81,27 @@ def resolve_wrt(model, wrt: Sequence[str]) -> list:
 def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence[str], rules: RuleSet):
     """The (cached) gradient graph for one input size, objective, tensor set and rule set."""
     key = ("grad", height, width, obj, tuple(wrt), rules.name, id(rules))
-    return model.derived(key, lambda: gradient_graph(model.specialized(height, width), obj.tensor, list(wrt), rules,
-                                                     seed_builder=seed_from_target(obj)))
+    def build():
+        proto = model.specialized(height, width)
+        check_differentiable(proto)
+        if has_float16(proto):
+            proto = to_float32(proto)  # backward in float32; x is cast at the boundary (see gradients)
+        return gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed_from_target(obj))
+
+    return model.derived(key, build)
+
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def check_differentiable(proto: onnx.ModelProto) -> None:
+    """Refuse graphs the backward walk cannot see into: control flow hides its tensors in subgraphs."""
+    for node in proto.graph.node:
+        if node.op_type in CONTROL_FLOW:
+            raise OnnxvizError(
+                f"control-flow operator {node.op_type!r} (node {node.name or node.output[0]!r}): onnxviz has no "
+                "gradient through If/Loop/Scan subgraphs; use finite differences (--grad fd on cam and "
+                "saliency, grad='fd' in the API)")
 
 
 def gradients(
@@ -114,13 +134,25 @@ def gradients(
     obj = objective(model, output, score, class_axis)
     names = resolve_wrt(model, wrt)
     x = model.check_input(x)
+    grad = {"exact": "graph"}.get(grad, grad)
     if grad == "fd":
         return _gradients_fd(model, x, target, wrt, names, rules, obj, batch_size, progress)
     if grad != "graph":
-        raise OnnxvizError(f"grad must be 'graph' or 'fd', not {grad!r}")
+        raise OnnxvizError(f"grad must be 'exact' (the gradient graph) or 'fd', not {grad!r}")
     h, w = model.input.hw(x)
+    try:
+        return _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size, progress)
+    except OnnxvizError as exc:
+        failed = next((n for n in getattr(model, "notes", ()) if n.startswith("opset conversion failed")), None)
+        if failed is None or isinstance(exc, NonFiniteError):
+            raise
+        raise OnnxvizError(f"{failed}; the gradient graph of the unconverted model failed: {exc}") from exc
+
+
+def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size, progress) -> Gradients:
     gm = gradient_model(model, h, w, obj, names, rules)
-    feeds = {model.input.name: x, TARGET_INPUT: target_array(target, x.shape[0])}
+    x_in = x.astype(np.float32) if x.dtype == np.float16 else x  # float16 models: gradients run in float32
+    feeds = {model.input.name: x_in, TARGET_INPUT: target_array(target, x.shape[0])}
     grad_outs = [gm.grads[n] for n in names]
     model_outs = list(model.outputs)
     fetch = list(dict.fromkeys([*model_outs, *names, TARGET_OUTPUT, SCORE_OUTPUT, *grad_outs]))

@@ -27,11 +27,17 @@ def sha256(path: str) -> str:
 def describe(model, size=None) -> dict:
     """The model card and layer table of a loaded model (graph analysis only: no sessions).
 
-    ``size`` (height, width) fixes a dynamic-size model's input so that shapes and MACs are known.
+    ``size`` (height, width) fixes a dynamic-size model's input so that shapes and MACs are known;
+    without it the size given at load time (``--size``) is used. Either way the graph is analysed
+    at that size whenever its own input dims are not static (``analyzed_size`` says so): a size
+    given as ``--size`` and the same size from the sidecar give the same, complete table.
     """
     proto, spec = model.proto, model.input
-    if size and spec.size is None:
+    size = tuple(size) if size else spec.size
+    analyzed = None
+    if size and not _static_size(proto, spec):
         proto = model.specialized(*size)
+        analyzed = [int(size[0]), int(size[1])]
     rows = layer_table(proto, spec.name, spec.layout)
     candidates = gradcam_candidates(proto, spec.name, spec.layout)
     original = model.original
@@ -48,7 +54,7 @@ def describe(model, size=None) -> dict:
         "outputs": [_io(vi) for vi in original.graph.output],
         "input_spec": {"name": spec.name, "layout": spec.layout, "channels": spec.channels,
                        "height": spec.height, "width": spec.width, "dtype": str(spec.dtype)},
-        "analyzed_size": list(size) if size and spec.size is None else None,
+        "analyzed_size": analyzed,
         "totals": summarize(rows),
         "gradcam_candidates": candidates,
         "layers": [
@@ -60,6 +66,26 @@ def describe(model, size=None) -> dict:
             for r in rows
         ],
     }
+
+
+def _static_size(proto, spec) -> bool:
+    """Whether the graph's own input has fixed height and width (else shapes need a size)."""
+    vi = next((v for v in proto.graph.input if v.name == spec.name), None)
+    if vi is None:
+        return False
+    dims = vi.type.tensor_type.shape.dim
+    return all(len(dims) > a and dims[a].dim_value > 0 for a in spec.spatial_axes)
+
+
+def _accepted(info: dict) -> str:
+    """The input size the graph itself accepts ("any size" when dynamic), whatever --size said."""
+    spec = info["input_spec"]
+    io = next((i for i in info["inputs"] if i["name"] == spec["name"]), None)
+    axes = (2, 3) if spec["layout"] == "NCHW" else (1, 2)
+    dims = [io["shape"][a] if io and len(io["shape"]) > a else None for a in axes]
+    if all(isinstance(d, int) and d > 0 for d in dims):
+        return f"{dims[0]}x{dims[1]}"
+    return "any size"
 
 
 def _human(n) -> str:
@@ -100,21 +126,21 @@ def format_table(info: dict, show_all: bool = False) -> str:
         lines.append(f"input     {io['name']}: {io['dtype']}[{', '.join(map(str, io['shape']))}]")
     for io in info["outputs"]:
         lines.append(f"output    {io['name']}: {io['dtype']}[{', '.join(map(str, io['shape']))}]")
-    lines.append(f"layout    {spec['layout']}, {spec['channels']} channels, "
-                 f"{spec['height'] or 'any'}x{spec['width'] or 'any'}")
+    lines.append(f"layout    {spec['layout']}, {spec['channels']} channels, {_accepted(info)}")
     at = f" at {info['analyzed_size'][0]}x{info['analyzed_size'][1]}" if info.get("analyzed_size") else ""
     lines.append(f"totals    {_human(t['params'])} params, {_human(t['macs'])} MACs per image{at}"
                  + (f" ({t['macs_unknown']} layers of unknown size)" if t["macs_unknown"] else ""))
     for note in info["notes"]:
         lines.append(f"note      {note}")
     lines.append("")
-    header = f"  {'tensor':<36} {'op':<18} {'shape':<18} {'params':>9} {'MACs':>9}  receptive field"
+    shown = [row for row in info["layers"] if show_all or row["op"] in _SHOWN or row["gradcam"] or row["params"]]
+    # names in full, however long: they are pasted back as --layer (a cut name is "not in the model")
+    width = max([36, *(len(row["name"]) for row in shown)])
+    header = f"  {'tensor':<{width}} {'op':<18} {'shape':<18} {'params':>9} {'MACs':>9}  receptive field"
     lines += [header, "  " + "-" * (len(header) - 2)]
-    for row in info["layers"]:
-        if not (show_all or row["op"] in _SHOWN or row["gradcam"] or row["params"]):
-            continue
+    for row in shown:
         mark = "*" if row["gradcam"] else " "
-        lines.append(f"{mark} {row['name'][:36]:<36} {row['op'][:18]:<18} {_dims(row['shape'])[:18]:<18} "
+        lines.append(f"{mark} {row['name']:<{width}} {row['op'][:18]:<18} {_dims(row['shape']):<18} "
                      f"{_human(row['params']):>9} {_human(row['macs']):>9}  {_rf(row['rf'])}")
     lines.append("")
     lines.append("* Grad-CAM candidates, best first: " + (", ".join(info["gradcam_candidates"]) or "none found"))

@@ -9,13 +9,6 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-try:
-    import onnxruntime as ort
-except ImportError:  # pragma: no cover - exercised only without the extra installed
-    raise ImportError(
-        "onnxviz needs ONNX Runtime: pip install 'onnxviz[cpu]' (or 'onnxviz[gpu]' for CUDA)"
-    ) from None
-
 import onnx
 
 from .errors import OnnxvizError
@@ -23,17 +16,34 @@ from .errors import OnnxvizError
 log = logging.getLogger("onnxviz")
 
 DEVICES = ("auto", "cpu", "cuda")
+# names of ort.GraphOptimizationLevel members, looked up when a session is made
 OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the rest of the message
 
 
+def onnxruntime():
+    """The onnxruntime module, imported on first use: `onnxviz --help` and the pure-graph code
+    (inspect's tables, export-grad) start without paying its import (a second or more)."""
+    try:
+        import onnxruntime as ort
+
+        # onnxruntime's own logger prints "[E:onnxruntime:...]" lines to stderr beside the
+        # one-line error we raise for the same failure; only fatal ones stay.
+        ort.set_default_logger_severity(4)
+    except ImportError:  # pragma: no cover - exercised only without the extra installed
+        raise ImportError(
+            "onnxviz needs ONNX Runtime: pip install 'onnxviz[cpu]' (or 'onnxviz[gpu]' for CUDA)"
+        ) from None
+    return ort
+
+
 def cuda_available() -> bool:
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return "CUDAExecutionProvider" in onnxruntime().get_available_providers()
 
 
 def resolve_device(device: str) -> str:
@@ -45,7 +55,7 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not cuda_available():
         raise OnnxvizError(
             "device 'cuda' asked for, but onnxruntime has no CUDA provider here "
-            f"(available: {', '.join(ort.get_available_providers())}). "
+            f"(available: {', '.join(onnxruntime().get_available_providers())}). "
             "Install onnxviz[gpu] (onnxruntime-gpu, not onnxruntime) on a machine with an NVIDIA GPU."
         )
     return device
@@ -64,7 +74,7 @@ class Runtime:
             raise OnnxvizError(f"unknown optimization level {optimization!r}: choose from {', '.join(OPT_LEVELS)}")
         self.threads = threads
         self.optimization = optimization
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sessions: dict = {}
         self._tmp: list[tempfile.TemporaryDirectory] = []
 
     @property
@@ -74,12 +84,13 @@ class Runtime:
         return ["CPUExecutionProvider"]
 
     def describe(self) -> str:
-        return f"onnxruntime {ort.__version__} on {self.device} ({self.providers[0]})"
+        return f"onnxruntime {onnxruntime().__version__} on {self.device} ({self.providers[0]})"
 
-    def _options(self) -> ort.SessionOptions:
+    def _options(self):
+        ort = onnxruntime()
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = OPT_LEVELS[self.optimization]
-        opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[self.optimization])
+        opts.log_severity_level = 4
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if self.device == "cpu":
@@ -88,7 +99,7 @@ class Runtime:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
-    def session(self, model: onnx.ModelProto, key: Optional[str] = None) -> ort.InferenceSession:
+    def session(self, model: onnx.ModelProto, key: Optional[str] = None):
         """The session for ``model``, created once per key (default: a hash of the graph)."""
         if key is None:
             key = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest() if model.ByteSize() < _TWO_GB else str(id(model))
@@ -102,7 +113,8 @@ class Runtime:
         """Drop a cached session (its graph changed)."""
         self._sessions.pop(key, None)
 
-    def _create(self, model: onnx.ModelProto) -> ort.InferenceSession:
+    def _create(self, model: onnx.ModelProto):
+        ort = onnxruntime()
         try:
             if model.ByteSize() < _TWO_GB:
                 return ort.InferenceSession(model.SerializeToString(), self._options(), providers=self.providers)
@@ -138,8 +150,10 @@ class Runtime:
 
     @staticmethod
     def _run(sess, names, feeds) -> list:
+        options = onnxruntime().RunOptions()
+        options.log_severity_level = 4  # the failure is raised below as one line; no "[E:onnxruntime]" too
         try:
-            return sess.run(names, dict(feeds))
+            return sess.run(names, dict(feeds), options)
         except Exception as exc:
             raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
 

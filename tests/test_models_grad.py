@@ -1,61 +1,66 @@
-"""Whole-model gradient checks against the float64 referee (onnxviz.checkgrad).
+"""Whole-model gradient checks: the gradient GRAPH, run in float64, against float64 differences.
 
-Input gradients and last-conv (first Grad-CAM candidate) gradients of the nine
-onnx/backend/test/data/light models, with random weights, agree with float64 central
-differences along random directions; so do a channels-last, a PRelu and a dynamic-size
-model. Guided backprop and deconvnet run on every light model. Known-wrong backward rules
+Each check exports the gradient graph that every method runs, converts it to float64 and
+evaluates it with onnx's reference evaluator (``onnxviz.checkgrad.graph_gradients_float64``),
+then compares <g, v> with central differences of the float64 forward model along random
+directions v, with a step of 1e-8 (relative to the perturbed tensor's RMS): small enough
+to stay clear of ReLU and max-pool kinks on ImageNet-size nets, where 1e-6 crosses about
+ten per direction. Both sides take the same branch at every ReLU and pool window, so the
+result does not depend on float32 rounding or on onnxruntime's version (the former float32
+comparison failed on DenseNet-121 and VGG-19 whenever a pool window fell within float32
+rounding of a tie). Measured: relative errors 1e-9 to 4e-5 per direction; wrong rules
 (MaxUnpool for MaxPool, the kernel-area divisor for AveragePool, ``output_shape`` on the
-Conv adjoint) fail the same check.
+Conv adjoint) give 1e-2 to 1e1.
 
-Agreement is measured per direction v as |<g, v> - fd| / max(|fd|, |<g, v>|, ||g||):
-for v ~ N(0, I), <g, v> has spread ||g||, so this is the error relative to the typical
-directional derivative. It differs from checkgrad's own ``error`` only for directions
-nearly orthogonal to g, where float32 rounding of the analytic side, not the rules,
-dominates the relative error. Wrong rules give errors of 1e-2 to 1e1 on this scale.
-
-The light models run at 224x224 through onnx.reference (a few seconds per evaluation of
-the larger ones): the six slowest are marked ``slow``; ``-m "not slow"`` keeps the file
-to about a minute and a half on two cores.
+The nine onnx/backend/test/data/light models run with random weights; those whose head
+pools globally run at a small size by default (the graph's rules do not depend on the size)
+and at 224x224 under ``-m slow``; the three with a fixed-size fully connected head
+(AlexNet, ZFNet-512, VGG-19) are slow only. onnxruntime's float32 gradients are compared
+with the float64 graph by relative L2 (deep ReLU nets: a few percent at most, see DESIGN).
 """
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 import onnxviz
 from builders import LIGHT_MODELS, randomized, save, tiny_cnn
 from onnxviz.autodiff import DECONVNET, GUIDED, STANDARD
-from onnxviz.checkgrad import check_gradients, format_rows
+from onnxviz.checkgrad import directional_errors_float64
 from onnxviz.graph.analysis import gradcam_candidates
-from onnxviz.graph.double import Reference
-from onnxviz.graph.surgery import expose
 
-TOL = 1e-3
-# Input gradients of deep random-weight networks: a ReLU unit whose pre-activation lies within
-# float32 rounding of 0 has a different mask in the float32 graph than in the float64 referee.
-# Bisection on Inception-v2 found every rule exact layer by layer (<1e-6) and one such unit of
-# 25,088 in block 4a moving the input's directional derivative by ~1%; wrong rules give 1e-1+
-# (test_known_wrong_rules_fail_the_check).
-DEEP_INPUT_TOL = 3e-2
+# median over directions of |<g, v> - fd| / max(|fd|, |<g, v>|): the float64 graph is exact to
+# ~1e-7, float64 differences with a 1e-8 step resolve it to ~1e-5 on the deepest nets
+TOL = 1e-4
+WORST_TOL = 1e-3  # any single direction
+DIRECTIONS = 3
 LIGHT = {os.path.basename(p)[len("light_"):-len(".onnx")]: p for p in LIGHT_MODELS}
-# Pixels ~N(0, SCALE^2), so that checkgrad's steps (1e-6, 1e-7) are 1e-7 and 1e-8 of the signal:
-# a ReLU network at 224x224 has millions of units, and larger relative steps move enough of them
-# across their kink for central differences to miss by 1e-2 along most directions (ResNet-50).
-SCALE = 10.0
-# No jitter: it is for quantized images' exact ties; Gaussian pixels have none. And a jittered
-# point can put two float32 values of a max-pool window within rounding of each other, where
-# onnxruntime's argmax and the float64 referee's differ: Inception-v2 then misses by 1e-2 in
-# every direction (one flipped window of 50176 at its last pool), without a rule being wrong.
-JITTER = 0.0
-SLOW = {"bvlc_alexnet", "vgg19", "zfnet512", "densenet121", "inception_v1", "inception_v2"}
+# Size of the default (not slow) run: global-pooling heads take any size; None = fixed 224x224
+# head (slow only). Chosen so that the file fits the README's budget on two cores.
+# (ShuffleNet's channel shuffle reshapes to sizes fixed at 224, and is cheap there.)
+SMALL = {"squeezenet": 128, "resnet50": 128, "shufflenet": 224, "densenet121": 128,
+         "inception_v1": 128, "inception_v2": 128, "bvlc_alexnet": None, "zfnet512": None, "vgg19": None}
+
+
+# onnx.reference holds VGG-19's float64 gradient graph in more than 11 GB (killed at 11.5 GB on a
+# 23 GB machine): over any CI memory cap. Its ops (Conv, Relu, MaxPool, Gemm) are all refereed on
+# the other models; its float32 gradients still run under guided/deconvnet below.
+FLOAT64_TOO_BIG = {"vgg19": "the float64 referee needs more than 11 GB for VGG-19's gradient graph"}
 
 
 def light_params():
-    return [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [], id=name) for name in sorted(LIGHT)]
+    params = []
+    for name in sorted(LIGHT):
+        if SMALL.get(name):
+            params.append(pytest.param((name, SMALL[name]), id=f"{name}-{SMALL[name]}"))
+        if SMALL.get(name) != 224:
+            params.append(pytest.param((name, None), marks=[pytest.mark.slow], id=f"{name}-224"))
+    return params
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -66,11 +71,11 @@ def keep_signal(model: onnx.ModelProto, seed: int = 1) -> onnx.ModelProto:
 
     ``builders.randomized`` draws BN scales ~0.1 N(0, 1) and [C,1,1] constants He-scaled: each
     BN then shrinks the signal tenfold against fixed shifts, and the logits stop depending on
-    the input (Inception-v2's input gradient is ~1e-12; checkgrad's steps of 1e-7 resolve
-    derivatives down to ~1e-4 of the score only). Here BN scales are ~U(0.2, 0.6), which
-    keeps residual sums (ResNet, ShuffleNet) from doubling per block; where a per-channel
-    Mul and Add follow the BN (Inception-v2, DenseNet: plain chains, nothing to add the
-    signal back) the BN and the Mul scales are ~U(0.5, 1.5) and the Add's shifts ~0.1 N(0, 1).
+    the input (Inception-v2's input gradient is ~1e-12 of the score: below what float64
+    differences resolve). Here BN scales are ~U(0.2, 0.6), which keeps residual sums (ResNet,
+    ShuffleNet) from doubling per block; where a per-channel Mul and Add follow the BN
+    (Inception-v2, DenseNet: plain chains, nothing to add the signal back) the BN and the Mul
+    scales are ~U(0.5, 1.5) and the Add's shifts ~0.1 N(0, 1).
     """
     rng = np.random.default_rng(seed)
     index = {t.name: k for k, t in enumerate(model.graph.initializer)}
@@ -105,170 +110,125 @@ def keep_signal(model: onnx.ModelProto, seed: int = 1) -> onnx.ModelProto:
     return model
 
 
-def light_model_proto(name: str) -> onnx.ModelProto:
+def at_size(model: onnx.ModelProto, size) -> onnx.ModelProto:
+    """The model at a ``size`` x ``size`` input, in place: a head that pools a 7x7 map with a
+    7x7 AveragePool (ResNet, Inception, ShuffleNet) pools the smaller map with a kernel scaled
+    alike, so the rest of the graph, rules and all, is unchanged."""
+    if size and size != 224:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_value = dims[3].dim_value = size
+        del model.graph.value_info[:]
+        for node in model.graph.node:
+            if node.op_type == "AveragePool":
+                for a in node.attribute:
+                    if a.name == "kernel_shape" and list(a.ints) == [7, 7]:
+                        a.ints[:] = [size // 32] * 2
+    return model
+
+
+def light_model_proto(name: str, size=None) -> onnx.ModelProto:
     """A light model with random weights that keep the input visible in the logits."""
-    return keep_signal(randomized(onnx.load(LIGHT[name])))
-
-
-def directional_errors(rows, grads) -> list:
-    """(row, error relative to max(|fd|, |analytic|, ||g||)) for each conclusive row (not "kink")."""
-    out = []
-    for r in rows:
-        if r.status == "kink":
-            continue
-        norm = float(np.linalg.norm(np.asarray(grads[r.tensor], np.float64)))
-        out.append((r, abs(r.analytic - r.numeric) / max(abs(r.numeric), abs(r.analytic), norm, 1e-30)))
-    return out
-
-
-def assert_gradients_agree(model, x, layers, directions=2, rules=None, label="", input_tol=TOL,
-                           input_may_be_inconclusive=False):
-    """One gradient call for the input and ``layers``; check_gradients' conclusive rows all agree to TOL.
-
-    A "kink" row (every direction tried straddled a non-differentiable point) is inconclusive;
-    each tensor needs a conclusive row with a non-zero derivative, else the referee saw nothing.
-    """
-    checked = model if rules is None else WithRules(model, rules)
-    wrt = ["input", *layers]
-    g = checked.gradients(x, wrt=wrt)
-    assert g["input"].shape == x.shape
-    for name in wrt:
-        assert np.isfinite(g[name]).all(), f"{label}: non-finite gradient for {name}"
-        assert np.abs(g[name]).max() > 0, f"{label}: zero gradient for {name}"
-    rows = check_gradients(checked, x, layers=layers, directions=directions, tolerance=TOL, jitter=JITTER)
-    assert len(rows) == directions * len(wrt)
-    report = f"{label}\n{format_rows(rows)}"
-    errors = directional_errors(rows, g)
-    for name in wrt:
-        if name == "input" and input_may_be_inconclusive:
-            continue
-        assert any(r.tensor == name and r.numeric != 0 for r, _ in errors), f"referee inconclusive for {name}\n{report}"
-    worst = max((e for r, e in errors if r.tensor != "input"), default=0.0)
-    assert worst <= TOL, f"gradient error {worst:.3g} > {TOL}\n{report}"
-    worst_input = max((e for r, e in errors if r.tensor == "input"), default=0.0)
-    assert worst_input <= input_tol, f"input gradient error {worst_input:.3g} > {input_tol}\n{report}"
-    return rows, max(worst, worst_input)
-
-
-class WithRules:
-    """A Model whose gradients come from another rule set (check_gradients takes the model only)."""
-
-    def __init__(self, model, rules):
-        self._model, self._rules = model, rules
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def gradients(self, *args, **kwargs):
-        return self._model.gradients(*args, rules=self._rules, **kwargs)
-
-
-def worst_error(model, x, layers, rules, directions=2) -> float:
-    """The largest directional error of ``rules``' gradients (no assertion)."""
-    checked = WithRules(model, rules)
-    g = checked.gradients(x, wrt=["input", *layers])
-    rows = check_gradients(checked, x, layers=layers, directions=directions, tolerance=TOL, jitter=JITTER)
-    errors = [e for _, e in directional_errors(rows, g)]
-    return max(errors) if errors else float("nan")
-
-
-@pytest.fixture(scope="module", params=light_params())
-def light(request, tmp_path_factory, device):
-    """(name, loaded Model with random weights); pytest runs every test of one model before
-    loading the next, and drops it then (VGG-19's gradient graphs and sessions take gigabytes)."""
-    name = request.param
-    path = save(light_model_proto(name), tmp_path_factory.mktemp("light") / f"{name}.onnx")
-    yield name, onnxviz.load(path, device=device)
+    return at_size(keep_signal(randomized(onnx.load(LIGHT[name]))), size)
 
 
 def image(model, seed=11, height=None, width=None, batch=1, scale=1.0):
     """N(0, scale^2) pixels in the model's layout.
 
-    Not seed 0: check_gradients draws its directions from default_rng(0), and a direction equal
-    to x measures <g, x>, the score itself for a nearly homogeneous network (a 60-sigma outlier).
+    Not seed 0: the checks draw their directions from default_rng(0), and a direction equal
+    to x measures <g, x>, the score itself for a nearly homogeneous network.
     """
     spec = model.input
     shape = spec.shape(batch, height or spec.height, width or spec.width)
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 
 
-def branch_flips(model, x) -> int:
-    """Max-pool windows and ReLUs that take a different branch in float32 (onnxruntime) than in float64.
-
-    The analytic side differentiates the float32 network, the referee the float64 one; where
-    two values of a pool window lie within float32 rounding of each other, or a ReLU input
-    within rounding of 0, the two pick different branches and their gradients differ by up
-    to 1e-2 (Inception-v1 and v2 at 224x224: a few windows of 1e5 per pool), however right the
-    rules are. Windows tied exactly in float64 (dead ReLUs under the pool) do not count.
-    """
-    pools = [n for n in model.proto.graph.node if n.op_type == "MaxPool"]
-    relus = [n for n in model.proto.graph.node if n.op_type == "Relu"]
-    names = list(dict.fromkeys([n.input[0] for n in pools + relus]))
-    h, w = model.input.hw(x)
-    exposed = expose(model.specialized(h, w), names, keep_outputs=False)
-    # a throwaway runtime: model.activations would keep this session (gigabytes for VGG-19)
-    f32 = onnxviz.Runtime(model.runtime.device, model.runtime.threads).run(exposed, {model.input.name: x})
-    f64 = Reference(exposed)({model.input.name: x})
-    flips = sum(int(((f32[n.input[0]] > 0) != (f64[n.input[0]] > 0)).sum()) for n in relus)
-    for node in pools:
-        a = {att.name: helper.get_attribute_value(att) for att in node.attribute}
-        if a.get("ceil_mode") or any(d != 1 for d in a.get("dilations", [1])) or a.get("auto_pad", b"NOTSET") != b"NOTSET":
-            continue  # not among the light models' pools
-        k = list(a["kernel_shape"])
-        windows32, _ = _windows(f32[node.input[0]].astype(np.float64), k, a.get("strides", [1] * len(k)), a.get("pads"))
-        windows64, gap = _windows(f64[node.input[0]], k, a.get("strides", [1] * len(k)), a.get("pads"))
-        flips += int(((windows32.argmax(-1) != windows64.argmax(-1)) & (gap > 0)).sum())
-    return flips
-
-
-def _windows(t, kernel, strides, pads):
-    """(windows [N, C, Ho, Wo, kh*kw], gap between the two largest values) of a 2-D max pool."""
-    pads = list(pads or [0] * 4)
-    padded = np.pad(t, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])], constant_values=-np.inf)
-    ho = (padded.shape[2] - kernel[0]) // strides[0] + 1
-    wo = (padded.shape[3] - kernel[1]) // strides[1] + 1
-    win = np.stack([padded[:, :, i:i + strides[0] * ho:strides[0], j:j + strides[1] * wo:strides[1]]
-                    for i in range(kernel[0]) for j in range(kernel[1])], -1)
-    top = np.sort(win, -1)[..., -2:]
-    return win, top[..., 1] - top[..., 0]
-
-
-def generic_image(model, seed=11, scale=SCALE, tries=4):
-    """The first of ``tries`` seeded images where float32 and float64 take the same branches."""
-    for k in range(tries):
-        x = image(model, seed=seed + k, scale=scale)
-        if branch_flips(model, x) == 0:
-            return x
-    pytest.fail(f"every one of {tries} images puts a max-pool window or ReLU within float32 rounding of a tie")
-
-
 def last_conv(model) -> str:
     return gradcam_candidates(model.proto, model.input.name, model.input.layout)[0]
+
+
+def assert_exact(model, x, layers, rules=STANDARD, label=""):
+    """The float64 gradient graph agrees with float64 differences for the input and ``layers``."""
+    errors = directional_errors_float64(model, x, layers, directions=DIRECTIONS, rules=rules)
+    text = f"{label}: " + ", ".join(f"{k}: {' '.join(f'{e:.1e}' for e in v)}" for k, v in errors.items())
+    for name, errs in errors.items():
+        assert np.median(errs) <= TOL and max(errs) <= WORST_TOL, text
+    return errors
+
+
+def worst_error(model, x, layers, rules) -> float:
+    """The largest directional error of ``rules``' gradient graph (no assertion).
+
+    Run by onnxruntime in float32: onnx.reference's MaxUnpool (onnx 1.23) indexes a batch
+    wrongly, and a wrong rule's error (1e-2 and up) dwarfs float32 rounding.
+    """
+    errors = directional_errors_float64(model, x, layers, directions=2, rules=rules, graph="float32")
+    return max(e for errs in errors.values() for e in errs)
+
+
+def fresh_gradients(model, x, **kwargs):
+    """model.gradients through a throwaway runtime: a cached session of VGG-19's gradient graph
+    holds gigabytes, and three rule sets' sessions at once took 13 GB."""
+    runtime = model.runtime
+    model.runtime = onnxviz.Runtime(runtime.device, runtime.threads)
+    try:
+        return model.gradients(x, **kwargs)
+    finally:
+        model.runtime = runtime
+        for cache in ("_derived", "_session_keys"):  # the gradient graphs (VGG-19's: gigabytes)
+            getattr(model, cache, {}).clear()
+        gc.collect()
+
+
+@pytest.fixture(scope="module", params=light_params())
+def light(request, tmp_path_factory, device):
+    """(name, loaded Model with random weights, image); pytest runs every test of one model
+    before loading the next, and drops it then."""
+    name, size = request.param
+    path = save(light_model_proto(name, size), tmp_path_factory.mktemp("light") / f"{name}.onnx")
+    model = onnxviz.load(path, device=device)
+    yield name, model, image(model)
+    del model
+    gc.collect()
 
 
 # ---------------------------------------------------------------------------- light models
 
 
-def test_light_model_gradients_agree_with_finite_differences(light):
-    """Input gradients and last-conv gradients of the nine light models, weights randomized, agree with FD."""
-    name, model = light
-    x = generic_image(model)
-    # Deep random-weight networks: see DEEP_INPUT_TOL; VGG-19's 224x224 input rows can all
-    # straddle kinks (inconclusive), its last-conv rows must still agree to TOL.
-    assert_gradients_agree(model, x, [last_conv(model)], label=name, input_tol=DEEP_INPUT_TOL,
-                           input_may_be_inconclusive=True)
+def test_light_model_gradient_graph_is_exact(light):
+    """Input and last-conv gradients of the nine light models (random weights), float64 graph vs FD."""
+    name, model, x = light
+    if name in FLOAT64_TOO_BIG:
+        pytest.skip(FLOAT64_TOO_BIG[name])
+    assert_exact(model, x, [last_conv(model)], label=name)
+
+
+def test_onnxruntime_float32_gradients_match_the_float64_graph(light):
+    """What the methods get: onnxruntime's float32 run of the same graph, within float32 luck.
+
+    A ReLU or pool window within float32 rounding of a tie flips a few pixels' gradients
+    (DESIGN: 2-4% at a few pixels of ResNet/MobileNetV2), so this compares by relative L2.
+    """
+    from onnxviz.checkgrad import graph_gradients_float64
+
+    name, model, x = light
+    if name in FLOAT64_TOO_BIG:
+        pytest.skip(FLOAT64_TOO_BIG[name])
+    layer = last_conv(model)
+    g64, target = graph_gradients_float64(model, x, ["input", layer])
+    g32 = fresh_gradients(model, x, target=target, wrt=["input", layer])
+    for key in ("input", layer):
+        rel = np.linalg.norm(g32[key] - g64[key]) / np.linalg.norm(g64[key])
+        assert rel <= 5e-2, f"{name} {key}: float32 gradient differs by {rel:.2g} (relative L2)"
 
 
 def test_guided_and_deconvnet_run_on_light_models(light):
-    name, model = light
-    x = image(model, seed=3, scale=SCALE)
+    name, model, x = light
     layer = last_conv(model)
     wrt = ["input", layer]
-    standard = model.gradients(x, wrt=wrt)
-    acts = model.activations(x, [layer])[layer]
+    standard = fresh_gradients(model, x, wrt=wrt)
     for rules in (GUIDED, DECONVNET):
-        g = model.gradients(x, wrt=wrt, rules=rules)
-        assert g["input"].shape == x.shape and g[layer].shape == acts.shape, rules.name
+        g = fresh_gradients(model, x, wrt=wrt, rules=rules)
+        assert g["input"].shape == x.shape and g[layer].shape == standard[layer].shape, rules.name
         assert np.isfinite(g["input"]).all() and np.abs(g["input"]).max() > 0, rules.name
         np.testing.assert_array_equal(g.target, standard.target)
         np.testing.assert_allclose(g.score, standard.score, rtol=1e-6)
@@ -291,8 +251,7 @@ def tiny(tmp_path, device):
 def test_small_models_agree(kwargs, tiny):
     model = tiny(**kwargs)
     assert model.input.layout == kwargs.get("layout", "NCHW")
-    x = image(model, batch=2)
-    assert_gradients_agree(model, x, [last_conv(model)], label=str(kwargs))
+    assert_exact(model, image(model, batch=2), [last_conv(model)], label=str(kwargs))
 
 
 @pytest.mark.parametrize("size", [(16, 16), (23, 20)])
@@ -300,7 +259,7 @@ def test_dynamic_size_model_agrees_at_two_sizes(size, tiny):
     model = tiny(dynamic=True)
     assert model.input.height is None and model.input.width is None
     x = image(model, height=size[0], width=size[1])
-    assert_gradients_agree(model, x, [last_conv(model)], label=f"dynamic {size}")
+    assert_exact(model, x, [last_conv(model)], label=f"dynamic {size}")
 
 
 # ---------------------------------------------------------------------------- known-wrong rules
@@ -381,21 +340,21 @@ def overlap(tmp_path_factory, device):
 
 
 def test_standard_rules_pass_on_the_overlap_model(overlap):
-    assert_gradients_agree(overlap, image(overlap, batch=2), ["r2"], label="overlap")
+    assert_exact(overlap, image(overlap, batch=2), ["r2"], label="overlap")
 
 
 @pytest.mark.parametrize("variant", sorted(WRONG))
 def test_known_wrong_rules_fail_the_check(variant, overlap):
     x = image(overlap, batch=2)
-    g = WithRules(overlap, WRONG[variant]).gradients(x, wrt=["input"])
+    g = overlap.gradients(x, wrt=["input"], rules=WRONG[variant])
     assert g["input"].shape == x.shape  # the wrong rule runs; only its values are wrong
     err = worst_error(overlap, x, ["r2"], WRONG[variant])
-    assert err > 10 * TOL, f"{variant}: the whole-model check did not catch it (error {err:.3g})"
+    assert err > 10 * WORST_TOL, f"{variant}: the whole-model check did not catch it (error {err:.3g})"
 
 
 @pytest.mark.slow
 def test_maxunpool_fails_on_squeezenet(tmp_path, device):
     """Squeezenet's 3x3/2 max pools overlap: the MaxUnpool backward is caught on a real model too."""
     model = onnxviz.load(save(light_model_proto("squeezenet"), tmp_path / "squeezenet.onnx"), device=device)
-    err = worst_error(model, image(model, scale=SCALE), [], WRONG["MaxPool-MaxUnpool"])
-    assert err > 10 * TOL, f"error {err:.3g}"
+    err = worst_error(model, image(model), [], WRONG["MaxPool-MaxUnpool"])
+    assert err > 10 * WORST_TOL, f"error {err:.3g}"

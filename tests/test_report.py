@@ -192,7 +192,18 @@ def test_gradient_check_verdicts(files, tmp_path, monkeypatch):
     check = gradient_check(report_pkg.read_inputs(model, [noise], onnxviz.Preprocess()))
     assert check.exact and len(check.kinks) == 1 and check.worst < 1e-4
     html = gradcheck_html(check)
-    assert "Gradients are exact." in html and "1 direction(s) met a kink" in html and "<td class='ok'>kink</td>" in html
+    assert "Gradients are exact." in html and "1 direction(s) could not be judged" in html
+    assert "<td class='ok'>kink</td>" in html
+
+    def unresolved(*args, **kwargs):  # constant weights: logits ~1e10, no difference resolves anything
+        return [dataclasses.replace(r, status="inconclusive", numeric=0.0, error=1.0, reason="the score (1e+10) is "
+                                    "too large") for r in real(*args, **kwargs)]
+
+    monkeypatch.setattr(checkgrad, "check_gradients", unresolved)
+    check = gradient_check(report_pkg.read_inputs(model, [noise], onnxviz.Preprocess()))
+    assert not check.exact and check.failing == [] and check.verdict[0] == "inconclusive"
+    html = gradcheck_html(check)
+    assert "Gradient check inconclusive." in html and "not exact" not in html and "too large" in html
 
 
 def test_images_section_has_every_method(full):
@@ -255,7 +266,9 @@ def test_page_shows_timings_and_progress(full):
     assert "Occlusion" in timings and "t-SNE map" in timings
     n = len(r.sections)
     assert lines[0] == f"[1/{n}] Model card ..." and any(line.startswith(f"[{n}/{n}]") for line in lines)
-    assert all(re.search(r": (done|skipped|FAILED) in \d", line) for line in lines[1::2])
+    steps = [line for line in lines if not line.startswith(" ")]  # indented: a long section's own steps
+    assert all(re.search(r": (done|skipped|FAILED) in \d", line) for line in steps[1::2])
+    assert any(line.startswith("    gradient check: finite differences") for line in lines)
 
 
 def test_labels_are_escaped(files, tmp_path, no_classvis):

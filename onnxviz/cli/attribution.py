@@ -17,13 +17,14 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..images import deprocess
-from ..io import check_not_input, ensure_out_dir, save_figure, save_json, save_npy
+from ..io import deferred_interrupts, ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
 from ..render import heatmap_figure
 from ..targets import SCORES
-from .common import Session, handle_errors, model_options, open_session, preprocess_options
+from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
+                     preprocess_options)
 
 TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
 
@@ -47,7 +48,11 @@ def attribution_options(fn):
         click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
                      help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
-                     help="Images per batch."),
+                     help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
+                          "or noisy copies per run): bounds memory."),
+        click.option("--grad", type=click.Choice(["exact", "fd"]), default="exact", show_default=True,
+                     help="exact: the gradient graph; fd: central finite differences (for operators "
+                          "without a backward rule; 2 runs per input element, slow)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -55,7 +60,7 @@ def attribution_options(fn):
 
 
 _MODEL = click.argument("model", type=click.Path(exists=True, dir_okay=False))
-_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+_IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 
 
 @click.command("cam")
@@ -66,6 +71,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -77,7 +83,7 @@ def cam_cmd(model, images, method, layer, **opts):
       onnxviz cam models/shapes_cnn.onnx models/images/star_0.png --method gradcam --out out
     """
     fn = CAM_METHODS[method]
-    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts)
+    _explain(model, images, method, lambda m, x, **kw: fn(m, x, layer=layer, **kw), opts, dict(layer=layer))
 
 
 @click.command("saliency")
@@ -93,6 +99,7 @@ def cam_cmd(model, images, method, layer, **opts):
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -104,7 +111,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
       onnxviz saliency models/shapes_cnn.onnx models/images/star_0.png --method guided --out out
     """
     kw = dict(samples=samples, noise=noise, steps=steps, baseline=baseline)
-    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts)
+    _explain(model, images, method, lambda m, x, **o: saliency(m, x, method=method, **kw, **o), opts, kw)
 
 
 @click.command("occlusion")
@@ -118,6 +125,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
 @attribution_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -131,7 +139,7 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
              lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
-             opts)
+             opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 
 def _baseline(text: str):
@@ -146,29 +154,45 @@ def _baseline(text: str):
 # ---------------------------------------------------------------------------- the shared loop
 
 
-def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict) -> None:
+def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict,
+             method_options: Optional[dict] = None) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
-    out, batch_size = opts.pop("out"), opts.pop("batch_size")
+    out, batch_size, grad = opts.pop("out"), opts.pop("batch_size"), opts.pop("grad")
+    engine, shard = pop_engine(opts, out)
+    images, relative = expand_images(images)
     session = open_session(model_path, **opts)
     targets = parse_targets(target, len(images), session)
+    existed = Path(out).exists()
     folder = ensure_out_dir(out)
-    check_not_input(folder / "results.json", [model_path, *images])
-    dirs = image_dirs(images, folder)
-    entries: list = []
-    summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
-    with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
-        for start in range(0, len(images), batch_size):
-            paths = list(images[start:start + batch_size])
-            x, _, _ = session.batch(paths)
-            t = None if targets is None else targets[start:start + len(paths)]
-            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score)
-            shown = deprocess(x, session.model.input, session.pre)
-            for i, path in enumerate(paths):
-                rows = np.flatnonzero(result.image == i)
-                entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
-                                            top_k is not None, targets is not None))
-            save_json(summary, folder / "results.json")
-            bar.update(len(paths))
+    try:
+        dirs = image_dirs(images, folder)
+        if engine is not None:
+            options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+            return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
+                                    opts, batch_size, engine, shard)
+        entries: list = []
+        summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
+        with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
+            for start in range(0, len(images), batch_size):
+                paths = list(images[start:start + batch_size])
+                x, _, _ = session.batch(paths)
+                t = None if targets is None else targets[start:start + len(paths)]
+                extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
+                result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+                                 batch_size=batch_size, **extra)
+                _warn_degenerate(result, paths)
+                shown = deprocess(x, session.model.input, session.pre)
+                with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
+                    for i, path in enumerate(paths):
+                        rows = np.flatnonzero(result.image == i)
+                        entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i],
+                                                    method, top_k is not None, targets is not None))
+                    save_json(summary, folder / "results.json")
+                bar.update(len(paths))
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed run leaves no empty folder behind
+        raise
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
         click.echo(f"{title(method)} at layer {', '.join(map(repr, layers))}")
@@ -178,9 +202,61 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
     click.echo(f"wrote {folder / 'results.json'}")
 
 
+def expand_images(images: Sequence[str]) -> tuple:
+    """Files as given, folders as their images (recursive, sorted); with the names ``--shard`` splits by."""
+    from ..datasets import scan_folder
+
+    paths, relative = [], []
+    for item in images:
+        if os.path.isdir(item):
+            dataset = scan_folder(item)
+            paths += [str(p) for p in dataset.paths]
+            relative += [f.path for f in dataset.files]
+        else:
+            paths.append(item)
+            relative.append(Path(item).name)
+    return paths, relative
+
+
+def _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session, opts,
+                     batch_size, engine, shard) -> None:
+    """The dataset-scale path (--engine ray or --shard): resumable, per-image files written by workers."""
+    from ..distributed import explain_dataset
+    from .dataset import report
+
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
+                          load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                          relative=relative, progress=True)
+    report(run.failures, [], folder)
+    s = run.stats
+    where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \
+        f"{len(run.entries)} images"
+    click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
+               f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+    click.echo(f"wrote {run.results}")
+
+
 def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
                  chosen: bool) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
+    """One image's files, all or none: a failure part-way removes what this call wrote."""
+    created = not folder.exists()
+    ensure_out_dir(folder)
+    written: list = []
+    try:
+        return _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written)
+    except BaseException:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written: list) -> dict:
     maps = []
     for r in rows:
         k = int(result.target[r])
@@ -188,11 +264,14 @@ def _write_image(session: Session, result, rows, shown, path: str, folder: Path,
         label = session.label(k)
         caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
         heading = title(method) + (f" @ {result.layer}" if result.layer else "")
-        files = {
-            "map": save_npy(result.map[r], folder / f"{stem}.npy"),
-            "raw": save_npy(result.raw[r], folder / f"{stem}.raw.npy"),
-            "png": save_figure(heatmap_figure(shown, result.map[r], heading, label=caption), folder / f"{stem}.png"),
-        }
+        files = {}
+        for kind, name, save in (
+                ("map", f"{stem}.npy", lambda p: save_npy(result.map[r], p)),
+                ("raw", f"{stem}.raw.npy", lambda p: save_npy(result.raw[r], p)),
+                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], heading,
+                                                                           label=caption), p))):
+            files[kind] = save(folder / name)
+            written.append(files[kind])
         maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
                      "method": method, "files": {kind: str(p) for kind, p in files.items()}})
     return {"image": os.path.abspath(path), "dir": str(folder), "maps": maps}
@@ -211,6 +290,20 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
     return np.asarray(classes, np.int64)
 
 
+def _warn_degenerate(result, paths) -> None:
+    """Say so when a map carries no information: constant (flat) or not finite."""
+    for row in range(len(result.raw)):
+        raw = np.asarray(result.raw[row])
+        name = Path(paths[int(result.image[row]) if result.image is not None else row]).name
+        if not np.isfinite(raw).all():
+            click.echo(f"warning: {name}: the {result.method} map has non-finite values (NaN/inf in the model's "
+                       "outputs or gradients)", err=True)
+        elif np.ptp(raw) == 0:
+            click.echo(f"warning: {name}: the {result.method} map is flat (every position {float(raw.flat[0]):.3g}): "
+                       "nothing to show — constant weights, a window not smaller than the input, or a score "
+                       "that does not depend on the input", err=True)
+
+
 def class_index(text: str, session: Session) -> int:
     """A --target class given as an index or, with --labels, a label name."""
     try:
@@ -219,7 +312,8 @@ def class_index(text: str, session: Session) -> int:
         labels = session.labels or []
         if text in labels:
             return labels.index(text)
-        hint = "" if labels else " (no label file: pass --labels, or give class indices)"
+        shown = ", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
+        hint = f"; the labels: {shown}" if labels else " (no label file: pass --labels, or give class indices)"
         raise OnnxvizError(f"--target {text!r} is neither a class index nor a label name{hint}") from None
     if k < 0:
         raise OnnxvizError(f"--target {k}: class indices start at 0")
@@ -231,14 +325,10 @@ def image_dirs(images: Sequence[str], folder: Path) -> list:
     seen: dict = {}
     out = []
     for path in images:
-        stem = _safe(Path(path).stem)
+        stem = safe_name(Path(path).stem, "image")
         seen[stem] = seen.get(stem, 0) + 1
         out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
 
 
 COMMANDS = (cam_cmd, saliency_cmd, occlusion_cmd)

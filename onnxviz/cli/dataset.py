@@ -15,13 +15,14 @@ import numpy as np
 from ..datasets import scan_folder
 from ..graph.heads import penultimate_layer
 from ..images import read_image
-from ..io import save_figure, save_json, save_png
+from ..io import safe_name, save_figure, save_json, save_png
 from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest
 from ..methods.neighbors import METRICS, nearest_neighbors
 from ..methods.patches import to_json, top_patches
 from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
 from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
-from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
+from .common import (engine_options, handle_errors, model_options, open_session, out_dir, pop_engine,
+                     preprocess_options)
 
 SHOWN_FAILURES = 20
 
@@ -82,7 +83,7 @@ def default_cache(header: dict, folder: str) -> Path:
     base = os.environ.get("ONNXVIZ_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "onnxviz")
     key = json.dumps([header, os.path.realpath(folder)], sort_keys=True)
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(header["model"]["file"]).stem)
+    stem = safe_name(Path(header["model"]["file"]).stem, "model")
     return Path(base) / "features" / f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
@@ -138,6 +139,7 @@ def _picture(path) -> np.ndarray:
 @click.option("--out", default="onnxviz-out/embed", show_default=True,
               help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
 @dataset_options
+@engine_options
 @model_options
 @preprocess_options
 @handle_errors
@@ -152,12 +154,31 @@ def embed_cmd(model, folder, layer, pool, out, batch_size, workers, progress, **
     Example:
       onnxviz embed models/shapes_cnn.onnx models/images --out out/features
     """
+    engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder_out = out_dir(out, "onnxviz-out/embed")
+    if engine is not None:
+        return _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress, session, opts, engine,
+                              shard)
     emb = _features(session, folder, layer, pool, folder_out, False, None, batch_size, workers, progress)
     click.echo(f"{emb.layer}: {len(emb)} images x {emb.features.shape[1]} features "
                f"({emb.computed} computed, {emb.reused} reused) -> {folder_out / 'features.npy'}, "
                f"{folder_out / 'manifest.json'}")
+
+
+def _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress, session, opts, engine, shard):
+    """embed --engine ray / --shard: workers commit content-keyed parts; the same cache files result."""
+    from ..distributed import embed_dataset
+
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    emb = embed_dataset(model, folder, folder_out, layer, pool, pre=session.pre, load_options=load_options,
+                        batch_size=batch_size, engine=engine, shard=shard, progress=_progress(progress))
+    report(emb.failures, emb.skipped, folder_out)
+    s = emb.stats
+    where = f"shard {shard}: " if shard else ""
+    click.echo(f"{where}{emb.layer}: {len(emb)} images x {emb.features.shape[1]} features ({s.computed} computed, "
+               f"{emb.reused} reused) -> {emb.cache / 'features.npy'}, {emb.cache / 'manifest.json'}"
+               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
 
 
 @click.command("neighbors")
@@ -269,8 +290,7 @@ def patches_cmd(model, folder, layer, channel, n_channels, top, any_position, ou
 
     \b
     Example:
-      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 \
-        --channels 4 --top 4
+      onnxviz patches models/shapes_cnn.onnx models/images --layer /features/features.10/Relu_output_0 --top 4
     """
 
     if channel and n_channels:

@@ -11,7 +11,7 @@ from ..checkgrad import check_gradients, format_rows
 from ..graph.analysis import gradcam_candidates
 from ..images import deprocess
 from ..inspection import describe, format_table
-from ..io import atomic_write, save_figure, save_json, save_npy
+from ..io import atomic_write, ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
@@ -50,15 +50,14 @@ def demo(model_path, out, device):
     folder = bundled_models_dir() if bundled else Path(model_path).parent
     model_path = model_path or str(folder / SAMPLE)
     images = sorted(p for p in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else []
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(out)
     session = open_session(model_path, device=device)
     model = session.model
     click.echo(f"model {model_path} on {model.runtime.describe()}")
     timings = {}
 
     start = time.perf_counter()
-    info = describe(model)
+    info = describe(model, size=session.pre.size)  # as `onnxviz inspect` does: the sidecar's size
     with atomic_write(out / "inspect.txt", "w") as f:
         f.write(format_table(info) + "\n")
     save_json(info, out / "inspect.json")
@@ -78,14 +77,16 @@ def demo(model_path, out, device):
         acts = activations(model, x, layer)
         probs = model.run(x)[model.outputs[0]]
         for i, path in enumerate(images):
-            sub = out / path.stem
-            sub.mkdir(exist_ok=True)
+            sub = ensure_out_dir(out / safe_name(path.stem, "image"))
             chosen = rank_channels(acts.values[i])[:16]
             label = session.label(int(probs[i].argmax()))
             fig = activations_figure(shown[i], acts.values[i], chosen, f"{layer} — predicted {label}")
             save_figure(fig, sub / "activations.png")
             save_npy(acts.values[i], sub / "activations.npy")
         timings["activations"] = time.perf_counter() - start
+
+        for method, seconds in method_folders(model, x, images, shown, session, out).items():
+            timings[method] = seconds
 
         start = time.perf_counter()
         rows = check_gradients(model, x[:1], layers=[layer])
@@ -103,8 +104,55 @@ def demo(model_path, out, device):
     save_json({"model": model_path, "images": [str(p) for p in images], "timings_s": timings},
               out / "demo.json")
     click.echo(f"wrote the demo to {out.resolve()}/ "
-               f"(inspect.txt, filters.png, per-image activations, check-grad.txt, report.html)")
+               f"(inspect.txt, filters.png, per-image activations, cam/, saliency/, occlusion/, classvis/, "
+               f"check-grad.txt, report.html)")
     click.echo(f"report: {page.resolve()} (open it in a browser)")
+
+
+def method_folders(model, x, images, shown, session, out: Path) -> dict:
+    """A folder per method with one PNG per image (the map over the image as the model saw it):
+    cam/<method>/, saliency/<method>/, occlusion/, and classvis/ (one PNG per predicted class).
+    Returns seconds per method family."""
+    from ..methods.cam import METHODS as CAMS
+    from ..methods.occlusion import occlusion
+    from ..methods.saliency import METHODS as SALIENCIES, saliency
+    from ..io import save_png
+
+    timings = {}
+
+    def save_all(result, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(images):
+            result.save(folder / f"{path.stem}.png", image=shown[i], index=i)
+
+    start = time.perf_counter()
+    for name, fn in CAMS.items():
+        save_all(fn(model, x), out / "cam" / name)
+    timings["cam"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name in SALIENCIES:
+        save_all(saliency(model, x, method=name), out / "saliency" / name)
+    timings["saliency"] = time.perf_counter() - start
+    start = time.perf_counter()
+    h, w = model.input.hw(x)
+    save_all(occlusion(model, x, window=max(2, min(h, w) // 4), stride=max(1, min(h, w) // 8)), out / "occlusion")
+    timings["occlusion"] = time.perf_counter() - start
+    try:  # optional, as in the report
+        from ..methods.classvis import class_visualization
+    except ImportError:
+        return timings
+    start = time.perf_counter()
+    classes = list(dict.fromkeys(int(k) for k in model.run(x)[model.outputs[0]].argmax(axis=1)))
+    vis = class_visualization(model, target=classes, pre=session.pre, size=(h, w))
+    (out / "classvis").mkdir(exist_ok=True)
+    for k, image in zip(vis.target, vis.image):
+        save_png(image, out / "classvis" / f"{_stem(session.label(int(k)))}.png")
+    timings["classvis"] = time.perf_counter() - start
+    return timings
+
+
+def _stem(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def sample_dataset(folder: Path, size, per_class: int = 10):

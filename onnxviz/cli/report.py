@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..io import check_not_input
+from ..errors import NonFiniteError
+from ..finite import nonfinite_weights
+from ..io import ensure_out_dir
 from ..report import report
 from .common import handle_errors, model_options, open_session, preprocess_options
 
@@ -24,10 +26,14 @@ def echo_progress(line: str) -> None:
 @click.option("--layer", default=None, help="Layer for Grad-CAM, activations and patches (default: the last "
               "spatial tensor before the head; `onnxviz inspect` marks the candidates).")
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="Predictions listed per image.")
+@click.option("--check-grad/--no-check-grad", "check_grad", default=True, show_default=True,
+              help="Run the gradient check (float64 finite differences: the slowest section on large models).")
+@click.option("--classvis-steps", type=click.IntRange(1), default=None,
+              help="Gradient-ascent steps per class visualization (default: the method's own, 256).")
 @model_options
 @preprocess_options
 @handle_errors
-def report_cmd(model, images, out, dataset, layer, top, **opts):
+def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_steps, **opts):
     """Audit MODEL on IMAGES in one HTML page you can open offline, print and send.
 
     The page holds the model card (hash, opset, input, preprocessing, layer table, runtime),
@@ -39,21 +45,26 @@ def report_cmd(model, images, out, dataset, layer, top, **opts):
 
     \b
     Example:
-      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset shapes/ -o report.html
+      onnxviz report models/shapes_cnn.onnx models/images/*.png --dataset models/images -o report.html
     """
 
     out = Path(out)
-    check_not_input(out, [model, *images])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    session = open_session(model, **opts)
+    if out.is_dir():
+        raise click.BadParameter(f"{out} is a folder; give the HTML file to write", param_hint="-o/--out")
+    ensure_out_dir(out.parent)
+    session = open_session(model, finite=False, **opts)  # the sections that cannot be computed say why, in red
     result = report(session.model, images, out, dataset=dataset, labels=session.labels, pre=session.pre,
-                    layer=layer, top=top, progress=echo_progress)
+                    layer=layer, top=top, progress=echo_progress, check_grad=check_grad,
+                    classvis_steps=classvis_steps)
     failed = [s.title for s in result.sections if s.status == "error"]
     if failed:
         click.echo(f"report: {len(failed)} section(s) failed, each explained on the page: {', '.join(failed)}",
                    err=True)
     size = out.stat().st_size
     click.echo(f"wrote {out.resolve()} ({size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+    bad = nonfinite_weights(session.model.proto)
+    if bad:
+        raise NonFiniteError(f"the model's {bad}: the report marks what it could not compute")
 
 
 COMMANDS = (report_cmd,)

@@ -46,12 +46,13 @@ class Context:
     score: str = "logit"
     batch_size: Optional[int] = None
     progress: bool = False
+    grad: str = "graph"
 
     def gradients(self, rules: str = "standard"):
         """(A, dy/dA) as (N, K, h, w), target and score: one run of the gradient graph."""
         g = self.model.gradients(self.x, target=self.target, wrt=[self.layer], rules=rules,
                                  output=self.obj.output, score=self.score, class_axis=self.obj.class_axis,
-                                 batch_size=self.batch_size, progress=self.progress)
+                                 batch_size=self.batch_size, progress=self.progress, grad=self.grad)
         acts = to_nchw(g.activations[self.layer], self.axes)
         return acts, to_nchw(g[self.layer], self.axes), g.target, g.score
 
@@ -79,12 +80,12 @@ Weigher = Callable[[Context], Weights]
 def class_activation_map(model, x, weigh: Weigher, method: str, target: Target = None,
                          layer: Optional[str] = None, top_k: Optional[int] = None, output: Optional[str] = None,
                          score: str = "logit", batch_size: Optional[int] = None,
-                         progress: bool = False) -> Heatmap:
+                         progress: bool = False, grad: str = "graph") -> Heatmap:
     """The CAM template: resolve rows and layer, get the method's weights, fuse, upsample."""
     obj = objective(model, output, score)
     xr, t, image = rows(model, x, obj, target, top_k)
     layer = resolve_layer(model, layer)
-    ctx = Context(model, xr, t, layer, layer_axes(model, layer), obj, score, batch_size, progress)
+    ctx = Context(model, xr, t, layer, layer_axes(model, layer), obj, score, batch_size, progress, grad)
     w = weigh(ctx)
     weights = np.asarray(w.weights, np.float64)
     fused = np.einsum("nk,nkhw->nhw" if weights.ndim == 2 else "nkhw,nkhw->nhw", weights, w.acts)

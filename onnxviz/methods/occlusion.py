@@ -6,6 +6,7 @@ each window covers.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional, Union
 
 import numpy as np
@@ -116,6 +117,12 @@ class _Windows:
         self.starts = (window_starts(self.shape[0], wh, sh), window_starts(self.shape[1], ww, sw))
         self.size = (min(wh, self.shape[0]), min(ww, self.shape[1]))
         self.count = len(self.starts[0]) * len(self.starts[1])
+        if wh >= self.shape[0] and ww >= self.shape[1]:
+            # one window hides everything: every position gets the same drop, the map is flat
+            logging.getLogger("onnxviz").warning(
+                "occlusion window %dx%d is not smaller than the %dx%d input: it hides the whole "
+                "image, so the map is flat (all zero once scaled); use a smaller --window",
+                wh, ww, *self.shape)
 
     def region(self, k: int) -> list:
         """Index of window k in one item (batch axis dropped)."""

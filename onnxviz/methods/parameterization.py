@@ -15,8 +15,6 @@ the exact adjoint of the map's Jacobian).
 from __future__ import annotations
 
 import numpy as np
-from scipy import fft
-from scipy.special import expit
 
 # sqrt of the ImageNet RGB colour covariance (lucid.optvis.param.color), columns scaled to unit max norm
 _COLOR_SVD_SQRT = np.array([[0.26, 0.09, 0.02],
@@ -72,9 +70,13 @@ class Fourier:
         self._pre = None
 
     def _spatial(self) -> np.ndarray:
+        from scipy import fft
+
         return fft.irfft2(_complex(self.params) * self.scale, s=self.hw)
 
     def image(self) -> np.ndarray:
+        from scipy.special import expit
+
         self._pre = expit(np.einsum("ij,njhw->nihw", self.color, self._spatial()))
         return self._pre
 
@@ -83,6 +85,8 @@ class Fourier:
         p = self._pre if self._pre is not None else self.image()
         gz = g * p * (1.0 - p)
         gs = np.einsum("ij,nihw->njhw", self.color, gz)  # Cᵀ
+        from scipy import fft
+
         spec = fft.rfft2(gs.astype(self.params.dtype, copy=False))
         spec *= self._adjoint
         return spec.view(self.params.dtype).reshape(self.params.shape)

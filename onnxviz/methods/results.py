@@ -6,11 +6,46 @@ from typing import Optional
 
 import numpy as np
 
-from ..render.tiles import normalize01, upsample
+from ..finite import check_finite
+from ..render.tiles import colorize, normalize01, overlay, upsample
+
+
+class _Picture:
+    """``overlay`` and ``save`` for a result with a [0, 1] ``map`` (N, H, W) per row."""
+
+    def overlay(self, image: Optional[np.ndarray] = None, index: int = 0, alpha: float = 0.5,
+                cmap: str = "jet") -> np.ndarray:
+        """Row ``index``'s map as uint8 RGB (H, W, 3): blended over ``image`` (a PIL image such as
+        ``onnxviz.read_image(path)`` or uint8 (H, W[, C]), any size: the map is resized to it), or
+        alone, colourized.
+
+        >>> rgb = heat.overlay(onnxviz.read_image("cat.png"))
+        """
+        if not -len(self.map) <= index < len(self.map):
+            raise IndexError(f"index {index} out of range: this result has {len(self.map)} rows")
+        m = self.map[index]
+        if image is None:
+            return colorize(m, cmap)
+        return overlay(np.asarray(image), m, alpha, cmap)
+
+    def save(self, path, image: Optional[np.ndarray] = None, index: int = 0, alpha: float = 0.5,
+             cmap: str = "jet"):
+        """Write row ``index`` as a PNG: ``overlay(image)``, or the colourized map without an image;
+        a path ending in ``.npy`` saves the unnormalized ``raw`` row instead. Atomic; returns the path.
+
+        >>> heat.save("cam.png", image=onnxviz.read_image("cat.png"))
+        """
+        from pathlib import Path
+
+        from ..io import save_npy, save_png
+
+        if str(path).lower().endswith(".npy"):
+            return save_npy(np.asarray(self.raw[index]), path)
+        return save_png(self.overlay(image, index, alpha, cmap), Path(path))
 
 
 @dataclass(frozen=True)
-class Heatmap:
+class Heatmap(_Picture):
     """One map per row: CAM family (``raw`` at the layer's resolution) or occlusion (at the input's).
 
     ``raw`` (N, h, w) unnormalized, in image orientation whatever the layer layout;
@@ -32,9 +67,12 @@ class Heatmap:
     def __len__(self) -> int:
         return len(self.raw)
 
+    def __post_init__(self):
+        _check(self)
+
 
 @dataclass(frozen=True)
-class Attribution:
+class Attribution(_Picture):
     """Input-space attribution (saliency family, Guided Grad-CAM).
 
     ``raw`` has exactly the shape and layout of the batch ``x``; ``map`` (N, H, W) is the
@@ -51,6 +89,21 @@ class Attribution:
 
     def __len__(self) -> int:
         return len(self.raw)
+
+    def __post_init__(self):
+        _check(self)
+
+
+def _check(result) -> None:
+    """A map computed from NaN or inf is no result: fail naming the method, the row and the array."""
+    for field in ("raw", "score"):
+        value = np.asarray(getattr(result, field))
+        bad = ~np.isfinite(value) if value.dtype.kind == "f" else np.zeros(value.shape, bool)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0]) if value.ndim else 0
+            image = int(result.image[row]) if result.image is not None and value.ndim else row
+            check_finite(value[row] if value.ndim else value,
+                         f"the {result.method} {'map' if field == 'raw' else 'score'} of image {image}")
 
 
 def scaled(maps: np.ndarray) -> np.ndarray:

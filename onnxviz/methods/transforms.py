@@ -23,8 +23,6 @@ from functools import lru_cache
 from typing import Optional
 
 import numpy as np
-from scipy import sparse
-from scipy.ndimage import gaussian_filter
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,14 @@ def _product(mat, rows: np.ndarray) -> np.ndarray:
 _CURRENT: dict = {}
 
 
-def _matrix(warp: "Warp", h: int, w: int) -> sparse.csr_matrix:
+def _matrix(warp: "Warp", h: int, w: int) -> "sparse.csr_matrix":
     """W as a sparse (H·W, H·W) matrix with 4 bilinear weights per row (``.T`` is a free CSC view).
 
     Every W of a size has the same sparsity structure, so one matrix per size is refilled in
     place: a step's ``apply`` and ``adjoint`` share it, and no constructor runs per step.
     """
+    from scipy import sparse  # imported on use: scipy costs start-up time for every command
+
     mat, key = _CURRENT.get((h, w), (None, None))
     if mat is None:
         indptr = np.arange(0, 4 * h * w + 1, 4, dtype=np.int32 if 4 * h * w < 2**31 else np.int64)
@@ -153,6 +153,8 @@ def random_warp(rng: np.random.Generator, size: tuple[int, int], jitter: float,
 
 def blur(x: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of (N, C, H, W) over H and W (Yosinski et al., 2015: every few steps)."""
+    from scipy.ndimage import gaussian_filter
+
     return gaussian_filter(x, (0, 0, sigma, sigma), mode="nearest")
 
 

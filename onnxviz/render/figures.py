@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 
+# matplotlib is imported inside the functions: it takes about a second, which every command
+# (and `--help`) would pay at start-up through `import onnxviz`; annotations stay strings.
 from .tiles import filter_grid, grid, grid_shape, normalize01, colorize, overlay
 
 
 def new_figure(figsize=None) -> Figure:
     """A Figure with an Agg canvas attached (renders and saves without pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -86,6 +87,9 @@ def heatmap_figure(image: np.ndarray, map01: np.ndarray, title: Optional[str] = 
     fig, (ax,) = _axes(1, ax, figsize)
     _show(ax, overlay(image, map01, alpha, cmap), "\n".join(t for t in (title, label) if t))
     if colorbar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
         fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, fraction=0.046, pad=0.04)
     return fig
 

@@ -52,13 +52,15 @@ SECTIONS = (
 
 def report(model, images: Sequence[PathLike], out: Optional[PathLike] = None, *, dataset: Optional[PathLike] = None,
            labels=None, pre: Optional[Preprocess] = None, layer: Optional[str] = None, top: int = 5,
-           device: str = "auto", progress: Optional[Progress] = None) -> Report:
+           device: str = "auto", progress: Optional[Progress] = None, check_grad: bool = True,
+           classvis_steps: Optional[int] = None) -> Report:
     """Build the audit report of ``model`` (a path or a loaded Model) on ``images``; write it to ``out``.
 
     ``dataset``: an image folder (sub-folders = classes) for the t-SNE map, neighbours and patches;
     ``labels``: class names (a list or a label file); ``pre``: preprocessing (default ImageNet's);
     ``layer``: the Grad-CAM/activations layer (default: chosen from the graph); ``top``: how many
-    predictions to list; ``progress``: called with one line per section step.
+    predictions to list; ``progress``: called with one line per section step; ``check_grad=False``
+    skips the gradient check; ``classvis_steps``: ascent steps of the class visualizations.
     Every section is guarded: one that fails or does not apply says why on the page.
 
     >>> onnxviz.report("resnet50.onnx", ["cat.jpg"], "audit.html", labels="imagenet.txt")
@@ -70,6 +72,7 @@ def report(model, images: Sequence[PathLike], out: Optional[PathLike] = None, *,
     if isinstance(labels, (str, Path)):
         labels = load_labels(labels)
     inputs = read_inputs(model, images, pre or Preprocess(), labels, dataset, layer, top)
+    inputs.check_grad, inputs.classvis_steps = check_grad, classvis_steps
     sections = build_sections(inputs, progress)
     seconds = time.perf_counter() - start
     page = render(sections, inputs, generated=datetime.now().astimezone(), seconds=seconds)
@@ -106,6 +109,7 @@ def read_inputs(model, images: Sequence[PathLike], pre: Preprocess, labels=None,
 def build_sections(inputs: Inputs, progress: Optional[Progress] = None) -> list:
     """Every section in page order, each timed and guarded; class visualizations when available."""
     plan = list(SECTIONS)
+    inputs.progress = inputs.progress or progress
     if classvis_available():
         plan.append(("classvis", "Class visualizations", class_visualizations))
     return [run_section(key, title, fn, inputs, progress, step=f"[{i}/{len(plan)}] ")

@@ -38,7 +38,8 @@ def class_visualizations(inp: Inputs) -> ClassVisView:
         raise NotApplicable("no image could be read, so there are no predicted classes to visualize")
     classes = predicted_classes(inp)
     shown = classes[:MAX_CLASSES]
-    vis = class_visualization(inp.model, target=shown, pre=inp.pre, size=inp.model.input.hw(inp.x))
+    steps = {} if inp.classvis_steps is None else {"steps": int(inp.classvis_steps)}
+    vis = class_visualization(inp.model, target=shown, pre=inp.pre, size=inp.model.input.hw(inp.x), **steps)
     view = ClassVisView(int(vis.settings.get("steps", 0) or 0), left_out=len(classes) - len(shown))
     for k, image, prob in zip(vis.target, vis.image, vis.probability):
         name = inp.label(int(k))

@@ -132,13 +132,19 @@ def gradcheck_html(check) -> str:
     tensors = ", ".join(dict.fromkeys(r.tensor for r in check.rows))
     kinks = ""
     if check.kinks:
-        kinks = (f" {len(check.kinks)} direction(s) met a kink of the model in every try (ties in max-pooling, "
-                 "ReLUs at exactly 0), where no derivative exists; they are marked and not counted.")
-    if check.exact:
+        kinks = (f" {len(check.kinks)} direction(s) could not be judged (a kink of the model in every try, "
+                 "or a score too large for float64 differences); they are marked and not counted.")
+    word, why = check.verdict
+    if word == "exact":
         verdict = notice("good", f"The gradient graph agrees with float64 central finite differences to within "
                                  f"{check.tolerance:g} (worst relative error {check.worst:.1e}) on {tensors}, "
                                  f"at {check.image}.{kinks} The gradient methods below are exact.",
                          "Gradients are exact.")
+    elif word == "inconclusive":
+        verdict = notice("warn", f"Finite differences could not judge the gradient graph here: {why}, at "
+                                 f"{check.image}. This is not a failure: the model's scores are beyond what "
+                                 "float64 differences resolve (e.g. constant or untrained weights).",
+                         "Gradient check inconclusive.")
     else:
         verdict = notice("warn", f"The analytic gradient differs from float64 finite differences by more than "
                                  f"{check.tolerance:g} at {', '.join(check.failing)} (worst relative error "

@@ -24,6 +24,7 @@ from ..images import Preprocess
 from ..inspection import describe, sha256
 from ..methods.features import convolutions, filters
 from ..methods.layers import resolve_layer
+from ..io import label
 from ..render.tiles import filter_grid
 from .pictures import Picture, picture
 
@@ -50,11 +51,12 @@ class Inputs:
     dataset: Optional[Path] = None
     layer: Optional[str] = None  # as the user gave it; None = chosen automatically
     top: int = 5
+    check_grad: bool = True  # False: the gradient check section says it was skipped (--no-check-grad)
+    classvis_steps: Optional[int] = None  # ascent steps for class visualizations (None: the default)
+    progress: Optional[Callable] = None  # one line of text per step of a long section
 
     def label(self, k: int) -> str:
-        if self.labels and 0 <= k < len(self.labels):
-            return str(self.labels[k])
-        return f"class {k}"
+        return label(self.labels, k)
 
 
 @dataclass
@@ -208,12 +210,21 @@ class GradientCheck:
     tolerance: float
 
     @property
+    def verdict(self) -> tuple:
+        """("exact" | "not exact" | "inconclusive", why): see ``onnxviz.checkgrad.verdict``."""
+        from ..checkgrad import verdict
+
+        return verdict(self.rows, self.tolerance)
+
+    @property
     def exact(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return self.verdict[0] == "exact"
 
     @property
     def kinks(self) -> list:
-        return [r for r in self.rows if getattr(r, "status", "") == "kink"]
+        """Rows the differences could not judge: a kink in every direction, or a score too
+        large for float64 to resolve its derivative."""
+        return [r for r in self.rows if getattr(r, "status", "") in ("kink", "inconclusive")]
 
     @property
     def failing(self) -> list:
@@ -222,17 +233,22 @@ class GradientCheck:
 
     @property
     def worst(self) -> float:
-        """The largest relative error among the rows that are not kinks."""
-        return max((r.error for r in self.rows if getattr(r, "status", "") != "kink"), default=0.0)
+        """The largest relative error among the conclusive rows."""
+        return max((r.error for r in self.rows if getattr(r, "status", "") not in ("kink", "inconclusive")),
+                   default=0.0)
 
 
 def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
 
+    if not inp.check_grad:
+        raise NotApplicable("skipped as asked (--no-check-grad); `onnxviz check-grad` runs it alone")
     if inp.x is None:
         raise NotApplicable("no image could be read to check the gradients on")
     layer = guarded("layer", resolve_layer, inp.model, inp.layer)
     layers = [layer.value] if layer.status == "ok" else []
-    rows = checkgrad.check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance)
+    say = inp.progress or (lambda text: None)
+    rows = checkgrad.check_gradients(inp.model, inp.x[:1], layers=layers, tolerance=tolerance,
+                                     progress=lambda text: say(f"    gradient check: {text}"))
     return GradientCheck(Path(inp.paths[0]).name, rows, tolerance)
 
 

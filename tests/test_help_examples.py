@@ -1,0 +1,41 @@
+"""Every command's --help example runs as written on the bundled model (from a scratch folder)."""
+from __future__ import annotations
+
+import glob
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from onnxviz.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def examples():
+    out = []
+    for name, cmd in sorted(main.commands.items()):
+        text = (cmd.help or "").split("Example")[-1] if "Example" in (cmd.help or "") else ""
+        lines = [line.strip() for line in text.splitlines() if line.strip().startswith("onnxviz ")]
+        out += [pytest.param(line, id=f"{name}-{k}") for k, line in enumerate(lines)]
+    return out
+
+
+def test_every_command_has_an_example():
+    named = {p.values[0].split()[1] for p in examples()}
+    assert named == set(main.commands), set(main.commands) - named
+
+
+@pytest.mark.parametrize("line", examples())
+def test_help_example_runs(line, tmp_path, monkeypatch):
+    assert "  " not in line, f"stray spaces in the example: {line!r}"
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    args = []
+    for word in shlex.split(line)[1:]:
+        args += sorted(glob.glob(word)) if any(c in word for c in "*?[") else [word]
+    if args[0] == "demo":
+        pytest.skip("the demo runs in tests/test_demo.py")
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, f"{line}\n{result.output}"
