@@ -30,3 +30,15 @@ def test_unknown_label_lists_the_valid_ones(tmp_path):
     assert result.exit_code != 0
     assert "'dog'" in result.output and "circle" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "cam").exists()  # a failed run leaves no empty folder
+
+
+def test_flat_maps_are_flagged_and_a_failed_run_leaves_no_folder(tmp_path):
+    out = tmp_path / "occ"
+    result = CliRunner().invoke(main, ["occlusion", MODEL, IMAGE, "--window", "64", "--stride", "32",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "map is flat" in result.stderr
+    missing = tmp_path / "nothing"
+    bad = CliRunner().invoke(main, ["cam", MODEL, IMAGE, "--layer", "no_such_tensor", "--out", str(missing)])
+    assert bad.exit_code != 0 and "no_such_tensor" in bad.output
+    assert not missing.exists()
