@@ -11,6 +11,7 @@ from .spec import InputSpec
 from .model import Layer, Model, load
 from .images import Preprocess, deprocess, load_labels, preprocess, read_image
 from .gradients import Gradients, gradients
+from .targets import Target
 from .methods.results import Attribution, Heatmap
 from .methods.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_cam, score_cam
 from .methods.saliency import saliency
@@ -30,7 +31,7 @@ from ._version import __version__
 __all__ = [
     "load", "Model", "Layer", "InputSpec", "Runtime",
     "Preprocess", "read_image", "preprocess", "deprocess", "load_labels",
-    "gradients", "Gradients",
+    "gradients", "Gradients", "Target",
     "grad_cam", "cam", "grad_cam_pp", "score_cam", "layer_cam", "guided_grad_cam", "saliency", "occlusion",
     "Heatmap", "Attribution",
     "deletion", "insertion", "Curve", "road", "Road", "pointing_game", "energy_pointing",

@@ -12,9 +12,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import OnnxvizError
 from .graph.double import Reference
 from .graph.surgery import expose, override
-from .targets import objective, seed_array
+from .targets import general, normalize, objective, seed_array
 
 # Steps relative to the RMS of the perturbed tensor: 1e-8 stays clear of ReLU and max-pool kinks
 # on ImageNet-size nets (1e-6 crosses about ten per direction); a larger one is taken only when
@@ -25,6 +26,8 @@ SECOND = 4.0  # the second step, as a multiple of the first: differences that di
 # Relative rounding error of one float64 evaluation of the score by the reference evaluator
 # (eps ~2e-16, accumulated over a network's sums; measured ~1e-15 on the light models).
 NOISE = 1e-13
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+             "ConvInteger", "MatMulInteger"}
 RETRIES = 4  # fresh directions tried when the differences straddle a kink
 
 
@@ -44,7 +47,7 @@ class CheckRow:
 
     @property
     def ok(self) -> bool:
-        return self.status != "FAIL"
+        return self.status not in ("FAIL", "NaN")
 
     @property
     def conclusive(self) -> bool:
@@ -72,6 +75,12 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     same graph run in float64 (``graph_gradients_float64``): "ok", with a note, when that agrees.
     ``progress``: a callable taking one line of text per step, for long checks.
     """
+    for node in model.proto.graph.node:
+        if node.op_type in QUANTIZED:
+            raise OnnxvizError(
+                f"check-grad cannot referee a quantized (QDQ/int8) model: node {node.name or node.output[0]!r} is "
+                f"{node.op_type}; rounding to integers has zero derivative almost everywhere, so finite "
+                "differences and the gradient graph measure different things")
     say = progress or (lambda text: None)
     rng = np.random.default_rng(seed)
     if x is None:
@@ -88,21 +97,29 @@ def check_gradients(model, x: Optional[np.ndarray] = None, layers: Sequence[str]
     proto = model.specialized(h, w)
     say("forward model (float64 reference)")
     forward = Reference(expose(proto, [obj.tensor, *layers], keep_outputs=False))
-    base = forward({model.input.name: x})
-    onehot, _ = seed_array(obj, base[obj.tensor], g.target)
+    extra = model.extra_feeds(len(x)) if model.other_inputs else {}
+    base = forward({model.input.name: x, **extra})
+    t = normalize(model, obj, target, len(x))
+    if not general(t):
+        classes = base[obj.tensor].shape[obj.class_axis]
+        for k in np.atleast_1d(target if target is not None else []):
+            if not 0 <= int(k) < classes:
+                raise OnnxvizError(f"target {int(k)} is out of range: output {obj.output!r} has {classes} classes "
+                                   f"(0 to {classes - 1})")
+    onehot, _ = seed_array(obj, base[obj.tensor], t if general(t) else g.target, (h, w))
     s0 = _score(base[obj.tensor], onehot)
     rows = []
     for name in names:
         tensor = model.input.name if name == "input" else name
         if name == "input":
             def evaluate(t, ref=forward):
-                return ref({model.input.name: t})[obj.tensor]
+                return ref({model.input.name: t, **extra})[obj.tensor]
             point = x.astype(np.float64)
         else:
             head = Reference(override(proto, tensor, [obj.tensor]))
 
             def evaluate(t, ref=head, tensor=tensor):
-                return ref({model.input.name: x, tensor: t})[obj.tensor]
+                return ref({model.input.name: x, tensor: t, **extra})[obj.tensor]
             point = base[tensor]
         grad = np.asarray(g[name], np.float64)
         for k in range(directions):
@@ -129,6 +146,9 @@ def _compare(name, k, grad, point, evaluate, onehot, tolerance, rng, s0) -> tupl
             return (plus - minus) / (2 * h), NOISE * max(abs(plus), abs(minus), abs(s0)) / h
 
         (fd, noise), (fd2, noise2) = diff(step), diff(SECOND * step)
+        if not np.isfinite([analytic, fd, fd2]).all():  # never "ok", never "exact"
+            return CheckRow(name, k, analytic, fd, float("nan"), float("nan"), "NaN",
+                            "the gradient or the score is not finite"), v
         scale = max(abs(fd), abs(analytic), 1e-300)
         error = abs(analytic - fd) / scale
         spread = abs(fd - fd2) / max(abs(fd), abs(fd2), 1e-300)

@@ -24,6 +24,10 @@ class UnsupportedOpError(OnnxvizError):
         super().__init__(
             f"no gradient rule for operator {qual!r} (node {node_name!r}), which lies on the "
             f"gradient path. Supported operators: {', '.join(self.supported)}. "
-            "Use finite differences instead (--grad fd, or grad='fd' in the API), or pick a "
+            "Use finite differences instead (--grad fd on cam and saliency, or grad='fd' in the API), or pick a "
             "layer/output whose path avoids this node."
         )
+
+
+class NonFiniteError(OnnxvizError):
+    """NaN or infinite values where a result must be finite: weights, outputs, gradients, maps."""

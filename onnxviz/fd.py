@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OnnxvizError
 from .graph.surgery import expose, head
-from .targets import Objective, objective, seed_array
+from .targets import Objective, normalize, objective, seed_array
 
 log = logging.getLogger("onnxviz")
 COSTLY = 20_000  # perturbed runs above which a warning is given
@@ -48,9 +48,19 @@ class _Scorer:
         feeds = {self.at: values.astype(self.x.dtype, copy=False)}
         if self.needs_image:
             feeds[self.model.input.name] = np.repeat(self.x[i:i + 1], len(values), axis=0)
+        if self.model.other_inputs:
+            feeds.update({k: _row(v, i, len(self.x), len(values))
+                          for k, v in self.model.extra_feeds(len(self.x), self.graph).items()})
         out = self.model.run_graph(self.graph, feeds, outputs=[self.obj.tensor], batch_size=self.batch_size,
                                    progress=progress, desc="finite differences")[self.obj.tensor]
         return np.sum(out.astype(np.float64) * onehot, axis=tuple(range(1, out.ndim)))
+
+
+def _row(value: np.ndarray, i: int, n: int, copies: int) -> np.ndarray:
+    """Image i's value of a fed input, for ``copies`` perturbed copies of that image."""
+    if n > 1 and value.ndim and value.shape[0] == n:
+        return np.repeat(value[i:i + 1], copies, axis=0)
+    return np.repeat(value, copies, axis=0) if value.ndim and value.shape[0] == 1 and copies > 1 else value
 
 
 def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: Optional[str] = None,
@@ -60,7 +70,7 @@ def gradient_fd(model, x: np.ndarray, target=None, wrt: str = "input", output: O
     at = model.input.name if wrt == "input" else wrt
     scorer = _Scorer(model, x, obj, at, batch_size)
     a, y = scorer.base()
-    seeds, chosen = seed_array(obj, y, target)
+    seeds, chosen = seed_array(obj, y, normalize(model, obj, target, len(y)), model.input.hw(scorer.x))
     per_image = int(np.prod(a.shape[1:]))
     if 2 * per_image * len(a) > COSTLY:
         log.warning("finite differences need %d runs of the model; this may take a while", 2 * per_image * len(a))
@@ -87,7 +97,7 @@ def channel_gradient_sums(model, x: np.ndarray, layer: str, target=None, output:
     a, y = scorer.base()
     if a.ndim < 3:
         raise OnnxvizError(f"layer {layer!r} has shape {a.shape}: expected channels and spatial axes")
-    seeds, chosen = seed_array(obj, y, target)
+    seeds, chosen = seed_array(obj, y, normalize(model, obj, target, len(y)), model.input.hw(scorer.x))
     k = a.shape[channel_axis]
     sums = np.zeros((len(a), k), np.float64)
     for i in range(len(a)):

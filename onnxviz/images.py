@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, OnnxvizError
+from .io import check_memory, protect, regular_file
 from .spec import InputSpec
 
 # Presets in 0-255 units and RGB order (as the frameworks' docs give them), and their
@@ -259,6 +260,11 @@ def read_image(path: Union[str, Path], background: int = 255) -> Image.Image:
     if p.is_dir():
         raise ImageError(f"{p} is a folder, not an image file")
     try:
+        regular_file(p, "image file")  # a FIFO or device would block the read forever
+    except OnnxvizError as e:
+        raise ImageError(str(e)) from None
+    protect(p)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as f:
@@ -336,6 +342,8 @@ def preprocess(images: Sequence[Image.Image], spec: InputSpec,
     mean, std = mean.astype(work), std.astype(work)
     geoms = geometries(images, spec, pre)
     h, w = geoms[0].size
+    check_memory(len(images) * h * w * spec.channels * np.dtype(work).itemsize,
+                 f"a batch of {len(images)} image(s) of {h}x{w}x{spec.channels}")
     out = np.empty((len(images), h, w, spec.channels), work)
     # One image at a time into one buffer: a float64 batch in flight costs 2-10x more.
     for i, (im, g) in enumerate(zip(images, geoms)):

@@ -1,17 +1,28 @@
-"""Writing results: every file appears whole or not at all, and never over an input.
+"""Reading and writing files: every output appears whole or not at all, and never over an input.
 
->>> with atomic_write("out/scores.json", "w") as f:
-...     f.write("{}")
+One guard decides every output path. Inside ``guard()`` (every CLI command runs in one),
+each file onnxviz reads is recorded by identity (``st_dev``, ``st_ino``: hard links and
+symlinks included) and each folder it reads from is recorded by its real path; every write
+goes through ``atomic_write``, which refuses a path that is a recorded input or lies inside
+a recorded folder.
+
+>>> with guard():
+...     protect("model.onnx")
+...     with atomic_write("out/scores.json", "w") as f:
+...         f.write("{}")
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
 import secrets
+import stat
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -30,6 +41,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode {mode!r}: expected 'wb' or 'w'")
     path = Path(path)
+    check_output(path)
     tmp, fd = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
@@ -57,6 +69,10 @@ def _create_temp(path: Path) -> tuple[Path, int]:
             continue
         except FileNotFoundError:
             raise OnnxvizError(f"cannot write {path}: folder {path.parent} does not exist") from None
+        except NotADirectoryError:
+            raise OnnxvizError(f"cannot write {path}: {path.parent} is not a folder") from None
+        except PermissionError:
+            raise OnnxvizError(f"cannot write {path}: permission denied in {path.parent}") from None
     raise OnnxvizError(f"cannot create a temporary file beside {path}")
 
 
@@ -140,22 +156,240 @@ def save_figure(fig, path: PathLike, dpi: int = 150) -> Path:
     return path
 
 
+def save_model(proto, path: PathLike) -> Path:
+    """Save an ONNX model atomically; over 2 GB its weights go to ``<name>.data`` beside it."""
+    import onnx
+
+    path = Path(path)
+    check_output(path)
+    big = proto.ByteSize() >= 2**31 - 2**26
+    if big:
+        check_output(path.with_name(path.name + ".data"))
+    tmp, fd = _create_temp(path)
+    os.close(fd)
+    try:
+        if big:
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data")
+        else:
+            onnx.save_model(proto, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
 def ensure_out_dir(path: PathLike) -> Path:
-    """Create the output folder (and parents) if needed."""
+    """Create the output folder (and parents) if needed; refuse one that is a file or inside an input folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OnnxvizError(f"output folder {path} exists and is not a folder")
-    path.mkdir(parents=True, exist_ok=True)
+    check_output(path, folder=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OnnxvizError(f"cannot create output folder {path}: a parent of it is a file") from None
+    except PermissionError:
+        raise OnnxvizError(f"cannot create output folder {path}: permission denied") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OnnxvizError(f"output folder {path} is not writable")
     return path
 
 
 def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
-    """Refuse an output path that is one of the inputs (same path, link or hard link)."""
-    out = Path(out)
-    for inp in inputs:
-        inp = Path(inp)
-        same = out.resolve() == inp.resolve()
-        if not same and out.exists() and inp.exists():
-            same = os.path.samefile(out, inp)
-        if same:
-            raise OnnxvizError(f"output {out} is the input file {inp}: choose another output path")
+    """Refuse an output path that is one of ``inputs`` (same path, symlink or hard link)."""
+    with guard(nested=True):
+        for inp in inputs:
+            protect(inp)
+        check_output(out)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a group of files is written whole.
+
+    Outside the main thread signals cannot be caught; the block then runs as it is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------- the input guard
+
+@dataclass
+class _Guard:
+    files: dict = field(default_factory=dict)  # (st_dev, st_ino) -> path as given
+    paths: dict = field(default_factory=dict)  # real path -> path as given (for paths that do not resolve yet)
+    folders: dict = field(default_factory=dict)  # real path -> path as given
+
+
+_GUARD: contextvars.ContextVar = contextvars.ContextVar("onnxviz_guard", default=None)
+
+
+@contextmanager
+def guard(nested: bool = False) -> Iterator[_Guard]:
+    """Record inputs and refuse outputs over them until the block ends.
+
+    ``nested=True`` adds to an active guard instead of starting a fresh one.
+    """
+    current = _GUARD.get()
+    if nested and current is not None:
+        yield current
+        return
+    token = _GUARD.set(_Guard())
+    try:
+        yield _GUARD.get()
+    finally:
+        _GUARD.reset(token)
+
+
+def _identities(path: PathLike) -> list:
+    out = []
+    for fn in (os.stat, os.lstat):
+        try:
+            st = fn(path)
+        except (OSError, ValueError):
+            continue
+        out.append((st.st_dev, st.st_ino))
+    return out
+
+
+def protect(path: Optional[PathLike]) -> None:
+    """Record ``path`` as an input (a file, or a folder and every file under it); no-op outside ``guard()``."""
+    g = _GUARD.get()
+    if g is None or path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        g.folders[os.path.realpath(path)] = path
+        for root, dirs, files in os.walk(path):  # symlinked sub-folders are not followed, as scan_folder
+            for name in files:
+                for ident in _identities(os.path.join(root, name)):
+                    g.files.setdefault(ident, Path(root) / name)
+        return
+    for ident in _identities(path):
+        g.files.setdefault(ident, path)
+    g.paths.setdefault(os.path.realpath(path), path)
+
+
+def check_output(path: PathLike, folder: bool = False) -> None:
+    """Refuse writing ``path`` when it is a recorded input (by identity) or lies inside an input folder."""
+    g = _GUARD.get()
+    if g is None:
+        return
+    path = Path(path)
+    for ident in _identities(path):
+        if ident in g.files:
+            raise OnnxvizError(f"refusing to write {path}: it is the input file {g.files[ident]}")
+    real = os.path.realpath(path)
+    if real in g.paths:
+        raise OnnxvizError(f"refusing to write {path}: it is the input file {g.paths[real]}")
+    for base, given in g.folders.items():
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            what = "is" if real == base else "is inside"
+            kind = "output folder" if folder else "output"
+            raise OnnxvizError(f"refusing to write {kind} {path}: it {what} the input folder {given}; "
+                               "choose an output outside it")
+
+
+def regular_file(path: PathLike, what: str = "file") -> Path:
+    """``path`` if it is a regular file (or a link to one); a FIFO or device would block or never end."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise OnnxvizError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise OnnxvizError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OnnxvizError(f"{path} is a folder, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise OnnxvizError(f"{path} is not a regular file (a pipe, socket or device): not a {what}")
+    return path
+
+
+def inside(folder: PathLike, relative: str, what: str) -> Path:
+    """``folder/relative`` for a path a model or sidecar names: relative, no '..', no symlink out of ``folder``.
+
+    The rule ONNX applies to external data, for every path a file we read tells us to read.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise OnnxvizError(f"{what}: expected a non-empty relative path, got {relative!r}")
+    rel = Path(relative)
+    if rel.is_absolute() or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        raise OnnxvizError(f"{what} {relative!r} is an absolute path; only paths relative to the model's "
+                           "folder are allowed")
+    if ".." in rel.parts:
+        raise OnnxvizError(f"{what} {relative!r} points outside the model's folder ('..')")
+    base = os.path.realpath(folder)
+    real = os.path.realpath(os.path.join(base, relative))
+    if not real.startswith(base.rstrip(os.sep) + os.sep):
+        raise OnnxvizError(f"{what} {relative!r} leads outside the model's folder (through a symbolic link)")
+    return Path(folder) / rel
+
+
+# ---------------------------------------------------------------------------- memory
+
+def physical_memory() -> Optional[int]:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: int, what: str, fraction: float = 0.5) -> None:
+    """Refuse before allocating ``nbytes`` for ``what`` when it exceeds ``fraction`` of the RAM.
+
+    numpy would raise MemoryError after a long wait, or the OS would kill the process; a size
+    a model declares or a user asks for should be refused up front, saying how large it is.
+    """
+    total = physical_memory()
+    if total and nbytes > fraction * total:
+        raise OnnxvizError(f"{what} needs {format_bytes(nbytes)} of memory, more than this machine can "
+                           f"hold ({format_bytes(total)} RAM): use a smaller --size or --batch-size")
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+# ---------------------------------------------------------------------------- names
+
+def safe_name(name: str, default: str = "file", limit: int = 120) -> str:
+    """A tensor or image name as one file-name component: no separators, never '.', '..' or hidden.
+
+    >>> safe_name(".."), safe_name("/features/relu_1")
+    ('file', '_features_relu_1')
+    """
+    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    text = text.strip(".")[:limit].strip(".")
+    return text or default
+
+
+def label(labels: Optional[Sequence], k: int) -> str:
+    """The name of class ``k``, or "class k" when there is no label for it."""
+    if labels and 0 <= k < len(labels):
+        return str(labels[k])
+    return f"class {k}"

@@ -13,6 +13,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelError, OnnxvizError
+from .io import check_memory, protect, regular_file
 from .graph.fold import fold_constants
 from .graph.surgery import default_opset
 from .graph.view import FLOAT_TYPES, tensor_types
@@ -21,6 +22,7 @@ from .spec import LAYOUTS, InputSpec
 
 log = logging.getLogger("onnxviz")
 
+CONVERSION_FAILED = "opset conversion failed"
 TARGET_OPSET = 17  # ScatterElements(reduction="add") for MaxPool/Slice/Gather backward needs >= 16
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 FORWARD = "forward"  # the session key of the model's own (normalized) graph; Model.run reuses it
@@ -33,9 +35,13 @@ def prepare(path: str, runtime: Runtime, verify: bool = True, input_name: Option
     """(original, normalized proto, input spec, notes) for a model file; see :func:`onnxviz.load`."""
     original = read_model(path)
     check_domains(original)
+    check_acyclic(original)
     notes: list[str] = []
     proto = normalize(original, notes, runtime if verify else None, input_name)
     spec = input_spec(proto, input_name, layout, channels, height, width)
+    if spec.height and spec.width:  # one image of the declared size, before anything allocates it
+        check_memory(spec.height * spec.width * spec.channels * spec.dtype.itemsize,
+                     f"one {spec.height}x{spec.width}x{spec.channels} image for input {spec.name!r}")
     if spec.batch == 1 and verify:
         proto, spec = free_batch(proto, spec, notes, runtime)
     return original, proto, spec, notes
@@ -48,6 +54,11 @@ def read_model(path: str) -> onnx.ModelProto:
         raise ModelError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelError(f"{path}: is a folder, not an ONNX model file")
+    try:
+        regular_file(path, "ONNX model file")
+    except OnnxvizError as exc:
+        raise ModelError(str(exc)) from None
+    protect(path)
     if os.path.getsize(path) == 0:
         raise ModelError(f"{path}: the file is empty")
     try:
@@ -56,11 +67,58 @@ def read_model(path: str) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model, or the file is truncated or corrupt ({_short(exc)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
+    folder = os.path.dirname(os.path.abspath(path))
+    for location in _external_locations(model):
+        protect(os.path.join(folder, location))  # a weight file is an input too: never written over
     try:
-        onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        onnx.load_external_data_for_model(model, folder)
     except Exception as exc:
         raise ModelError(f"{path}: cannot read the model's external weight file(s): {_short(exc)}") from None
     return model
+
+
+def _external_locations(model: onnx.ModelProto) -> set:
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    yield from tensors(g)
+
+    out = set()
+    for t in tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return {loc for loc in out if loc and not os.path.isabs(loc) and ".." not in loc.replace("\\", "/").split("/")}
+
+
+def check_acyclic(model: onnx.ModelProto):
+    """Refuse a graph whose nodes feed each other in a circle, naming a node on the cycle."""
+    nodes = model.graph.node
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: dict = {}
+    pending = []
+    for i, n in enumerate(nodes):
+        deps = {producer[t] for t in n.input if t in producer}
+        pending.append(len(deps))
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    ready = [i for i, k in enumerate(pending) if k == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for u in users.get(i, ()):
+            pending[u] -= 1
+            if pending[u] == 0:
+                ready.append(u)
+    if done < len(nodes):
+        stuck = next(i for i, k in enumerate(pending) if k > 0)
+        node = nodes[stuck]
+        raise ModelError(f"the graph has a cycle: node {node.name or f'#{stuck}'!r} ({node.op_type}) lies on a cycle "
+                         "(it depends on its own output); a valid ONNX graph is acyclic")
 
 
 def check_domains(model: onnx.ModelProto):
@@ -114,7 +172,7 @@ def _convert(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:
-        notes.append(f"kept opset {before}: conversion to {TARGET_OPSET} failed ({_short(exc)}); "
+        notes.append(f"{CONVERSION_FAILED} from opset {before} to {TARGET_OPSET} ({_short(exc)}); "
                      "gradients through MaxPool, Slice and Gather need opset >= 16")
         return model
     if had_upsample:
@@ -245,7 +303,7 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
             raise ModelError(f"no 4-D image input named {input_name!r}; the model's inputs: {names}")
         vi = chosen[0]
     elif not candidates:
-        described = ", ".join(f"{vi.name} {_describe(vi)}" for vi in model.graph.input) or "none"
+        described = ", ".join(f"{vi.name} {describe_value(vi)}" for vi in model.graph.input) or "none"
         raise ModelError(
             "the model has no image-like input (a 4-D float or uint8 tensor, NCHW or NHWC); "
             f"its inputs: {described}. onnxviz analyzes CNNs that take images."
@@ -255,6 +313,8 @@ def input_spec(model, input_name=None, layout=None, channels=None, height=None, 
         if len(candidates) > 1:
             log.warning("several image-like inputs; using %r (choose another with input_name/--input)", vi.name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    if 0 in dims or any(v is not None and v <= 0 for v in (height, width, channels)):
+        raise ModelError(f"input {vi.name!r} {describe_value(vi)} has a zero-size dimension: there is no image to feed it")
     layout = layout or detect_layout(model, vi.name, dims)
     if layout not in LAYOUTS:
         raise OnnxvizError(f"layout must be NCHW or NHWC, not {layout!r}")
@@ -312,7 +372,7 @@ def _channels_from_first_conv(model: onnx.ModelProto, name: str) -> Optional[int
     return None
 
 
-def _describe(vi: onnx.ValueInfoProto) -> str:
+def describe_value(vi: onnx.ValueInfoProto) -> str:
     tt = vi.type.tensor_type
     dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
     return f"{onnx.TensorProto.DataType.Name(tt.elem_type).lower()}[{', '.join(dims)}]"

@@ -9,12 +9,13 @@ from typing import Callable, Hashable, Optional, Sequence, TypeVar
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .errors import OnnxvizError
 from .gradients import gradients as _gradients
 from .graph.surgery import default_opset, expose
 from .graph.view import FLOAT_TYPES, producers, tensor_types
-from .loading import FORWARD, infer_shapes, prepare
+from .loading import FORWARD, describe_value, infer_shapes, prepare
 from .runtime import Runtime
 from .spec import InputSpec
 
@@ -42,11 +43,13 @@ def load(
     threads: Optional[int] = None,
     verify: bool = True,
     runtime: Optional[Runtime] = None,
+    feeds: Optional[dict] = None,
 ) -> "Model":
     """Load an ONNX CNN, normalize it (opset >= 16, folded constants, inferred shapes) and find its input.
 
     ``layout``/``channels``/``height``/``width``/``input_name`` override what is detected.
     ``verify=False`` skips comparing the converted model with the original (faster, for inspection).
+    ``feeds``: values of the model's other inputs (see :meth:`Model.set_feeds`).
 
     >>> model = onnxviz.load("resnet50.onnx")
     >>> model.input
@@ -54,7 +57,10 @@ def load(
     """
     runtime = runtime or Runtime(device, threads)
     original, proto, spec, notes = prepare(path, runtime, verify, input_name, layout, channels, height, width)
-    return Model(path, original, proto, spec, runtime, notes)
+    model = Model(path, original, proto, spec, runtime, notes)
+    if feeds:
+        model.set_feeds(feeds)
+    return model
 
 
 class Model:
@@ -76,6 +82,7 @@ class Model:
         self._producers = producers(proto.graph)
         self._derived: dict = {}
         self._session_keys: dict[int, str] = {id(proto): FORWARD}
+        self._extra: dict = {}
 
     # ---- description ----------------------------------------------------
     @property
@@ -141,8 +148,51 @@ class Model:
             dims = ["N", s.height or "H", s.width or "W", s.channels]
         return f"({', '.join(map(str, dims))}) {s.layout}"
 
+    @property
+    def other_inputs(self) -> list:
+        """Graph inputs besides the image: what :meth:`set_feeds` must supply."""
+        inits = {t.name for t in self.proto.graph.initializer}
+        return [vi.name for vi in self.proto.graph.input if vi.name != self.input.name and vi.name not in inits]
+
+    def set_feeds(self, feeds: dict) -> None:
+        """Values for the non-image inputs, used by every run: one for all images (first axis 1,
+        repeated to the batch) or one per image (first axis = the batch).
+
+        >>> model.set_feeds({"scale": np.ones((1, 4), np.float32)})
+        """
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in self.proto.graph.input}
+        for name, value in feeds.items():
+            if name not in self.other_inputs:
+                what = "is the image input" if name == self.input.name else "is not an input of the model"
+                raise OnnxvizError(f"cannot feed {name!r}: it {what}; other inputs: "
+                                   f"{', '.join(self.other_inputs) or 'none'}")
+            self._extra[name] = np.asarray(value, helper.tensor_dtype_to_np_dtype(types[name]))
+
+    def extra_feeds(self, n: int, graph: Optional[onnx.ModelProto] = None) -> dict:
+        """The fed non-image inputs for a batch of ``n`` rows (only those ``graph`` takes, when given)."""
+        wanted = self.other_inputs if graph is None else [i.name for i in graph.graph.input if i.name in
+                                                          self.other_inputs]
+        missing = [name for name in wanted if name not in self._extra]
+        if missing:
+            described = ", ".join(f"{vi.name} {describe_value(vi)}" for vi in self.proto.graph.input
+                                  if vi.name in missing)
+            raise OnnxvizError(f"the model's input {described} is not fed: pass --feed NAME=FILE.npy "
+                               f"(API: feeds={{name: array}})")
+        out = {}
+        for name in wanted:
+            a = self._extra[name]
+            out[name] = np.repeat(a, n, axis=0) if a.ndim and a.shape[0] == 1 and n > 1 and \
+                self._free_first_dim(name) else a
+        return out
+
+    def _free_first_dim(self, name: str) -> bool:
+        vi = next(vi for vi in self.proto.graph.input if vi.name == name)
+        dims = vi.type.tensor_type.shape.dim
+        return not dims or not dims[0].HasField("dim_value")
+
     def feeds(self, x: np.ndarray) -> dict:
-        return {self.input.name: self.check_input(x)}
+        x = self.check_input(x)
+        return {self.input.name: x, **(self.extra_feeds(len(x)) if self.other_inputs else {})}
 
     def run(self, x: np.ndarray, batch_size: Optional[int] = None, progress: bool = False) -> dict:
         """The model's outputs for a preprocessed batch in its own layout."""

@@ -31,6 +31,10 @@ def onnxruntime():
     (inspect's tables, export-grad) start without paying its import (a second or more)."""
     try:
         import onnxruntime as ort
+
+        # onnxruntime's own logger prints "[E:onnxruntime:...]" lines to stderr beside the
+        # one-line error we raise for the same failure; only fatal ones stay.
+        ort.set_default_logger_severity(4)
     except ImportError:  # pragma: no cover - exercised only without the extra installed
         raise ImportError(
             "onnxviz needs ONNX Runtime: pip install 'onnxviz[cpu]' (or 'onnxviz[gpu]' for CUDA)"
@@ -86,7 +90,7 @@ class Runtime:
         ort = onnxruntime()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[self.optimization])
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if self.device == "cpu":
@@ -146,8 +150,10 @@ class Runtime:
 
     @staticmethod
     def _run(sess, names, feeds) -> list:
+        options = onnxruntime().RunOptions()
+        options.log_severity_level = 4  # the failure is raised below as one line; no "[E:onnxruntime]" too
         try:
-            return sess.run(names, dict(feeds))
+            return sess.run(names, dict(feeds), options)
         except Exception as exc:
             raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
 

@@ -1,10 +1,17 @@
-"""What scalar to explain: the output, its class axis, and pre-softmax logits.
+"""What scalar to explain: the output, its class axis, pre-softmax logits, and the seed.
 
-A target picks, per image, one class along the class axis of an output; the explained
-score is that class's value summed over the output's remaining non-batch axes (spatial
-outputs such as segmentation or detection heads). With ``score="logit"`` a trailing
-Softmax/LogSoftmax is looked through: the pre-softmax value is explained, as
-pytorch-grad-cam and captum do; ``score="prob"`` explains the output itself.
+Every explained score is ``Σ seed · y`` for a seed shaped like the objective tensor ``y``:
+
+* a class index ``k`` (one for all images, or an int array with one per image; -1 or None:
+  the predicted class) selects channel ``k`` summed over the remaining non-batch axes;
+* :class:`Target` generalizes it: several classes (multi-label: the sum), a ``box`` or ``mask``
+  region of a dense output, a ``step`` of a sequence output (N, T, C), ``negate``;
+* ``"predicted"``: at every position, the score of that position's argmax class (the predicted
+  map or decoded sequence); the default for dense and sequence outputs;
+* a float array shaped like the output (or one image's output) is the seed itself.
+
+With ``score="logit"`` a trailing Softmax/LogSoftmax is looked through: the pre-softmax value
+is explained, as pytorch-grad-cam and captum do; ``score="prob"`` explains the output itself.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from .errors import OnnxvizError
 from .graph.view import walk_back
 
 SCORES = ("logit", "prob")
-Target = Union[None, int, Sequence[int], np.ndarray]
+PREDICTED = "predicted"
 _TRANSPARENT = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast"}
 
 
@@ -90,6 +97,11 @@ def target_array(target, n: int) -> np.ndarray:
     """One class index per image; None or negative entries mean "the predicted class"."""
     if target is None:
         return np.full(n, -1, np.int64)
+    if isinstance(target, Target) or isinstance(target, str):
+        if isinstance(target, Target) and target.plain:
+            return np.full(n, target.single, np.int64)
+        raise OnnxvizError(f"this method takes class indices; the target {describe(target)!r} is not supported "
+                           "here (gradients, CAMs, saliency and occlusion take general targets)")
     t = np.asarray(target)
     if t.ndim == 0:
         return np.full(n, int(t), np.int64)
@@ -117,16 +129,36 @@ def chosen_targets(obj: Objective, y: np.ndarray, target: np.ndarray) -> tuple[n
     return chosen, scores[np.arange(len(y)), chosen]
 
 
-def seed_array(obj: Objective, y: np.ndarray, target) -> tuple[np.ndarray, np.ndarray]:
-    """(seed, class per row): the float64 one-hot of each row's class along the class axis,
-    broadcast over the other axes, so that Σ seed·y is the explained score (the numpy twin of
-    the in-graph seed that :mod:`onnxviz.gradients` builds)."""
+def seed_array(obj: Objective, y: np.ndarray, target, size: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(seed, class per row): the float64 seed shaped like ``y`` whose Σ seed·y is the explained score.
+
+    ``target`` is a class index (or one per row; negative: the predicted class), a :class:`Target`
+    or a float seed array (see :func:`normalize`); ``size`` the input (H, W) a box or mask is in.
+    The numpy twin of the in-graph seeds that :mod:`onnxviz.gradients` builds.
+    """
+    if general(target):
+        w, predicted = seed_weights(obj, target, y.shape, size)
+        seed = w * predicted_onehot(obj, y) if predicted else w
+        return np.broadcast_to(seed, y.shape), reported(target, len(y))
     chosen, _ = chosen_targets(obj, y, target_array(target, len(y)))
     shape = [1] * y.ndim
     shape[obj.class_axis] = -1
     iota = np.arange(y.shape[obj.class_axis]).reshape(shape)
     seed = (iota == chosen.reshape([-1] + [1] * (y.ndim - 1))).astype(np.float64)
     return np.broadcast_to(seed, y.shape), chosen
+
+
+def general(target) -> bool:
+    """A normalized target that is not a class index per row."""
+    return isinstance(target, Target) or (isinstance(target, np.ndarray) and target.dtype.kind == "f")
+
+
+def target_scores(obj: Objective, y: np.ndarray, target, size: Optional[tuple] = None):
+    """(class per row, explained score per row) for any normalized target."""
+    if not general(target):
+        return chosen_targets(obj, y, target)
+    seed, chosen = seed_array(obj, y, target, size)
+    return chosen, np.sum(seed * y, axis=tuple(range(1, y.ndim)))
 
 
 def check_targets(model, obj: Objective, target: np.ndarray) -> np.ndarray:
@@ -138,15 +170,18 @@ def check_targets(model, obj: Objective, target: np.ndarray) -> np.ndarray:
     return target
 
 
-def rows(model, x: np.ndarray, obj: Objective, target: Target = None, top_k: Optional[int] = None):
+def rows(model, x: np.ndarray, obj: Objective, target: "TargetLike" = None, top_k: Optional[int] = None):
     """(x per row, target per row, image index per row); ``top_k`` repeats each image for its K best classes.
 
-    Targets are class indices (one for all images, or one per image); -1 means "predicted".
+    Targets are class indices (one for all images, or one per image; -1 means "predicted"),
+    returned as an int64 array, or a general target (a :class:`Target` or a float seed array,
+    the same for every row), returned normalized.
     """
     x = model.check_input(x)
     n = len(x)
     if top_k is None:
-        return x, check_targets(model, obj, target_array(target, n)), np.arange(n)
+        t = normalize(model, obj, target, n)
+        return x, t if general(t) else check_targets(model, obj, t), np.arange(n)
     if target is not None:
         raise OnnxvizError("give either target or top_k, not both")
     if top_k < 1:
@@ -156,3 +191,221 @@ def rows(model, x: np.ndarray, obj: Objective, target: Target = None, top_k: Opt
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     image = np.repeat(np.arange(n), k)
     return x[image], best.reshape(-1).astype(np.int64), image
+
+
+# ---------------------------------------------------------------------------- general targets
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What to explain, beyond one class: ``Σ seed · y`` with the seed built from these fields.
+
+    ``classes``: a class/channel index, a list (multi-label: their sum) or None (at each position
+    its predicted class); ``box=(x0, y0, x1, y1)`` in model-input pixels, or ``mask`` (H, W) or
+    (N, H, W) (non-zero = inside; weights are used as given): a region of an output with two
+    spatial axes, mapped to the output grid by the size ratio (a box keeps every cell it
+    overlaps, a mask is sampled nearest at cell centres, pytorch-grad-cam's
+    SemanticSegmentationTarget when the output has the input's size); ``step``: an int or
+    slice of the T axis of a sequence output (N, T, C); ``negate``: explain minus the score
+    (what lowers it).
+
+    >>> onnxviz.grad_cam(model, x, target=onnxviz.Target(3, box=(0, 0, 32, 32)))
+    >>> onnxviz.saliency(model, x, target=onnxviz.Target([1, 4], negate=True))
+    """
+
+    classes: Union[None, int, Sequence[int]] = None
+    box: Optional[tuple] = None
+    mask: Optional[np.ndarray] = None
+    step: Union[None, int, slice] = None
+    negate: bool = False
+
+    def __post_init__(self):
+        if self.classes is not None:
+            classes = np.atleast_1d(np.asarray(self.classes))
+            if classes.ndim != 1 or classes.size == 0 or classes.dtype.kind not in "iu" or (classes < 0).any():
+                raise OnnxvizError(f"Target classes must be non-negative class indices, not {self.classes!r}")
+        if self.box is not None:
+            if len(self.box) != 4 or not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+                raise OnnxvizError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, not {self.box!r}")
+            if self.mask is not None:
+                raise OnnxvizError("give a box or a mask, not both")
+        if self.mask is not None and np.asarray(self.mask).ndim not in (2, 3):
+            raise OnnxvizError(f"mask must be (H, W) or (N, H, W), not shape {np.asarray(self.mask).shape}")
+        if self.step is not None and not isinstance(self.step, (int, np.integer, slice)):
+            raise OnnxvizError(f"step must be an int or a slice, not {self.step!r}")
+
+    @property
+    def single(self) -> Optional[int]:
+        """The one class explained, or None (predicted per position, or several)."""
+        c = None if self.classes is None else np.atleast_1d(self.classes)
+        return int(c[0]) if c is not None and c.size == 1 else None
+
+    @property
+    def plain(self) -> bool:
+        """One class over the whole output: the classic class-index target."""
+        return self.single is not None and self.box is None and self.mask is None and self.step is None \
+            and not self.negate
+
+    def describe(self) -> str:
+        """A short description for results and reports."""
+        if self.classes is None:
+            what = "predicted class at each position"
+        else:
+            c = [int(k) for k in np.atleast_1d(self.classes)]
+            what = f"class {c[0]}" if len(c) == 1 else "sum of classes " + ", ".join(map(str, c))
+        if self.box is not None:
+            what += " in box (" + ", ".join(f"{v:g}" for v in self.box) + ")"
+        if self.mask is not None:
+            what += " in mask"
+        if self.step is not None:
+            s = self.step
+            what += f" at step {s}" if not isinstance(s, slice) else f" at steps {s.start}:{s.stop}"
+        return ("minus " if self.negate else "") + what
+
+
+TargetLike = Union[None, int, Sequence[int], np.ndarray, str, Target]
+
+
+def is_dense(model, obj: Objective) -> bool:
+    """The objective has positions besides the class axis (a dense or sequence head)."""
+    if obj.rank < 3:
+        return False
+    shape = model.tensor_shape(obj.tensor)
+    other = [shape[a] for a in range(1, obj.rank) if a != obj.class_axis] if shape is not None else [None]
+    return not all(d == 1 for d in other)
+
+
+def normalize(model, obj: Objective, target: TargetLike, n: int):
+    """Class index per row (np.int64 array: the classic path), or a :class:`Target`, or a float seed.
+
+    Integer arrays are class indices per image; float (or bool) arrays of two or more axes, or
+    of one axis for a (N, C) output, are seeds.
+    """
+    if isinstance(target, str):
+        if target != PREDICTED:
+            raise OnnxvizError(f"target {target!r}: expected a class index, {PREDICTED!r}, a Target or a seed array")
+        return Target() if obj.rank >= 3 else np.full(n, -1, np.int64)
+    if isinstance(target, Target):
+        if target.plain:
+            return np.full(n, target.single, np.int64)
+        return target
+    if target is None:
+        return Target() if is_dense(model, obj) else np.full(n, -1, np.int64)
+    arr = np.asarray(target)
+    if arr.dtype.kind in "fb" and (arr.ndim >= 2 or (arr.ndim == 1 and obj.rank == 2)):
+        return arr.astype(np.float64)
+    return target_array(target, n)
+
+
+def fmt_shape(shape) -> str:
+    return "(" + ", ".join("?" if d is None or d == 0 else str(d) for d in shape) + ")"
+
+
+def seed_weights(obj: Objective, target, shape: tuple, size: tuple) -> tuple[np.ndarray, bool]:
+    """(weights broadcastable to ``shape``, predicted): the seed of a Target or raw seed array.
+
+    With ``predicted`` the seed is the weights times the one-hot of each position's argmax class.
+    ``size`` is the model-input (H, W) that a box or mask is given in.
+    """
+    rank, axis = len(shape), obj.class_axis
+    where = f"output {obj.output!r} (explained tensor {obj.tensor!r}) has shape {fmt_shape(shape)}"
+    if isinstance(target, np.ndarray):
+        seed = target if target.ndim == rank else target[None]
+        if any(s not in (1, d) for s, d in zip(seed.shape[1:], shape[1:])) or seed.shape[0] not in (1, shape[0]):
+            raise OnnxvizError(f"a seed of shape {target.shape} does not fit: {where}")
+        return seed, False
+    w = np.ones([1] * rank)
+    if target.classes is not None:
+        classes = np.atleast_1d(target.classes).astype(np.int64)
+        if classes.max() >= shape[axis]:
+            raise OnnxvizError(f"target {int(classes.max())} is out of range: {where} "
+                               f"({shape[axis]} classes on axis {axis})")
+        cw = np.bincount(classes, minlength=shape[axis]).astype(np.float64)
+        w = w * cw.reshape([-1 if a == axis else 1 for a in range(rank)])
+    other = [a for a in range(1, rank) if a != axis]
+    if target.box is not None or target.mask is not None:
+        if len(other) != 2:
+            raise OnnxvizError(f"a {'box' if target.box is not None else 'mask'} needs an output with two "
+                               f"spatial axes besides the classes: {where}")
+        region = _box(target.box, shape, other, size) if target.box is not None else _mask(target.mask, shape,
+                                                                                         other, size)
+        w = w * region
+    if target.step is not None:
+        if rank != 3:
+            raise OnnxvizError(f"a step needs a sequence output (N, T, C): {where}")
+        t_axis = other[0]
+        steps = np.zeros(shape[t_axis])
+        try:
+            steps[target.step] = 1
+        except IndexError:
+            raise OnnxvizError(f"step {target.step} is out of range: {where} ({shape[t_axis]} steps)") from None
+        w = w * steps.reshape([-1 if a == t_axis else 1 for a in range(rank)])
+    if target.negate:
+        w = -w
+    return w, target.classes is None
+
+
+def _cells(lo: float, hi: float, n_in: int, n_out: int) -> slice:
+    """Output cells along one axis whose input span [i·n_in/n_out, (i+1)·n_in/n_out) meets [lo, hi)."""
+    scale = n_out / n_in
+    a, b = int(np.floor(max(lo, 0) * scale)), int(np.ceil(min(hi, n_in) * scale))
+    return slice(max(a, 0), min(max(b, a + 1), n_out))
+
+
+def _box(box, shape, other, size) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    (h, w), (ho, wo) = size, (shape[other[0]], shape[other[1]])
+    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+        raise OnnxvizError(f"box {tuple(box)} lies outside the {w}x{h} input")
+    region = np.zeros([ho if a == other[0] else wo if a == other[1] else 1 for a in range(len(shape))])
+    at = [0] * len(shape)
+    at[other[0]], at[other[1]] = _cells(y0, y1, h, ho), _cells(x0, x1, w, wo)
+    region[tuple(at)] = 1
+    return region
+
+
+def _mask(mask, shape, other, size) -> np.ndarray:
+    m = np.asarray(mask, np.float64)
+    m = m[None] if m.ndim == 2 else m
+    (h, w), (ho, wo) = size, (shape[other[0]], shape[other[1]])
+    if m.shape[1:] != (h, w) and m.shape[1:] != (ho, wo):
+        raise OnnxvizError(f"mask of shape {np.asarray(mask).shape} fits neither the {h}x{w} input nor the "
+                           f"{ho}x{wo} output grid")
+    if m.shape[1:] != (ho, wo):  # nearest sample at each output cell's centre
+        rows = np.minimum(((np.arange(ho) + 0.5) * h / ho).astype(int), h - 1)
+        cols = np.minimum(((np.arange(wo) + 0.5) * w / wo).astype(int), w - 1)
+        m = m[:, rows][:, :, cols]
+    if m.shape[0] not in (1, shape[0]):
+        raise OnnxvizError(f"mask has {m.shape[0]} images for {shape[0]} rows")
+    dims = [m.shape[0]] + [1] * (len(shape) - 1)
+    dims[other[0]], dims[other[1]] = ho, wo
+    return m.reshape(dims)
+
+
+def predicted_onehot(obj: Objective, y: np.ndarray) -> np.ndarray:
+    """One-hot of each position's argmax along the class axis."""
+    best = np.argmax(y, axis=obj.class_axis)
+    shape = [1] * y.ndim
+    shape[obj.class_axis] = -1
+    return (np.arange(y.shape[obj.class_axis]).reshape(shape) == np.expand_dims(best, obj.class_axis)).astype(
+        np.float64)
+
+
+def reported(target, n: int) -> np.ndarray:
+    """The class index recorded per row for a general target: its one class, else -1."""
+    k = target.single if isinstance(target, Target) else None
+    return np.full(n, -1 if k is None else k, np.int64)
+
+
+def describe(target) -> str:
+    """What a normalized target explains, in words."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, Target):
+        return target.describe()
+    if isinstance(target, np.ndarray) and target.dtype.kind == "f":
+        return f"seed array of shape {target.shape}"
+    t = np.asarray(target).reshape(-1)
+    if t.size and (t < 0).all():
+        return "predicted class"
+    return "class " + ", ".join(str(int(k)) if k >= 0 else "predicted" for k in dict.fromkeys(t.tolist()))

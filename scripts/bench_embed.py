@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import onnxviz  # noqa: E402
 from onnxviz.images import Preprocess, preprocess, read_image  # noqa: E402
-from onnxviz.methods.embed import Pooler, embed, fixed_size, penultimate_layer  # noqa: E402
+from onnxviz.graph.heads import penultimate_layer  # noqa: E402
+from onnxviz.methods.embed import Pooler, embed, fixed_size  # noqa: E402
 
 SAMPLE = ROOT / "models" / "shapes_cnn.onnx"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Check onnxviz on a machine with an NVIDIA GPU: the CUDA provider loads, the fast tests pass
-# with --device cuda, and the gradient benchmark runs on it.
+# with --device cuda, every node of the gradient graphs runs on the GPU (nodes onnxruntime
+# placed on the CPU are listed), and the benchmark prints the gradient/forward ratios on CUDA.
 #
 #   bash scripts/gpu_check.sh                  # from anywhere; about 8 minutes at most
 #   GPU_CHECK_BUDGET=300 NO_VENV=1 bash scripts/gpu_check.sh
@@ -70,6 +71,14 @@ command -v nvidia-smi >/dev/null && step 20 nvidia-smi --query-gpu=name,memory.t
 PYTEST_ARGS=${PYTEST_ARGS:-"tests/test_models_grad.py tests/test_torch_parity.py -m 'not slow'"}
 step 240 bash -c "$(printf '%q' "$PY") -m pytest -q --device cuda -x -p no:cacheprovider $PYTEST_ARGS"
 
+# Placement: profile each case's graph once on CUDA; lists the nodes that fell back to the CPU
+# (onnxruntime-gpu >= 1.17 has the CUDA ScatterElements the MaxPool fallback needs).
+step 60 "$PY" scripts/bench_nets.py
+if ! step 120 "$PY" scripts/profile_grad.py --device cuda --runs 1 --top 5 --json profile_cuda.json; then
+  echo "gpu_check: some gradient-graph nodes ran on the CPU (listed above)" >&2
+fi
+
 read -r -a bench_args <<<"${BENCH_ARGS:-}"
-step "$(left)" "$PY" scripts/bench.py --device cuda --repeat 20 --json bench_cuda.json "${bench_args[@]}"
+step "$(left)" "$PY" scripts/bench.py --device cuda --threads 0 --repeat 20 --no-peers --json bench_cuda.json \
+  "${bench_args[@]}"
 echo "gpu_check: done in $((SECONDS - START)) s" >&2

@@ -10,6 +10,17 @@ from onnx import helper, numpy_helper
 
 LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 LIGHT_MODELS = sorted(glob.glob(os.path.join(LIGHT_DIR, "*.onnx")))
+# The light models whose weights fold to tens or hundreds of MB: their whole-model tests take
+# 15-95 s each on 2 cores, so they are marked slow (pytest -m slow).
+HEAVY_LIGHT = {"light_vgg19", "light_zfnet512", "light_bvlc_alexnet", "light_resnet50"}
+
+
+def light_params(paths=None) -> list:
+    """pytest params of the light model paths, the heavy ones marked slow, ids the file names."""
+    import pytest
+
+    return [pytest.param(p, marks=[pytest.mark.slow] if os.path.basename(p)[:-5] in HEAVY_LIGHT else [],
+                         id=os.path.basename(p)) for p in (LIGHT_MODELS if paths is None else paths)]
 
 
 def make_model(nodes, inits: dict, shape, out: str, classes: int, opset=17, name="attribution_test") -> onnx.ModelProto:

@@ -1,6 +1,5 @@
 """The describing commands as a user runs them: inspect, filters, activations, export-grad, check-grad."""
 import json
-import os
 
 import numpy as np
 import onnx
@@ -9,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from builders import LIGHT_MODELS, save, tiny_cnn
+from builders import LIGHT_MODELS, light_params, save, tiny_cnn
 from onnxviz.cli import main
 
 
@@ -123,7 +122,7 @@ def test_check_grad_passes_on_a_correct_model(tiny, image):
     assert "all" in result.output and "within" in result.output
 
 
-@pytest.mark.parametrize("path", LIGHT_MODELS[:3], ids=os.path.basename)
+@pytest.mark.parametrize("path", light_params(LIGHT_MODELS[:3]))
 def test_light_models_filters_and_activations(path, tmp_path):
     result = run("filters", path, "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -6,12 +6,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from builders import LIGHT_MODELS, save, tiny_cnn
+from builders import light_params, save, tiny_cnn
 from onnxviz.errors import ModelError, OnnxvizError
 from onnxviz.model import load
 
 
-@pytest.mark.parametrize("path", LIGHT_MODELS, ids=os.path.basename)
+@pytest.mark.parametrize("path", light_params())
 def test_light_models_load_convert_and_run(path):
     model = load(path, device="cpu")
     assert model.opset >= 16 and model.original_opset == 9

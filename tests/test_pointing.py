@@ -45,7 +45,8 @@ def hits(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# occlusion runs 200 images x 225 windows (75 s on 2 cores): a slow whole-model check
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m == "occlusion" else []) for m in METHODS])
 def test_pointing_game(game, method):
     model, x, data = game
     result = METHODS[method](model, x, data.labels)

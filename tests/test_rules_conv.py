@@ -44,6 +44,24 @@ CONV_TRANSPOSE = [
 for c in CONV_TRANSPOSE:
     CASES.append(Case("ConvTranspose", {"x": r(*c["x"])}, consts={"w": r(*c["w"]), "b": r(c["w"][1] * c["attrs"].get("group", 1))},
                       attrs=c["attrs"], check="adjoint", id="ConvTranspose-" + c["id"], rtol=1e-4))
+# Stride 1 with constant weights: the adjoint is a Conv with the flipped kernel (rules/conv.py)
+FLIPPED = [
+    dict(id="dense", x=(2, 3, 7, 8), w=(4, 3, 3, 3), attrs={"pads": [1, 1, 1, 1]}),
+    dict(id="depthwise", x=(2, 4, 7, 6), w=(4, 1, 3, 3), attrs={"group": 4, "pads": [1, 1, 1, 1]}),
+    dict(id="depthwise-multiplier", x=(1, 3, 6, 6), w=(6, 1, 5, 5), attrs={"group": 3, "pads": [2, 2, 2, 2]}),
+    dict(id="grouped", x=(1, 6, 6, 7), w=(4, 3, 3, 2), attrs={"group": 2, "pads": [1, 0, 1, 1]}),
+    dict(id="asym-pads", x=(1, 2, 7, 6), w=(3, 2, 3, 4), attrs={"pads": [0, 2, 2, 1]}),
+    dict(id="dilated-asym", x=(1, 2, 9, 9), w=(2, 2, 3, 2), attrs={"dilations": [2, 3], "pads": [1, 3, 4, 0]}),
+    dict(id="no-pads", x=(1, 2, 6, 7), w=(3, 2, 3, 3), attrs={}),
+    dict(id="same-upper-even", x=(1, 2, 6, 7), w=(2, 2, 4, 2), attrs={"auto_pad": "SAME_UPPER"}),
+    dict(id="pointwise", x=(2, 5, 4, 4), w=(3, 5, 1, 1), attrs={}),
+    dict(id="pads-beyond-kernel", x=(1, 2, 5, 5), w=(2, 2, 2, 2), attrs={"pads": [2, 0, 1, 3]}),
+    dict(id="1d", x=(2, 2, 9), w=(3, 2, 4), attrs={"pads": [2, 1]}),
+    dict(id="3d", x=(1, 2, 4, 5, 4), w=(2, 2, 2, 3, 2), attrs={"pads": [1, 1, 0, 0, 1, 1]}),
+]
+for c in FLIPPED:
+    CASES.append(Case("Conv", {"x": r(*c["x"])}, consts={"w": r(*c["w"]), "b": r(c["w"][0])}, attrs=c["attrs"],
+                      check="adjoint", id="Conv-s1-" + c["id"], rtol=1e-4))
 CASES += [
     Case("Conv", {"x": r(2, 2, 7, 8)}, consts={"w": r(3, 2, 3, 4)}, attrs={"strides": [2, 3], "auto_pad": "SAME_UPPER"},
          dynamic=(0, 2, 3), check="adjoint", rtol=1e-4, id="Conv-same-upper-dynamic"),
@@ -218,3 +236,50 @@ def test_matmul_against_torch():
 def test_rule_at_opset22(case):
     case.opset = 22
     assert_case(case)
+
+
+def _backward_ops(case):
+    from gradcheck import node_model
+
+    from onnxviz.autodiff import gradient_graph
+
+    gm = gradient_graph(node_model(case), "y0", list(case.inputs), STANDARD)
+    return [n.op_type for n in gm.proto.graph.node][1:]  # after the forward Conv
+
+
+@pytest.mark.parametrize("c", [c for c in FLIPPED if c["id"] not in ("pointwise", "pads-beyond-kernel")],
+                         ids=lambda c: c["id"])
+def test_stride1_adjoint_is_a_flipped_conv(c):
+    """The cases above really take the flipped-kernel spelling (else they test ConvTranspose again)."""
+    case = Case("Conv", {"x": r(*c["x"])}, consts={"w": r(*c["w"])}, attrs=c["attrs"])
+    assert "Conv" in _backward_ops(case) and "ConvTranspose" not in _backward_ops(case)
+
+
+def test_flipped_kernel_by_hand():
+    """Group 2, one in/two out channels per group: w[o, i] lands at [i-group-wise, o] rotated."""
+    from onnxviz.autodiff.rules.conv import flipped_kernel
+
+    w = np.arange(4 * 1 * 2 * 2, dtype=f32).reshape(4, 1, 2, 2)  # out 0,1 in group 0; out 2,3 in group 1
+    f = flipped_kernel(w, group=2)
+    assert f.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(f[0, 1], w[1, 0, ::-1, ::-1])
+    np.testing.assert_array_equal(f[1, 0], w[2, 0, ::-1, ::-1])
+
+
+def test_unflipped_kernel_variant_would_fail():
+    """Forgetting to rotate the kernel is caught by the adjoint check."""
+    import onnxviz.autodiff.rules.conv as conv_rules
+
+    real = conv_rules.flipped_kernel
+
+    def unrotated(w, group):
+        return np.flip(real(w, group), axis=(2, 3)).copy()
+
+    case = Case("Conv", {"x": r(1, 2, 6, 6)}, consts={"w": r(3, 2, 3, 3)}, attrs={"pads": [1, 1, 1, 1]},
+                check="adjoint", rtol=1e-4)
+    conv_rules.flipped_kernel = unrotated
+    try:
+        assert check_case(case) > 1e-2
+    finally:
+        conv_rules.flipped_kernel = real
+    assert check_case(case) < 1e-4

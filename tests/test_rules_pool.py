@@ -40,6 +40,9 @@ CASES = [
     maxpool("3x3-s2-overlap", (1, 2, 7, 7), K3S2),
     maxpool("3x3-s1", (1, 1, 5, 6), {"kernel_shape": [3, 3]}),
     maxpool("ceil-mode", (1, 2, 6, 7), {**K3S2, "ceil_mode": 1}),
+    # ORT drops the last ceil_mode window (it would start in the end padding); onnx's inference keeps it
+    maxpool("ceil-window-in-padding", (1, 2, 4, 7), {"kernel_shape": [2, 3], "strides": [2, 3], "pads": [0, 1, 1, 2],
+                                                     "ceil_mode": 1}),
     maxpool("pads", (2, 2, 6, 5), {**K3S2, "pads": [1, 0, 1, 2]}),
     maxpool("dilations", (1, 2, 7, 8), {"kernel_shape": [2, 3], "dilations": [2, 2], "strides": [1, 2]}),
     maxpool("storage-order", (2, 2, 5, 6), {**K3S2, "storage_order": 1, "pads": [1, 1, 1, 1]}),
@@ -151,7 +154,96 @@ def test_maxpool_against_torch(ceil_mode, pad):
     seed = r(*ty.shape)
     (ty * torch.tensor(seed)).sum().backward()
     g = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
-    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-6)
+    # atol: two overlapping windows' contributions summed in another order (float32 rounding)
+    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def ties(*shape, levels=3):
+    """Few distinct values: most windows hold their maximum more than once."""
+    return rng.integers(0, levels, shape).astype(f32)
+
+
+TIE_CASES = [
+    ("2x2", (2, 3, 6, 8), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("3x3-s2-pads", (2, 2, 9, 8), {**K3S2, "pads": [1, 1, 1, 1]}),
+    ("ceil-asym-pads", (1, 3, 8, 7), {**K3S2, "pads": [0, 1, 1, 0], "ceil_mode": 1}),
+    ("dilated-s1", (1, 2, 7, 8), {"kernel_shape": [2, 3], "dilations": [2, 2]}),
+    ("1d", (2, 3, 11), {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
+    ("3d", (1, 2, 4, 5, 4), {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2]}),
+]
+
+
+@pytest.mark.parametrize("name,shape,attrs", TIE_CASES, ids=[c[0] for c in TIE_CASES])
+def test_maxpool_ties_follow_ort_indices(name, shape, attrs):
+    """Ties go to the first maximum in row-major window order, as the scatter at ORT's Indices does."""
+    from onnxviz.autodiff import gradient_graph
+    from onnxviz.autodiff.rules.pool import max_pool_scatter
+
+    x = ties(*shape)
+    model = node_model(Case("MaxPool", {"x": x}, attrs=attrs))
+    seed = r(*session_output_shape(model, x))
+    fast = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+    scatter = gradients(model, {"x": x}, "y0", ["x"], seed, rules=STANDARD.replace(MaxPool=max_pool_scatter))["x"]
+    np.testing.assert_allclose(fast, scatter, rtol=1e-6, atol=1e-6)
+    ops = {n.op_type for n in gradient_graph(model, "y0", ["x"], STANDARD).proto.graph.node}
+    assert "ScatterElements" not in ops and "ConvTranspose" in ops  # the offsets spelling ran
+
+
+def session_output_shape(model, x):
+    from gradcheck import session
+
+    return session(model).run(["y0"], {"x": x})[0].shape
+
+
+def test_maxpool_ties_by_hand():
+    """Windows [2, 2 | 1, 2] and [2, 1 | 2, 2] (2x2, stride 2): each passes dy to its first 2 only."""
+    x = np.array([[[[2, 2, 2, 1], [1, 2, 2, 2]]]], f32)
+    model = node_model(Case("MaxPool", {"x": x}, attrs={"kernel_shape": [2, 2], "strides": [2, 2]}))
+    g = gradients(model, {"x": x}, "y0", ["x"], np.array([[[[3.0, 5.0]]]], f32))["x"]
+    np.testing.assert_array_equal(g, [[[[3, 0, 5, 0], [0, 0, 0, 0]]]])
+
+
+def test_maxpool_ties_overlapping_by_hand():
+    """1-D kernel 3, stride 1 over [1, 1, 1, 0]: both windows' first max is x0 and x1; they sum there."""
+    x = np.array([[[1, 1, 1, 0]]], f32)
+    model = node_model(Case("MaxPool", {"x": x}, attrs={"kernel_shape": [3]}))
+    g = gradients(model, {"x": x}, "y0", ["x"], np.array([[[2.0, 7.0]]], f32))["x"]
+    np.testing.assert_array_equal(g, [[[2, 7, 0, 0]]])
+
+
+def test_maxpool_ties_against_torch():
+    torch = pytest.importorskip("torch")
+    x = ties(2, 3, 9, 9)
+    model = node_model(Case("MaxPool", {"x": x}, attrs={**K3S2, "pads": [1, 1, 1, 1]}))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, 3, 2, padding=1)
+    seed = r(*ty.shape)
+    (ty * torch.tensor(seed)).sum().backward()
+    g = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_maxpool_last_max_variant_would_fail():
+    """Giving ties to every maximum (no ``taken`` chain) double-counts: the tie check catches it."""
+    import onnxviz.autodiff.rules.pool as pool
+
+    x = ties(1, 2, 6, 6)
+    model = node_model(Case("MaxPool", {"x": x}, attrs={"kernel_shape": [2, 2], "strides": [2, 2]}))
+    seed = r(1, 2, 3, 3)
+    right = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+    real_and = pool.Emitter.op
+
+    def every_max(self, op_type, *inputs, **kw):
+        if op_type == "And":  # drop the "not taken yet" condition
+            return inputs[0]
+        return real_and(self, op_type, *inputs, **kw)
+
+    pool.Emitter.op = every_max
+    try:
+        wrong = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+    finally:
+        pool.Emitter.op = real_and
+    assert np.abs(wrong - right).max() > 0.1
 
 
 @pytest.mark.parametrize("ceil_mode", [False, True])

@@ -2,7 +2,8 @@
 
 For each image, ``OUT/<image stem>/`` gets ``<method>.npy`` (the [0, 1] map at input size),
 ``<method>.raw.npy`` (the unnormalized map) and ``<method>.png`` (the map over the image);
-``OUT/results.json`` lists every map with its target, label, score, layer and files. Every file
+``OUT/results.json`` lists every map with its target, label, score, layer and files, and what was
+explained (output, explained tensor, target, score kind). Every file
 is written atomically, and results.json after each batch, so Ctrl-C leaves no partial files.
 """
 from __future__ import annotations
@@ -16,13 +17,13 @@ import click
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..images import deprocess
-from ..io import check_not_input, ensure_out_dir, save_figure, save_json, save_npy
+from ..images import deprocess, read_image
+from ..io import deferred_interrupts, ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
 from ..render import heatmap_figure
-from ..targets import SCORES
+from ..targets import SCORES, Target, describe, normalize, objective
 from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
                      preprocess_options)
 
@@ -35,11 +36,23 @@ def title(method: str) -> str:
 
 
 def attribution_options(fn):
-    """--target, --top-k, --output, --score, --out, --batch-size."""
+    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --out, --batch-size."""
     options = [
-        click.option("--target", default=None,
+        click.option("--target", multiple=True,
                      help="Class to explain: an index or label name, one for all images or a comma list with "
-                          "one per image (default: the predicted class)."),
+                          "one per image; repeat it to explain the sum of several classes (multi-label). "
+                          "Default: the predicted class (dense and sequence outputs: each position's)."),
+        click.option("--box", default=None, metavar="X0,Y0,X1,Y1",
+                     help="Explain only the output cells this box covers (model-input pixels; dense outputs)."),
+        click.option("--mask", "mask_path", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="Image (non-zero = inside) or .npy: explain Σ mask·output over a dense output."),
+        click.option("--step", default=None, metavar="T or T0:T1",
+                     help="Step(s) of a sequence output (N, T, C) to explain."),
+        click.option("--negate", is_flag=True, help="Explain minus the score: what lowers it."),
+        click.option("--seed", "seed_path", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="A .npy shaped like the output (or one image's output): explain Σ seed·output."),
+        click.option("--feed", multiple=True, metavar="NAME=FILE.npy",
+                     help="Value of another model input (repeatable); one row is used for every image."),
         click.option("--top-k", "top_k", type=click.IntRange(1), default=None,
                      help="Explain each image's K highest-scoring classes (files get a _<class> suffix)."),
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
@@ -48,7 +61,11 @@ def attribution_options(fn):
         click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
                      help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
-                     help="Images per batch."),
+                     help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
+                          "or noisy copies per run): bounds memory."),
+        click.option("--grad", type=click.Choice(["exact", "fd"]), default="exact", show_default=True,
+                     help="exact: the gradient graph; fd: central finite differences (for operators "
+                          "without a backward rule; 2 runs per input element, slow)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -153,35 +170,50 @@ def _baseline(text: str):
 def _explain(model_path: str, images: Sequence[str], method: str, explain: Callable, opts: dict,
              method_options: Optional[dict] = None) -> None:
     target, top_k, output, score = (opts.pop(k) for k in ("target", "top_k", "output", "score"))
-    out, batch_size = opts.pop("out"), opts.pop("batch_size")
+    region = {k: opts.pop(k) for k in ("box", "mask_path", "step", "negate", "seed_path")}
+    feeds = opts.pop("feed")
+    out, batch_size, grad = opts.pop("out"), opts.pop("batch_size"), opts.pop("grad")
     engine, shard = pop_engine(opts, out)
     images, relative = expand_images(images)
     session = open_session(model_path, **opts)
-    targets = parse_targets(target, len(images), session)
+    if feeds:
+        session.model.set_feeds(parse_feeds(feeds))
+    general = general_target(target, region, session)
+    targets = None if general is not None else parse_targets(target[0] if target else None, len(images), session)
     existed = Path(out).exists()
     folder = ensure_out_dir(out)
     try:
-        check_not_input(folder / "results.json", [model_path, *images])
         dirs = image_dirs(images, folder)
         if engine is not None:
+            if general is not None or feeds:
+                raise OnnxvizError("--engine runs class-index targets on image inputs only; drop --engine for "
+                                   "--box, --mask, --step, --negate, --seed, repeated --target or --feed")
             options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
             return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
                                     opts, batch_size, engine, shard)
         entries: list = []
-        summary = {"model": os.path.abspath(model_path), "method": method, "images": entries}
+        obj = objective(session.model, output, score)
+        summary = {"model": os.path.abspath(model_path), "method": method,
+                   "explained": {"output": obj.output, "tensor": obj.tensor, "score": score,
+                                 "target": explained(session.model, obj, general, targets)},
+                   "images": entries}
+        chosen = targets is not None or general is not None
         with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
             for start in range(0, len(images), batch_size):
                 paths = list(images[start:start + batch_size])
                 x, _, _ = session.batch(paths)
-                t = None if targets is None else targets[start:start + len(paths)]
-                result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score)
+                t = general if general is not None else None if targets is None else targets[start:start + len(paths)]
+                extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
+                result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+                                 batch_size=batch_size, **extra)
                 _warn_degenerate(result, paths)
                 shown = deprocess(x, session.model.input, session.pre)
-                for i, path in enumerate(paths):
-                    rows = np.flatnonzero(result.image == i)
-                    entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i], method,
-                                                top_k is not None, targets is not None))
-                save_json(summary, folder / "results.json")
+                with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
+                    for i, path in enumerate(paths):
+                        rows = np.flatnonzero(result.image == i)
+                        entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i],
+                                                    method, top_k is not None, chosen))
+                    save_json(summary, folder / "results.json")
                 bar.update(len(paths))
     except BaseException:
         if not existed and folder.is_dir() and not any(folder.iterdir()):
@@ -233,22 +265,119 @@ def _explain_dataset(model_path, images, relative, dirs, folder, method, options
 
 def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
                  chosen: bool) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
+    """One image's files, all or none: a failure part-way removes what this call wrote."""
+    created = not folder.exists()
+    ensure_out_dir(folder)
+    written: list = []
+    try:
+        return _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written)
+    except BaseException:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written: list) -> dict:
     maps = []
     for r in rows:
         k = int(result.target[r])
         stem = f"{method}_{k}" if suffixed else method
-        label = session.label(k)
+        label = session.label(k) if k >= 0 else "general target"
         caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
         heading = title(method) + (f" @ {result.layer}" if result.layer else "")
-        files = {
-            "map": save_npy(result.map[r], folder / f"{stem}.npy"),
-            "raw": save_npy(result.raw[r], folder / f"{stem}.raw.npy"),
-            "png": save_figure(heatmap_figure(shown, result.map[r], heading, label=caption), folder / f"{stem}.png"),
-        }
+        files = {}
+        for kind, name, save in (
+                ("map", f"{stem}.npy", lambda p: save_npy(result.map[r], p)),
+                ("raw", f"{stem}.raw.npy", lambda p: save_npy(result.raw[r], p)),
+                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], heading,
+                                                                           label=caption), p))):
+            files[kind] = save(folder / name)
+            written.append(files[kind])
         maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
                      "method": method, "files": {kind: str(p) for kind, p in files.items()}})
     return {"image": os.path.abspath(path), "dir": str(folder), "maps": maps}
+
+
+def general_target(target: Sequence[str], region: dict, session: Session):
+    """A :class:`Target` or seed array from --target (repeated), --box, --mask, --step, --negate, --seed;
+    None when the options ask for plain class indices."""
+    plain = not any(v for v in region.values())
+    if plain and len(target) <= 1:
+        return None
+    if region["seed_path"]:
+        if target or any(region[k] for k in ("box", "mask_path", "step", "negate")):
+            raise OnnxvizError("--seed is the whole target: it does not combine with --target, --box, --mask, "
+                               "--step or --negate")
+        return load_npy(region["seed_path"], "--seed").astype(np.float64)
+    classes = [class_index(t, session) for t in target] if target else None
+    if classes is not None and len(classes) == 1:
+        classes = classes[0]
+    return Target(classes, box=parse_box(region["box"]), mask=load_mask(region["mask_path"]),
+                  step=parse_step(region["step"]), negate=region["negate"])
+
+
+def explained(model, obj, general, targets) -> str:
+    if general is not None:
+        return describe(general)
+    if targets is None:
+        return describe(normalize(model, obj, None, 1))
+    return describe(targets)
+
+
+def parse_box(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise OnnxvizError(f"--box {text!r}: expected four numbers x0,y0,x1,y1")
+    return box
+
+
+def parse_step(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            return slice(int(a) if a else None, int(b) if b else None)
+        return int(text)
+    except ValueError:
+        raise OnnxvizError(f"--step {text!r}: expected T or T0:T1") from None
+
+
+def load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OnnxvizError(f"{what} {path}: not a readable .npy file ({exc})") from None
+
+
+def load_mask(path: Optional[str]):
+    """A mask from a .npy or an image (non-zero = inside), at model-input size or the output's."""
+    if path is None:
+        return None
+    if path.endswith(".npy"):
+        return load_npy(path, "--mask").astype(np.float64)
+    image = np.asarray(read_image(path))
+    return (image.reshape(image.shape[0], image.shape[1], -1).max(axis=2) > 0).astype(np.float64)
+
+
+def parse_feeds(feeds: Sequence[str]) -> dict:
+    out = {}
+    for item in feeds:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise OnnxvizError(f"--feed {item!r}: expected NAME=FILE.npy")
+        out[name] = load_npy(path, f"--feed {name}")
+    return out
 
 
 def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.ndarray]:
@@ -299,14 +428,10 @@ def image_dirs(images: Sequence[str], folder: Path) -> list:
     seen: dict = {}
     out = []
     for path in images:
-        stem = _safe(Path(path).stem)
+        stem = safe_name(Path(path).stem, "image")
         seen[stem] = seen.get(stem, 0) + 1
         out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
 
 
 COMMANDS = (cam_cmd, saliency_cmd, occlusion_cmd)

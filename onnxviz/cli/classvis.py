@@ -13,13 +13,13 @@ from typing import Optional
 import click
 
 from ..errors import OnnxvizError
-from ..io import check_not_input, ensure_out_dir, save_json, save_npy, save_png
+from ..io import ensure_out_dir, safe_name, save_json, save_npy, save_png
 from ..methods.classvis import Ascent, channel_visualization, class_visualization
 from ..methods.parameterization import PARAMETERIZATIONS
 from ..methods.layers import layer_axes
 from ..render.tiles import grid
 from ..targets import objective
-from .attribution import class_index, _safe
+from .attribution import class_index
 from .common import handle_errors, model_options, open_session, preprocess_options
 
 _D = Ascent()
@@ -103,7 +103,6 @@ def classvis_cmd(model, target, layer, channel, steps, lr, seed, batch, l2, tv, 
     session = open_session(model, **opts)
     m = session.model
     folder = ensure_out_dir(out)
-    check_not_input(folder / "classvis.json", [model])
     ascent = Ascent(steps=steps, lr=lr, l2=l2, tv=tv, blur_every=blur_every, blur_sigma=blur_sigma,
                     jitter=jitter, zoom=zoom, rotate=rotate, param=param, snapshots=snapshots)
     common = dict(batch=batch, seed=seed, pre=session.pre, size=opts.get("size"), progress=True, settings=ascent)
@@ -156,7 +155,7 @@ def _write(vis, session, folder, batch: int) -> list:
     entries = []
     for r in range(len(vis)):
         k = int(vis.target[r])
-        stem = f"class{k}" if vis.kind == "class" else f"{_safe(vis.layer).strip('_')}_ch{k}"
+        stem = f"class{k}" if vis.kind == "class" else f"{safe_name(vis.layer, 'layer').strip('_')}_ch{k}"
         if batch > 1:
             stem += f"_{r % batch}"
         files = {"png": save_png(vis.image[r], folder / f"{stem}.png"),

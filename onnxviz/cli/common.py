@@ -12,8 +12,11 @@ from typing import Optional, Sequence
 import click
 import numpy as np
 
-from ..errors import OnnxvizError
+from ..errors import NonFiniteError, OnnxvizError
+from ..finite import nonfinite_weights
 from ..images import NORMS, RESIZES, Preprocess, geometries, load_labels, preprocess, read_image
+from ..io import guard, inside, label, protect, regular_file
+from ..loading import CONVERSION_FAILED
 from ..model import load
 from ..runtime import DEVICES
 from ..spec import LAYOUTS
@@ -22,19 +25,54 @@ log = logging.getLogger("onnxviz")
 
 
 def handle_errors(fn):
-    """Turn onnxviz errors into clean one-line CLI errors; Ctrl-C exits quietly with status 130."""
+    """Run a command under the input guard; onnxviz and OS errors become one-line CLI errors.
+
+    Every existing path the command was given (click.Path with exists=True: the model, images,
+    --labels, dataset folders) is recorded as an input before anything runs, so no output can
+    replace it (see ``onnxviz.io.guard``). Ctrl-C exits quietly with status 130.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with guard():
+                _protect_arguments(kwargs)
+                return fn(*args, **kwargs)
         except OnnxvizError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # unwritable folders, full disks, files vanishing under us
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+        except MemoryError:
+            raise click.ClickException("out of memory: use a smaller --batch-size or --size") from None
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing partial was written", err=True)
+            click.echo("interrupted; every file written is complete (results.json lists them)", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an input we did not foresee: still one line, never a traceback
+            log.debug("traceback", exc_info=True)
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {_first_line(exc)} "
+                                       "(run with -vv for the traceback; please report it)") from None
 
     return wrapper
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _protect_arguments(values: dict) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        if not (isinstance(param.type, click.Path) and param.type.exists):
+            continue
+        value = values.get(param.name)
+        for path in (value if isinstance(value, (tuple, list)) else [value]):
+            protect(path)
 
 
 class SizeType(click.ParamType):
@@ -95,19 +133,64 @@ def preprocess_options(fn):
     return fn
 
 
+# The sidecar's fields and the JSON types each may have (size: one int or [height, width]).
+SIDECAR_FIELDS = {
+    "labels": (str,),
+    "preprocess": (dict,),
+    "preprocess.norm": (str,),
+    "preprocess.resize": (str,),
+    "preprocess.crop": (int, float),
+    "preprocess.bgr": (bool,),
+    "preprocess.size": (int, list),
+}
+
+
 def sidecar(model_path: str) -> dict:
-    """Settings shipped beside a model as <name>.json: {"preprocess": {...}, "labels": "file"}."""
+    """Settings shipped beside a model as <name>.json: {"preprocess": {...}, "labels": "file"}.
+
+    The labels path is resolved like ONNX external data: relative to the model's folder and
+    inside it. A sidecar that is not a JSON object or has a field of the wrong type is an error
+    naming the field: silently ignoring it would change the preprocessing behind the user's back.
+    """
     path = Path(model_path).with_suffix(".json")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
+    regular_file(path, "sidecar JSON file")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise OnnxvizError(f"sidecar {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise OnnxvizError(f"sidecar {path} is not valid JSON: {exc}") from None
+    protect(path)
+    if not isinstance(data, dict):
+        raise OnnxvizError(f"sidecar {path} must be a JSON object, not {_json_type(data)}")
+    for name, types in SIDECAR_FIELDS.items():
+        head, _, tail = name.partition(".")
+        value = data.get(head) if not tail else (data.get(head) or {}).get(tail)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            wanted = " or ".join(_JSON_NAMES[t] for t in types)
+            raise OnnxvizError(f"sidecar {path}: field {name!r} must be {wanted}, not {_json_type(value)}")
+    size = (data.get("preprocess") or {}).get("size")
+    if isinstance(size, list) and not (len(size) in (1, 2) and all(type(v) is int and v > 0 for v in size)):
+        raise OnnxvizError(f"sidecar {path}: field 'preprocess.size' must be [height, width] positive integers")
+    if isinstance(size, int) and (isinstance(size, bool) or size <= 0):
+        raise OnnxvizError(f"sidecar {path}: field 'preprocess.size' must be a positive integer")
     if isinstance(data.get("labels"), str):
-        data["labels"] = str(path.parent / data["labels"])
+        data["labels"] = str(inside(path.parent, data["labels"], f"sidecar {path}: field 'labels'"))
     return data
+
+
+_JSON_NAMES = {str: "a string", dict: "an object", int: "a number", float: "a number", bool: "true/false",
+               list: "a list"}
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -119,9 +202,7 @@ class Session:
     labels: Optional[list]
 
     def label(self, k: int) -> str:
-        if self.labels and 0 <= k < len(self.labels):
-            return self.labels[k]
-        return f"class {k}"
+        return label(self.labels, k)
 
     def batch(self, paths: Sequence[str]):
         """Read and preprocess images: (x, originals, geometries)."""
@@ -130,15 +211,24 @@ class Session:
 
 
 def open_session(model_path, device="auto", threads=None, layout=None, size=None, norm=None, mean=None,
-                 std=None, scale="1", resize=None, crop=None, bgr=None, labels=None, verify=True, **_) -> Session:
-    """Load the model and work out preprocessing from options, falling back on the sidecar JSON."""
+                 std=None, scale="1", resize=None, crop=None, bgr=None, labels=None, verify=True, finite=True,
+                 **_) -> Session:
+    """Load the model and work out preprocessing from options, falling back on the sidecar JSON.
+
+    ``finite``: refuse a model whose weights hold NaN or inf (every result would be meaningless).
+    """
     side = sidecar(model_path)
     pre_side = side.get("preprocess", {})
     height, width = size if size else (None, None)
     model = load(model_path, device=device, threads=threads, layout=layout, height=height, width=width,
                  verify=verify)
-    for note in model.notes:
-        log.info("%s", note)
+    for note in model.notes:  # a failed conversion is said as such, before any downstream symptom
+        (log.warning if note.startswith(CONVERSION_FAILED) else log.info)("%s", note)
+    bad = nonfinite_weights(model.proto)
+    if bad and finite:
+        raise NonFiniteError(f"the model's {bad}: every output and gradient would be meaningless")
+    if bad:
+        log.warning("the model's %s", bad)
     side_size = pre_side.get("size")
     pre = Preprocess.from_options(
         norm=norm or (None if (mean or std) else pre_side.get("norm")),
@@ -146,17 +236,34 @@ def open_session(model_path, device="auto", threads=None, layout=None, size=None
         resize=resize or pre_side.get("resize", "shorter"),
         crop=crop or pre_side.get("crop", 1.0),
         bgr=bgr if bgr is not None else pre_side.get("bgr"),
-        size=size or (tuple(side_size) if side_size and model.input.size is None else None),
+        size=size or (_side_size(side_size) if side_size and model.input.size is None else None),
     )
     label_path = labels or side.get("labels")
-    names = load_labels(label_path) if label_path else None
+    names = None
+    if label_path:
+        protect(label_path)
+        names = load_labels(regular_file(label_path, "label file"))
+        _check_label_count(model, names, label_path)
     return Session(model, pre, names)
 
 
+def _side_size(size) -> tuple:
+    return (size, size) if isinstance(size, int) else tuple(size) * (2 if len(size) == 1 else 1)
+
+
+def _check_label_count(model, names: list, path) -> None:
+    """A label file for another model names the wrong classes: say so (a warning, the user may know)."""
+    shape = model.tensor_shape(model.outputs[0]) if model.outputs else None
+    classes = shape[-1] if shape and len(shape) == 2 else None
+    if isinstance(classes, int) and classes != len(names):
+        log.warning("the label file %s has %d names but output %r has %d classes", path, len(names),
+                    model.outputs[0], classes)
+
+
 def out_dir(path: Optional[str], default: str) -> Path:
-    out = Path(path or default)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    from ..io import ensure_out_dir
+
+    return ensure_out_dir(path or default)
 
 
 class ShardType(click.ParamType):

@@ -15,7 +15,7 @@ import numpy as np
 from ..datasets import scan_folder
 from ..graph.heads import penultimate_layer
 from ..images import read_image
-from ..io import save_figure, save_json, save_png
+from ..io import safe_name, save_figure, save_json, save_png
 from ..methods.embed import POOLS, embed, fixed_size, cache_header, model_digest
 from ..methods.neighbors import METRICS, nearest_neighbors
 from ..methods.patches import to_json, top_patches
@@ -83,7 +83,7 @@ def default_cache(header: dict, folder: str) -> Path:
     base = os.environ.get("ONNXVIZ_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "onnxviz")
     key = json.dumps([header, os.path.realpath(folder)], sort_keys=True)
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(header["model"]["file"]).stem)
+    stem = safe_name(Path(header["model"]["file"]).stem, "model")
     return Path(base) / "features" / f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 

@@ -11,16 +11,19 @@ from ..checkgrad import check_gradients, format_rows
 from ..graph.analysis import gradcam_candidates
 from ..images import deprocess
 from ..inspection import describe, format_table
-from ..io import atomic_write, save_figure, save_json, save_npy
+from ..io import atomic_write, ensure_out_dir, safe_name, save_figure, save_json, save_npy
+from ..methods.cam import grad_cam
 from ..methods.features import activations, filters
-from ..render import activations_figure, filters_figure
+from ..render import activations_figure, filters_figure, heatmap_figure
 from ..render.tiles import rank_channels
 from ..report import report
 from ..runtime import DEVICES
+from ..targets import Target, class_scores, objective
 from .common import handle_errors, open_session
 from .report import echo_progress
 
 SAMPLE = "shapes_cnn.onnx"
+DENSE = "shapes_seg.onnx"  # the sample's features with its head applied per pixel (scripts/build_dense_model.py)
 
 
 def bundled_models_dir() -> Path:
@@ -50,8 +53,7 @@ def demo(model_path, out, device):
     folder = bundled_models_dir() if bundled else Path(model_path).parent
     model_path = model_path or str(folder / SAMPLE)
     images = sorted(p for p in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else []
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(out)
     session = open_session(model_path, device=device)
     model = session.model
     click.echo(f"model {model_path} on {model.runtime.describe()}")
@@ -78,8 +80,7 @@ def demo(model_path, out, device):
         acts = activations(model, x, layer)
         probs = model.run(x)[model.outputs[0]]
         for i, path in enumerate(images):
-            sub = out / path.stem
-            sub.mkdir(exist_ok=True)
+            sub = ensure_out_dir(out / safe_name(path.stem, "image"))
             chosen = rank_channels(acts.values[i])[:16]
             label = session.label(int(probs[i].argmax()))
             fig = activations_figure(shown[i], acts.values[i], chosen, f"{layer} — predicted {label}")
@@ -96,6 +97,11 @@ def demo(model_path, out, device):
             fh.write(format_rows(rows) + "\n")
         timings["check-grad"] = time.perf_counter() - start
 
+    if bundled and images and (folder / DENSE).is_file():
+        start = time.perf_counter()
+        dense_demo(str(folder / DENSE), images, out / "dense", device)
+        timings["dense"] = time.perf_counter() - start
+
     start = time.perf_counter()
     page = out / "report.html"
     dataset = sample_dataset(out / "dataset", model.input.size) if bundled else None
@@ -107,8 +113,44 @@ def demo(model_path, out, device):
               out / "demo.json")
     click.echo(f"wrote the demo to {out.resolve()}/ "
                f"(inspect.txt, filters.png, per-image activations, cam/, saliency/, occlusion/, classvis/, "
-               f"check-grad.txt, report.html)")
+               f"check-grad.txt, dense/, report.html)")
     click.echo(f"report: {page.resolve()} (open it in a browser)")
+
+
+def dense_demo(model_path: str, images, out: Path, device: str = "auto") -> dict:
+    """Grad-CAM on a dense (segmentation-style) model: each pixel's predicted class, and one class
+    inside the pixels predicted as that class (a mask target, pytorch-grad-cam's
+    SemanticSegmentationTarget). Writes <image>/gradcam_predicted.png and gradcam_mask.png, and
+    results.json saying what each map explains."""
+    session = open_session(model_path, device=device)
+    model = session.model
+    x, _, _ = session.batch([str(p) for p in images])
+    shown = deprocess(x, model.input, session.pre)
+    obj = objective(model)
+    scores = model.activations(x, [obj.tensor])[obj.tensor]  # (N, classes, H, W) pre-softmax
+    predicted = scores.argmax(axis=obj.class_axis)
+    classes = class_scores(obj, scores).argmax(axis=1)  # the class with the largest summed score
+    everywhere = grad_cam(model, x)  # dense outputs default to each pixel's predicted class
+    click.echo(f"dense model {Path(model_path).name}: Grad-CAM at {everywhere.layer} "
+               f"({everywhere.explains['target']})")
+    entries = []
+    for i, path in enumerate(images):
+        sub = out / Path(path).stem
+        sub.mkdir(parents=True, exist_ok=True)
+        k = int(classes[i])
+        mask = predicted[i] == k
+        inside = grad_cam(model, x[i:i + 1], target=Target(k, mask=mask))
+        title = f"Grad-CAM @ {everywhere.layer}"
+        save_figure(heatmap_figure(shown[i], everywhere.map[i], title, label="each pixel's predicted class"),
+                    sub / "gradcam_predicted.png")
+        save_figure(heatmap_figure(shown[i], inside.map[0], title,
+                                   label=f"{session.label(k)} inside its {int(mask.sum())} predicted pixels"),
+                    sub / "gradcam_mask.png")
+        entries.append({"image": str(path), "class": k, "label": session.label(k), "pixels": int(mask.sum()),
+                        "maps": {"gradcam_predicted.png": everywhere.explains, "gradcam_mask.png": inside.explains}})
+    summary = {"model": model_path, "layer": everywhere.layer, "images": entries}
+    save_json(summary, out / "results.json")
+    return summary
 
 
 def method_folders(model, x, images, shown, session, out: Path) -> dict:

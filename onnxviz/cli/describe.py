@@ -9,7 +9,7 @@ import click
 
 from ..images import deprocess
 from ..inspection import describe, format_table
-from ..io import check_not_input, save_figure, save_json, save_npy
+from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
@@ -32,7 +32,7 @@ def inspect(model, as_json, show_all, **opts):
     Example:
       onnxviz inspect models/shapes_cnn.onnx
     """
-    session = open_session(model, verify=False, **opts)
+    session = open_session(model, verify=False, finite=False, **opts)  # inspect describes; it warns
     info = describe(session.model, size=session.pre.size)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -56,8 +56,7 @@ def filters_cmd(model, layer, out, **opts):
     session = open_session(model, verify=False, **opts)
     f = filters(session.model, layer)
     folder = out_dir(out, "onnxviz-out/filters")
-    stem = _safe(f.layer)
-    check_not_input(folder / f"{stem}.png", [model])
+    stem = safe_name(f.layer, "tensor")
     bgr = bool(session.pre.bgr)
     title = f"{f.layer}: {f.weights.shape[0]} filters {f.weights.shape[2]}x{f.weights.shape[3]}"
     png = save_figure(filters_figure(f.weights, title, bgr=bgr), folder / f"{stem}.png")
@@ -85,23 +84,16 @@ def activations_cmd(model, image, layer, top, out, **opts):
     x, images, _ = session.batch([image])
     acts = activations(session.model, x, layer)
     chosen = rank_channels(acts.values[0])[:top]
-    folder = out_dir(out, "onnxviz-out/activations") / Path(image).stem
-    folder.mkdir(parents=True, exist_ok=True)
-    check_not_input(folder / "x.png", [model, image])
+    folder = ensure_out_dir(out_dir(out, "onnxviz-out/activations") / safe_name(Path(image).stem, "image"))
 
     shown = deprocess(x, session.model.input, session.pre)[0]
     title = f"{layer} {tuple(acts.values.shape[1:])}: top {len(chosen)} channels by mean activation"
-    stem = _safe(layer)
+    stem = safe_name(layer, "tensor")
     png = save_figure(activations_figure(shown, acts.values[0], chosen, title), folder / f"{stem}.png")
     npy = save_npy(acts.values[0], folder / f"{stem}.npy")
     save_json({"layer": layer, "image": os.path.abspath(image), "channels": [int(c) for c in chosen],
                "shape": list(acts.values.shape[1:])}, folder / f"{stem}.json")
     click.echo(f"{layer}: {tuple(acts.values.shape[1:])} -> {png}, {npy}")
-
-
-def _safe(name: str) -> str:
-    """A tensor name as a file name."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tensor"
 
 
 COMMANDS = (inspect, filters_cmd, activations_cmd)

@@ -1,8 +1,6 @@
 """export-grad and check-grad: the gradient graph as a file, and proof that it is exact."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -11,8 +9,9 @@ import onnx
 from ..autodiff import RULESETS, gradient_graph, ruleset
 from ..checkgrad import check_gradients, format_rows, verdict
 from ..errors import OnnxvizError
+from ..gradients import check_differentiable
 from ..graph.analysis import gradcam_candidates
-from ..io import check_not_input
+from ..io import ensure_out_dir, save_model
 from ..targets import SCORES, objective
 from .common import handle_errors, model_options, open_session, preprocess_options
 
@@ -42,35 +41,17 @@ def export_grad(model, wrt, output, score, rules, out, **opts):
     """
     session = open_session(model, verify=False, **opts)
     m = session.model
-    check_not_input(out, [model])
     obj = objective(m, output, score)
     names = [m.input.name if w == "input" else w for w in wrt]
     proto = m.specialized(*opts["size"]) if opts.get("size") else m.proto
+    check_differentiable(proto)
     gm = gradient_graph(proto, obj.tensor, names, ruleset(rules))
     onnx.checker.check_model(gm.proto) if gm.proto.ByteSize() < 2**31 - 2**26 else None
-    _save_model_atomic(gm.proto, out)
+    ensure_out_dir(Path(out).resolve().parent)
+    save_model(gm.proto, out)
     click.echo(f"wrote {out}: seed input {gm.seed!r} (shaped like {obj.tensor!r}); gradient outputs:")
     for t, g in gm.grads.items():
         click.echo(f"  d/d {t} -> {g}")
-
-
-def _save_model_atomic(proto: onnx.ModelProto, out: str):
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    big = proto.ByteSize() >= 2**31 - 2**26
-    fd, tmp = tempfile.mkstemp(prefix=".onnxviz-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
-        if big:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=Path(out).name + ".data")
-        else:
-            onnx.save_model(proto, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @click.command("check-grad")

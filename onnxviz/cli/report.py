@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..io import check_not_input
+from ..errors import NonFiniteError
+from ..finite import nonfinite_weights
+from ..io import ensure_out_dir
 from ..report import report
 from .common import handle_errors, model_options, open_session, preprocess_options
 
@@ -47,9 +49,10 @@ def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_ste
     """
 
     out = Path(out)
-    check_not_input(out, [model, *images])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    session = open_session(model, **opts)
+    if out.is_dir():
+        raise click.BadParameter(f"{out} is a folder; give the HTML file to write", param_hint="-o/--out")
+    ensure_out_dir(out.parent)
+    session = open_session(model, finite=False, **opts)  # the sections that cannot be computed say why, in red
     result = report(session.model, images, out, dataset=dataset, labels=session.labels, pre=session.pre,
                     layer=layer, top=top, progress=echo_progress, check_grad=check_grad,
                     classvis_steps=classvis_steps)
@@ -59,6 +62,9 @@ def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_ste
                    err=True)
     size = out.stat().st_size
     click.echo(f"wrote {out.resolve()} ({size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+    bad = nonfinite_weights(session.model.proto)
+    if bad:
+        raise NonFiniteError(f"the model's {bad}: the report marks what it could not compute")
 
 
 COMMANDS = (report_cmd,)

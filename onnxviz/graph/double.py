@@ -12,40 +12,56 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+F16, F32, F64 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
 
 
-def _tensor(t: onnx.TensorProto) -> onnx.TensorProto:
-    if t.data_type != F32:
+def _tensor(t: onnx.TensorProto, src: frozenset, dst: int) -> onnx.TensorProto:
+    if t.data_type not in src:
         return t
-    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(dst)
+    return numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name)
 
 
-def _graph(graph: onnx.GraphProto):
-    converted = [_tensor(t) for t in graph.initializer]
+def _graph(graph: onnx.GraphProto, src: frozenset, dst: int):
+    converted = [_tensor(t, src, dst) for t in graph.initializer]
     del graph.initializer[:]
     graph.initializer.extend(converted)
     for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.type.tensor_type.elem_type == F32:
-            vi.type.tensor_type.elem_type = F64
+        if vi.type.tensor_type.elem_type in src:
+            vi.type.tensor_type.elem_type = dst
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
-                attr.t.CopyFrom(_tensor(attr.t))
+                attr.t.CopyFrom(_tensor(attr.t, src, dst))
             elif attr.type == onnx.AttributeProto.GRAPH:
-                _graph(attr.g)
+                _graph(attr.g, src, dst)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    _graph(g)
-            elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i == F32:
-                attr.i = F64
+                    _graph(g, src, dst)
+            elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i in src:
+                attr.i = dst
+
+
+def cast_floats(model: onnx.ModelProto, src, dst: int) -> onnx.ModelProto:
+    """A copy with every initializer, constant, Cast target and I/O type of a type in ``src`` turned into ``dst``."""
+    out = copy.deepcopy(model)
+    _graph(out.graph, frozenset(src), dst)
+    return out
 
 
 def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every float32 initializer, constant, Cast target and I/O type turned into float64."""
-    out = copy.deepcopy(model)
-    _graph(out.graph)
-    return out
+    """A float64 copy: float32 and float16 weights, constants, Cast targets and I/O types become float64."""
+    return cast_floats(model, {F32, F16}, F64)
+
+
+def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float32 copy of a float16 model: onnxruntime's CPU backward ops (ScatterElements-add) lack float16."""
+    return cast_floats(model, {F16}, F32)
+
+
+def has_float16(model: onnx.ModelProto) -> bool:
+    return any(t.data_type == F16 for t in model.graph.initializer) or any(
+        vi.type.tensor_type.elem_type == F16 for vi in [*model.graph.input, *model.graph.output])
 
 
 def spec_lrn():

@@ -20,6 +20,30 @@ _NEVER = RANDOM_OPS | {"If", "Loop", "Scan"}
 _MAX_ELEMENTS = 2**28  # 1 GiB of float32: VGG-19 fc6 is 103M
 
 
+def _output_elements(node: onnx.NodeProto, inputs: list) -> int:
+    """An upper bound on the elements a node would produce, for the ops whose output can dwarf their inputs.
+
+    Checked before evaluating: a 974-byte ConstantOfShape([30000, 30000]) would allocate 3.6 GB.
+    """
+    op = node.op_type
+    try:
+        if op == "ConstantOfShape":
+            return int(np.prod([int(d) for d in inputs[0]], dtype=object))
+        if op == "Expand":
+            shape = np.broadcast_shapes(np.shape(inputs[0]), tuple(int(d) for d in inputs[1]))
+            return int(np.prod(shape, dtype=object))
+        if op == "Tile":
+            return int(np.asarray(inputs[0]).size * np.prod([int(r) for r in inputs[1]], dtype=object))
+        if op == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in inputs[:3])
+            return int(max(np.ceil((limit - start) / delta), 0)) if delta else 0
+        if op in ("Resize", "Upsample", "Pad", "OneHot", "EyeLike"):
+            return _MAX_ELEMENTS + 1  # their output size hides in attributes/scales: never folded
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return _MAX_ELEMENTS + 1
+    return max((np.asarray(v).size for v in inputs if v is not None), default=1)
+
+
 def _evaluate(node: onnx.NodeProto, inputs: list, opset: int) -> list:
     """Outputs of one node on known inputs, with numpy for the common cases."""
     op = node.op_type
@@ -73,6 +97,9 @@ def fold_constants(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             and all(i in known and i not in graph_inputs for i in ins)
             and (ins or node.op_type == "Constant")
         )
+        if foldable and node.op_type != "Constant" and \
+                _output_elements(node, [known[i] if i else None for i in node.input]) > _MAX_ELEMENTS:
+            foldable = False  # too large to fold (or unbounded): left for onnxruntime, never allocated here
         if foldable:
             try:
                 values = _evaluate(node, [known[i] if i else None for i in node.input], opset) \

@@ -101,7 +101,10 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
     behind an SE gate) and is consumed there by a node whose output has lost spatial extent
     (GlobalAveragePool, an AveragePool covering the map, Flatten/Reshape, ReduceMean, Gemm).
     Each is followed by the tensors behind it up to its layer; copies (Dropout, Identity) defer
-    to the activation they copy, so a conv→relu→GAP head gives [relu, conv].
+    to the activation they copy, so a conv→relu→GAP head gives [relu, conv]. When an output
+    keeps spatial extent (a dense head) or nothing is pooled, the coarsest spatial tensors come
+    first (:func:`_dense_candidates`). Sequence heads (N, T, C) find the last 4-D tensor before
+    the reshape that makes the sequence: that reshape is where spatial extent is lost.
     """
     g = GraphView(model)
     tracks = track_axes(g, input_name, layout)
@@ -120,6 +123,45 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
     out = []
     for name in frontier:
         out += [c for c in _chain(g, tracks, name) if c not in out]
+    if not out or any(_has_extent(g, tracks, o) for o in g.outputs):
+        out = [c for c in _dense_candidates(g, tracks, main) if c not in out] + out
+    return out
+
+
+def _output_chain(g: GraphView, tracks) -> set:
+    """The outputs and the tensors they copy, activate, normalize or upsample, back to the layer
+    that computes the scores (a dense head's classifier): scores, not features."""
+    found = set()
+    for name in g.outputs:
+        while name is not None and name not in found:
+            found.add(name)
+            node = g.node_of(name)
+            if node is None or node.op_type not in _CHAIN | {"Softmax", "LogSoftmax", "Resize", "Upsample"}:
+                break
+            name = _data_input(g, tracks, node)
+    return found
+
+
+def _dense_candidates(g: GraphView, tracks, main: set) -> list[str]:
+    """Grad-CAM layers of a dense head (the output keeps spatial extent: segmentation, detection maps).
+
+    The coarsest tensors on the main path (largest product of receptive-field jumps: the
+    bottleneck of an encoder–decoder, the last stage of a backbone before any upsampling),
+    deepest first, each followed by the tensors behind it up to its layer.
+    """
+    scores = _output_chain(g, tracks)
+    spatial = [n for n in main if n in tracks and n not in scores and _is_spatial(g, tracks, n) and n in g.producer]
+    if not spatial:
+        return []
+
+    def coarseness(name):
+        jh, jw = (sp.jump for sp in tracks[name].spans)
+        return abs(jh * jw)
+
+    spatial.sort(key=lambda n: (coarseness(n), g.producer[n]), reverse=True)
+    out = []
+    for name in spatial:
+        out += [c for c in _chain(g, tracks, name) if c not in out]
     return out
 
 
@@ -128,8 +170,7 @@ def best_gradcam_layer(model: onnx.ModelProto, input_name: str, layout: str = "N
     found = gradcam_candidates(model, input_name, layout)
     if not found:
         raise ModelError(
-            "found no 4-D tensor with spatial extent (H, W > 1) that the classifier head pools away "
-            "(no GlobalAveragePool/Flatten/ReduceMean after the convolutions on the path to the output); "
+            "found no 4-D tensor with spatial extent (H, W > 1) on the path to the output; "
             "name a layer explicitly (see `onnxviz inspect` for the tensor names)")
     return found[0]
 

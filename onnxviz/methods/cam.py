@@ -24,10 +24,10 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..graph.analysis import cam_head
 from ..render.tiles import normalize01
-from ..targets import Objective, Target, chosen_targets, class_scores, objective, rows
+from ..targets import Objective, TargetLike, class_scores, general, objective, rows, seed_array, target_scores
 from .layers import from_nchw, layer_axes, resolve_layer, to_nchw
 from .perturb import BATCH, head_runner, perturbed_scores, segments
-from .results import Attribution, Heatmap, channel_map, upsampled
+from .results import Attribution, Heatmap, channel_map, explains, upsampled
 from .saliency import saliency
 
 EPS = 1e-7
@@ -39,19 +39,20 @@ class Context:
 
     model: object
     x: np.ndarray
-    target: np.ndarray  # per row; -1 = predicted class
+    target: object  # class per row (-1 = predicted class), or a general target for every row
     layer: str
     axes: tuple  # (channel, height, width) axes of the layer tensor
     obj: Objective
     score: str = "logit"
     batch_size: Optional[int] = None
     progress: bool = False
+    grad: str = "graph"
 
     def gradients(self, rules: str = "standard"):
         """(A, dy/dA) as (N, K, h, w), target and score: one run of the gradient graph."""
         g = self.model.gradients(self.x, target=self.target, wrt=[self.layer], rules=rules,
                                  output=self.obj.output, score=self.score, class_axis=self.obj.class_axis,
-                                 batch_size=self.batch_size, progress=self.progress)
+                                 batch_size=self.batch_size, progress=self.progress, grad=self.grad)
         acts = to_nchw(g.activations[self.layer], self.axes)
         return acts, to_nchw(g[self.layer], self.axes), g.target, g.score
 
@@ -59,7 +60,7 @@ class Context:
         """(A as (N, K, h, w), objective tensor, target, score): one forward run."""
         values = self.model.activations(self.x, [self.layer, self.obj.tensor], batch_size=self.batch_size)
         y = values[self.obj.tensor]
-        chosen, score = chosen_targets(self.obj, y, self.target)
+        chosen, score = target_scores(self.obj, y, self.target, self.model.input.hw(self.x))
         return to_nchw(values[self.layer], self.axes), y, chosen, score
 
 
@@ -76,22 +77,22 @@ class Weights:
 Weigher = Callable[[Context], Weights]
 
 
-def class_activation_map(model, x, weigh: Weigher, method: str, target: Target = None,
+def class_activation_map(model, x, weigh: Weigher, method: str, target: TargetLike = None,
                          layer: Optional[str] = None, top_k: Optional[int] = None, output: Optional[str] = None,
                          score: str = "logit", batch_size: Optional[int] = None,
-                         progress: bool = False) -> Heatmap:
+                         progress: bool = False, grad: str = "graph") -> Heatmap:
     """The CAM template: resolve rows and layer, get the method's weights, fuse, upsample."""
     obj = objective(model, output, score)
     xr, t, image = rows(model, x, obj, target, top_k)
     layer = resolve_layer(model, layer)
-    ctx = Context(model, xr, t, layer, layer_axes(model, layer), obj, score, batch_size, progress)
+    ctx = Context(model, xr, t, layer, layer_axes(model, layer), obj, score, batch_size, progress, grad)
     w = weigh(ctx)
     weights = np.asarray(w.weights, np.float64)
     fused = np.einsum("nk,nkhw->nhw" if weights.ndim == 2 else "nkhw,nkhw->nhw", weights, w.acts)
     raw = np.maximum(fused, 0).astype(np.float32)
     return Heatmap(raw=raw, map=upsampled(raw, model.input.hw(xr)), target=np.asarray(w.target, np.int64),
                    score=np.asarray(w.score, np.float32), method=method, layer=layer, image=image,
-                   weights=w.weights)
+                   weights=w.weights, explains=explains(obj, score, t))
 
 
 # ---------------------------------------------------------------------------- weights
@@ -119,7 +120,7 @@ def layercam_weights(ctx: Context) -> Weights:
 
 def scorecam_weights(ctx: Context) -> Weights:
     """p(c) of the head after the layer, fed A ⊙ normalize(A^k) for every channel k (batched)."""
-    acts, _, target, score = ctx.forward()
+    acts, y, target, score = ctx.forward()
     forward = head_runner(ctx.model, ctx.x, ctx.layer, ctx.obj)
     masks = normalize01(acts, axis=(2, 3))  # (N, K, h, w)
     n, k = acts.shape[:2]
@@ -129,8 +130,14 @@ def scorecam_weights(ctx: Context) -> Weights:
         for r, a, b in segments(row):
             np.multiply(acts[r][None], masks[r, copy[a:b]][:, None], out=view[a:b], casting="unsafe")
 
-    def run(batch, row):
-        return _softmax(class_scores(ctx.obj, forward(batch, row)))[np.arange(len(row)), target[row]]
+    if general(ctx.target):  # no single class to take a softmax over: the explained score itself
+        seeds, _ = seed_array(ctx.obj, y, ctx.target, ctx.model.input.hw(ctx.x))  # fixed at the clean output
+
+        def run(batch, row):
+            return np.sum(forward(batch, row) * seeds[row], axis=tuple(range(1, seeds.ndim)))
+    else:
+        def run(batch, row):
+            return _softmax(class_scores(ctx.obj, forward(batch, row)))[np.arange(len(row)), target[row]]
 
     shape = from_nchw(acts[:1], ctx.axes).shape[1:]
     weights = perturbed_scores(run, fill, n, k, shape, acts.dtype, ctx.batch_size or BATCH, ctx.progress,
@@ -154,7 +161,7 @@ def _cam_weights(head_):
 # ---------------------------------------------------------------------------- public API
 
 
-def grad_cam(model, x, target: Target = None, layer: Optional[str] = None, **options) -> Heatmap:
+def grad_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, **options) -> Heatmap:
     """Grad-CAM: ``ReLU(Σ_k α_k A^k)``, α_k = mean over positions of ∂y^c/∂A^k; one gradient run.
 
     ``target``: class per image (default the predicted one); ``layer``: any ONNX tensor name
@@ -167,17 +174,17 @@ def grad_cam(model, x, target: Target = None, layer: Optional[str] = None, **opt
     return class_activation_map(model, x, gradcam_weights, "gradcam", target, layer, **options)
 
 
-def grad_cam_pp(model, x, target: Target = None, layer: Optional[str] = None, **options) -> Heatmap:
+def grad_cam_pp(model, x, target: TargetLike = None, layer: Optional[str] = None, **options) -> Heatmap:
     """Grad-CAM++: channel weights Σ_ij α_ij ReLU(∂y^c/∂A^k_ij); see :func:`grad_cam` for options."""
     return class_activation_map(model, x, gradcam_pp_weights, "gradcam++", target, layer, **options)
 
 
-def layer_cam(model, x, target: Target = None, layer: Optional[str] = None, **options) -> Heatmap:
+def layer_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, **options) -> Heatmap:
     """Layer-CAM: ``ReLU(Σ_k ReLU(∂y^c/∂A^k) ⊙ A^k)``, position by position; see :func:`grad_cam`."""
     return class_activation_map(model, x, layercam_weights, "layercam", target, layer, **options)
 
 
-def score_cam(model, x, target: Target = None, layer: Optional[str] = None, **options) -> Heatmap:
+def score_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, **options) -> Heatmap:
     """Score-CAM: w_k = softmax probability of class c when the head after ``layer`` sees A ⊙ norm(A^k).
 
     No gradients: K head-only runs per image (the part of the graph after the layer), batched.
@@ -185,7 +192,7 @@ def score_cam(model, x, target: Target = None, layer: Optional[str] = None, **op
     return class_activation_map(model, x, scorecam_weights, "scorecam", target, layer, **options)
 
 
-def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Optional[str] = None,
+def cam(model, x, target: TargetLike = None, layer: Optional[str] = None, output: Optional[str] = None,
         **options) -> Heatmap:
     """CAM: ``ReLU(Σ_k w^c_k A^k)`` for a global-average-pool → fully-connected head (read from the graph).
 
@@ -208,7 +215,7 @@ def cam(model, x, target: Target = None, layer: Optional[str] = None, output: Op
                                 output=head_.output, **options)
 
 
-def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None, **options) -> Attribution:
+def guided_grad_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, **options) -> Attribution:
     """Guided Grad-CAM: guided backprop (input gradient with guided ReLUs) × the upsampled Grad-CAM map.
 
     ``raw`` has the shape and layout of ``x``; the Grad-CAM map multiplies every channel.
@@ -216,16 +223,16 @@ def guided_grad_cam(model, x, target: Target = None, layer: Optional[str] = None
     h = grad_cam(model, x, target, layer, **options)
 
     # the rows of h already hold one image per (image, class): explain exactly those classes
+    # (a general target, which top_k excludes, is the same for every row: pass it as given)
     rows_x = model.check_input(x)[h.image]
-    options.pop("top_k", None)
-    g = saliency(model, rows_x, target=h.target, method="guided", **options)
+    top_k = options.pop("top_k", None)
+    g = saliency(model, rows_x, target=h.target if top_k is not None or target is None else target, method="guided",
+                 **options)
     spec = model.input
     cam_ = np.expand_dims(h.map, spec.channel_axis)
     raw = (g.raw * cam_).astype(g.raw.dtype)
     return Attribution(raw=raw, map=channel_map(raw, spec), target=h.target, score=h.score,
-                       method="guided-gradcam", layer=h.layer, image=h.image)
-
-
+                       method="guided-gradcam", layer=h.layer, image=h.image, explains=h.explains)
 
 
 # The CAM family, one row each: CLI/API name -> (function, title for figures and messages).

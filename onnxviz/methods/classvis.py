@@ -36,6 +36,7 @@ import numpy as np
 
 from ..autodiff import REDIRECTED, STANDARD, gradient_graph
 from ..errors import OnnxvizError
+from ..gradients import check_differentiable
 from ..images import Preprocess, deprocess
 from ..targets import class_scores, objective
 from .layers import layer_axes
@@ -263,8 +264,12 @@ REDIRECT_STEPS = 16  # steps on the redirected rules after an image's gradient c
 
 def gradient_model(model, height: int, width: int, tensor: str, rules=STANDARD):
     """The gradient graph of ``seed · tensor`` with respect to the input, cached per size and rule set."""
-    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), lambda: gradient_graph(
-        model.specialized(height, width), tensor, [model.input.name], rules, extra_outputs=[tensor]))
+    def build():
+        proto = model.specialized(height, width)
+        check_differentiable(proto)
+        return gradient_graph(proto, tensor, [model.input.name], rules, extra_outputs=[tensor])
+
+    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), build)
 
 
 def _size(model, pre: Preprocess, size) -> tuple[int, int]:

@@ -32,8 +32,8 @@ import numpy as np
 from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import ImageError, OnnxvizError
 from ..images import Preprocess, preprocess, read_image
-from ..io import atomic_write, to_jsonable
 from ..graph.heads import penultimate_layer  # noqa: F401  (its home; imported from here by callers)
+from ..io import atomic_write, check_output, ensure_out_dir, to_jsonable
 from .layers import layer_axes
 
 log = logging.getLogger("onnxviz")
@@ -268,7 +268,9 @@ class FeatureStore:
     def _open(self):
         from numpy.lib.format import open_memmap
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_out_dir(self.folder)
+        for name in (MANIFEST, FEATURES, STATUS, FEATURES + ".tmp", STATUS + ".tmp"):
+            check_output(self._path(name))  # memory-mapped in place, so checked here, not by atomic_write
         old = self._old_manifest()
         keys = [_key(f) for f in self.files]
         if old is not None and [_key(f) for f in old["files"]] == keys:

@@ -23,7 +23,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import Target, check_targets, class_scores, objective, target_array
+from ..targets import TargetLike, check_targets, class_scores, objective, target_array
 from .occlusion import baseline_batch
 from .perturb import BATCH, perturbed_scores, pixel_order, ranked_filler, step_counts
 from .results import Curve, Road
@@ -60,7 +60,7 @@ class Scorer:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    def targets(self, x: np.ndarray, target: Target, batch_size: Optional[int] = None, need_score: bool = True):
+    def targets(self, x: np.ndarray, target: TargetLike, batch_size: Optional[int] = None, need_score: bool = True):
         """(class per row, its clean score or None): None or -1 means the predicted class.
 
         Without ``need_score`` and with every class given, the image itself is not run.
@@ -89,7 +89,7 @@ class Scorer:
 # ---------------------------------------------------------------------------- deletion / insertion
 
 
-def deletion(model, x: np.ndarray, maps: np.ndarray, target: Target = None, steps: int = 50,
+def deletion(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None, steps: int = 50,
              baseline: Baseline = 0.0, *, score: str = "prob", output: Optional[str] = None,
              batch_size: int = BATCH, progress: bool = False) -> Curve:
     """Deletion: replace pixels by ``baseline``, most relevant first, ``steps`` equal slices; follow the score.
@@ -105,7 +105,7 @@ def deletion(model, x: np.ndarray, maps: np.ndarray, target: Target = None, step
     return _curve(model, x, maps, target, steps, baseline, "deletion", score, output, batch_size, progress)
 
 
-def insertion(model, x: np.ndarray, maps: np.ndarray, target: Target = None, steps: int = 50,
+def insertion(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None, steps: int = 50,
               baseline: Baseline = "blur", *, score: str = "prob", output: Optional[str] = None,
               batch_size: int = BATCH, progress: bool = False) -> Curve:
     """Insertion: start from ``baseline`` (default the image blurred, σ = 5 px, radius 5) and restore
@@ -205,7 +205,7 @@ def impute(image: np.ndarray, removed: np.ndarray, noise: float = ROAD_NOISE,
     return out.astype(image.dtype)
 
 
-def road(model, x: np.ndarray, maps: np.ndarray, target: Target = None,
+def road(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None,
          percentiles=PERCENTILES, *, noise: float = ROAD_NOISE, seed: int = 0, score: str = "prob",
          output: Optional[str] = None, batch_size: int = BATCH, progress: bool = False) -> Road:
     """ROAD: impute the top p% (MoRF) and bottom p% (LeRF) of pixels by the map, p = 10…90; score changes.

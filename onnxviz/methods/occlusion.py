@@ -12,10 +12,11 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..targets import Target, class_scores, objective, rows
+from ..targets import TargetLike, class_scores, general, objective, rows, seed_array
 from .layers import layer_axes, resolve_layer
 from .perturb import BATCH, blurred, head_runner, perturbed_scores, segments
-from .results import Heatmap, scaled, upsampled
+from .results import Heatmap, explains, scaled, upsampled
+
 
 def window_starts(n: int, window: int, stride: int) -> np.ndarray:
     """Window origins along an axis of length n: every ``stride``, plus one flush with the end."""
@@ -57,7 +58,7 @@ def baseline_batch(x: np.ndarray, hw_axes: tuple, baseline, sigma: float) -> np.
         raise OnnxvizError(f"baseline of shape {b.shape} does not fit images of shape {x.shape[1:]}") from None
 
 
-def occlusion(model, x: np.ndarray, target: Target = None, window=32, stride=16,
+def occlusion(model, x: np.ndarray, target: TargetLike = None, window=32, stride=16,
               baseline: Union[float, str, np.ndarray] = 0.0, *, layer: Optional[str] = None,
               top_k: Optional[int] = None, output: Optional[str] = None, score: str = "logit",
               sigma: Optional[float] = None, batch_size: int = BATCH, progress: bool = False) -> Heatmap:
@@ -90,21 +91,32 @@ def occlusion(model, x: np.ndarray, target: Target = None, window=32, stride=16,
         got = model.activations(x, [layer, obj.tensor], batch_size=batch_size)
         values, clean = got[layer], got[obj.tensor]
         forward = head_runner(model, x, layer, obj)
-    scores = class_scores(obj, clean)
-    chosen = np.where(t < 0, scores.argmax(axis=1), t)
-    before = scores[np.arange(len(x)), chosen]
+    if general(t):  # Σ seed·y with the seed fixed at the clean output
+        seeds, chosen = seed_array(obj, clean, t, spec.hw(x))
+        before = np.sum(seeds * clean, axis=tuple(range(1, clean.ndim)))
+
+        def score_of(y, row):
+            return np.sum(y * seeds[row], axis=tuple(range(1, y.ndim)))
+    else:
+        scores = class_scores(obj, clean)
+        chosen = np.where(t < 0, scores.argmax(axis=1), t)
+        before = scores[np.arange(len(x)), chosen]
+
+        def score_of(y, row):
+            return class_scores(obj, y)[np.arange(len(row)), chosen[row]]
     windows = _Windows(values, hw_axes, window, stride)
     base = baseline_batch(values, hw_axes, baseline, sigma or max(windows.size) / 4)
 
     def run(batch, row):
-        return class_scores(obj, forward(batch, row))[np.arange(len(row)), chosen[row]]
+        return score_of(forward(batch, row), row)
 
     after = perturbed_scores(run, windows.filler(values, base), len(x), windows.count, values.shape[1:],
                              values.dtype, batch_size, progress, "occlusion")
     raw = windows.spread(before[:, None] - after)
     shape = spec.hw(x)
     return Heatmap(raw=raw, map=scaled(raw) if layer is None else upsampled(raw, shape), target=chosen,
-                   score=before.astype(np.float32), method="occlusion", layer=layer, image=image)
+                   score=before.astype(np.float32), method="occlusion", layer=layer, image=image,
+                   explains=explains(obj, score, t))
 
 
 class _Windows:

@@ -75,6 +75,9 @@ def head_runner(model, x: np.ndarray, layer: str, obj):
         feeds = {layer: batch}
         if needs_image:
             feeds[model.input.name] = x[row]
+        if model.other_inputs:
+            extra = model.extra_feeds(len(x), graph)
+            feeds.update({k: v[row] if v.ndim and v.shape[0] == len(x) else v for k, v in extra.items()})
         return model.run_graph(graph, feeds, outputs=[obj.tensor], batch_size=model.input.batch,
                                desc="head")[obj.tensor]
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..finite import check_finite
 from ..render.tiles import colorize, normalize01, overlay, upsample
 
 
@@ -51,7 +52,8 @@ class Heatmap(_Picture):
     ``map`` (N, H, W) upsampled to the input size and min-max scaled to [0, 1] per row;
     ``target`` the class explained per row, ``score`` its score (pre-softmax logit by default);
     ``image`` the batch index each row explains (rows repeat an image with ``top_k``);
-    ``weights`` the channel weights (N, K), or per-position weights (N, K, h, w) for Layer-CAM.
+    ``weights`` the channel weights (N, K), or per-position weights (N, K, h, w) for Layer-CAM;
+    ``explains`` what was explained: {"output", "tensor", "score", "target"} (see :func:`explains`).
     """
 
     raw: np.ndarray
@@ -62,9 +64,13 @@ class Heatmap(_Picture):
     layer: Optional[str] = None
     image: Optional[np.ndarray] = None
     weights: Optional[np.ndarray] = None
+    explains: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.raw)
+
+    def __post_init__(self):
+        _check(self)
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,32 @@ class Attribution(_Picture):
     method: str
     layer: Optional[str] = None
     image: Optional[np.ndarray] = None
+    explains: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.raw)
+
+    def __post_init__(self):
+        _check(self)
+
+
+def _check(result) -> None:
+    """A map computed from NaN or inf is no result: fail naming the method, the row and the array."""
+    for field in ("raw", "score"):
+        value = np.asarray(getattr(result, field))
+        bad = ~np.isfinite(value) if value.dtype.kind == "f" else np.zeros(value.shape, bool)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0]) if value.ndim else 0
+            image = int(result.image[row]) if result.image is not None and value.ndim else row
+            check_finite(value[row] if value.ndim else value,
+                         f"the {result.method} {'map' if field == 'raw' else 'score'} of image {image}")
+
+
+def explains(obj, score: str, target) -> dict:
+    """What a result explains: the model output, the differentiated tensor, the score kind, the target."""
+    from ..targets import describe
+
+    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 def scaled(maps: np.ndarray) -> np.ndarray:

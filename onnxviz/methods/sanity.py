@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
-from ..targets import Target, class_scores, objective
+from ..targets import TargetLike, class_scores, objective
 from .results import Attribution, Heatmap
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -371,7 +371,7 @@ def _unit(maps: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- the tests
 
 
-def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Target = None,
+def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: TargetLike = None,
                  order: str = "top-down", seed: int = 0, *, original=None, progress: bool = False) -> SanityResult:
     """Cascading model-parameter randomization (Adebayo et al., 2018) of ``method``'s maps.
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from .faithfulness import Curve, Road, deletion, energy_pointing, insertion, pointing_game, road
-from ..targets import Target
+from ..targets import TargetLike
 from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
@@ -45,7 +45,7 @@ def check_metrics(metrics: Sequence[str], have_regions: bool) -> list:
 
 
 def evaluate(model, x: np.ndarray, method, metrics: Sequence[str] = ("deletion", "insertion", "sanity"),
-             target: Target = None, *, masks: Optional[np.ndarray] = None, steps: int = 50, score: str = "prob",
+             target: TargetLike = None, *, masks: Optional[np.ndarray] = None, steps: int = 50, score: str = "prob",
              seed: int = 0, batch_size: int = 64, progress: bool = False) -> Evaluation:
     """Compute ``method``'s maps on ``x`` once, then each metric in ``metrics`` on them.
 

@@ -19,7 +19,7 @@ from ..methods.layers import resolve_layer
 from ..methods.occlusion import occlusion
 from ..methods.saliency import saliency
 from ..render.tiles import activation_grid, overlay
-from ..targets import class_scores, objective
+from ..targets import class_scores, is_dense, objective
 from .pictures import PANEL, Picture, gradient_image, picture, resized
 from .sections import Inputs, NotApplicable, Part, guarded
 
@@ -56,6 +56,8 @@ class Explanations:
     probabilities: str  # where the probabilities come from
     images: list = field(default_factory=list)
     parts: list = field(default_factory=list)  # Part per method: timing, and why not when it failed
+    output: str = ""  # the explained model output
+    target: str = "the top class"  # what of it the maps explain
 
     @property
     def unavailable(self) -> list:
@@ -70,18 +72,22 @@ def explanations(inp: Inputs) -> Explanations:
     model, x = inp.model, inp.x
     chosen = guarded("layer", resolve_layer, model, inp.layer)
     layer = chosen.value if chosen.status == "ok" else None
-    source = ("as given (--layer)" if inp.layer else
-              "chosen automatically: the last tensor with spatial extent before the classifier head")
     through = guarded("objective", objective, model)
     softmax = through.status == "ok" and through.value.through_softmax
     explained = "pre-softmax logit" if softmax else "output score"
+    dense = through.status == "ok" and is_dense(model, through.value)
+    source = ("as given (--layer)" if inp.layer else
+              "chosen automatically: the deepest tensor at the coarsest resolution (a dense output)" if dense else
+              "chosen automatically: the last tensor with spatial extent before the classifier head")
+    target = "the predicted class at each position" if dense else "the top class"
 
     preds, prob_source = predictions(model, x, inp.top, inp.label)  # nothing below works without these
 
     parts = [guarded(title, fn, model, x, layer) for title, fn in _METHODS]
     acts = guarded("activations", _activations, model, x, layer, chosen)
     parts.append(acts)
-    out = Explanations(layer, source, explained, prob_source, parts=parts)
+    out = Explanations(layer, source, explained, prob_source, parts=parts,
+                       output=through.value.output if through.status == "ok" else "", target=target)
     bases = [resized(img, PANEL) for img in inp.shown]
     for i, path in enumerate(inp.paths):
         panels = [p.value(i, bases[i], inp) for p in parts[:-1] if p.status == "ok"]
@@ -93,7 +99,7 @@ def explanations(inp: Inputs) -> Explanations:
             predictions=preds[i],
             panels=panels,
             activations=act_pic,
-            caption=_caption(preds[i][0], explained, layer),
+            caption=_caption(preds[i][0], explained, layer, dense),
         )
         out.images.append(view)
     return out
@@ -230,11 +236,14 @@ def _activations(model, x, layer, chosen: Part):
     return tiles
 
 
-def _caption(best: Prediction, explained: str, layer: Optional[str]) -> str:
+def _caption(best: Prediction, explained: str, layer: Optional[str], dense: bool = False) -> str:
     label = best.label
     score = f"logit {best.logit:.3g}" if best.logit is not None else f"score {best.prob:.3g}"
-    text = (f"Explaining the top class, {label!r} (index {best.index}, p = {best.prob:.3f}, {score}); "
-            f"every map explains its {explained}.")
+    if dense:
+        text = f"Explaining the predicted class at each position of the output; every map explains its {explained}."
+    else:
+        text = (f"Explaining the top class, {label!r} (index {best.index}, p = {best.prob:.3f}, {score}); "
+                f"every map explains its {explained}.")
     if layer is not None:
         text += f" Grad-CAM layer: {layer}."
     return text

@@ -185,7 +185,9 @@ _JET = "linear-gradient(90deg,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#f
 
 def explanations_html(ex) -> str:
     out = [f"<p>Grad-CAM layer: <code>{e(ex.layer or 'none')}</code> <span class=muted>({e(ex.layer_source)})</span>. "
-           f"Each map explains the {e(ex.explained)} of the top class; probabilities are {e(ex.probabilities)}.</p>",
+           f"Each map explains the {e(ex.explained)} of {e(ex.target)}"
+           + (f" (output <code>{e(ex.output)}</code>)" if ex.output else "")
+           + f"; probabilities are {e(ex.probabilities)}.</p>",
            f'<p class="legend"><span>map value: low</span><span class="bar" style="background:{_JET}"></span>'
            "<span>high</span><span class=muted>· heatmaps are scaled per image; gradient images show "
            "±5 standard deviations around grey; each activation tile spans its own range</span></p>"]

@@ -24,6 +24,7 @@ from ..images import Preprocess
 from ..inspection import describe, sha256
 from ..methods.features import convolutions, filters
 from ..methods.layers import resolve_layer
+from ..io import label
 from ..render.tiles import filter_grid
 from .pictures import Picture, picture
 
@@ -55,9 +56,7 @@ class Inputs:
     progress: Optional[Callable] = None  # one line of text per step of a long section
 
     def label(self, k: int) -> str:
-        if self.labels and 0 <= k < len(self.labels):
-            return str(self.labels[k])
-        return f"class {k}"
+        return label(self.labels, k)
 
 
 @dataclass

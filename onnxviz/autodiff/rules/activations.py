@@ -32,6 +32,7 @@ A slope that depends on the input gets its standard gradient in every rule set.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
@@ -111,8 +112,15 @@ def _clip_bounds(e: Emitter, node: Node):
     return node.input(1), node.input(2)
 
 
-def _clip_mask(e: Emitter, x: str, lo, hi):
-    """min <= x <= max as a bool tensor (None when Clip has no bounds)."""
+def _clip_mask(e: Emitter, x: str, lo, hi, y: Optional[str] = None):
+    """min <= x <= max as a bool tensor (None when Clip has no bounds).
+
+    Given Clip's output y, the mask is x == y: one comparison where the bounds took four
+    passes (Less, Not, Greater, Not, And), with the same inclusive ends. Equal takes floats
+    from opset 11.
+    """
+    if y is not None and e.opset >= 11 and (lo is not None or hi is not None):
+        return e.op("Equal", x, y)
     parts = []
     if lo is not None:
         parts.append(not_less(e, x, lo))
@@ -141,12 +149,12 @@ def _clip(e: Emitter, node: Node, dys, dx_from: str, mask):
 def clip(e: Emitter, node: Node, dys):
     """dx = dy where min <= x <= max (inclusive); ReLU6 is Clip(0, 6)."""
     lo, hi = _clip_bounds(e, node)
-    return _clip(e, node, dys, dys[0], _clip_mask(e, node.inputs[0], lo, hi))
+    return _clip(e, node, dys, dys[0], _clip_mask(e, node.inputs[0], lo, hi, node.outputs[0]))
 
 
 def clip_guided(e: Emitter, node: Node, dys):
     lo, hi = _clip_bounds(e, node)
-    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], lo, hi))
+    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], lo, hi, node.outputs[0]))
 
 
 def clip_deconvnet(e: Emitter, node: Node, dys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 from onnx import helper
 
 from ...errors import OnnxvizError
@@ -102,11 +103,50 @@ def transpose_conv_to(e: Emitter, dy: str, w: str, x: str, kernel, strides, dila
     return e.op("Pad", cropped, pad_spec)
 
 
+def flipped_kernel(w: np.ndarray, group: int) -> np.ndarray:
+    """The adjoint's kernel: [C_out, C_in/g, k...] -> [C_in, C_out/g, k...], each kernel rotated 180 degrees.
+
+    Within each group the in/out channel axes swap, so Conv(dy, flipped) with pads
+    (k-1)d - p is the transpose of a stride-1 Conv(x, w) with pads p.
+    """
+    cout, cin_g = w.shape[:2]
+    v = w.reshape(group, cout // group, cin_g, *w.shape[2:]).swapaxes(1, 2)
+    v = v.reshape(group * cin_g, cout // group, *w.shape[2:])
+    return np.ascontiguousarray(np.flip(v, axis=tuple(range(2, w.ndim))))
+
+
+def _flipped_conv_wins(kernel: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether the adjoint of this Conv is faster as a Conv than as onnxruntime's ConvTranspose.
+
+    Measured with scripts/bench_spellings.py (CPU, batch 8): at stride 1 a Conv with the
+    flipped kernel beats ConvTranspose (col2im) for spatial kernels, dense and depthwise; a
+    1x1 kernel is one GEMM either way. Strided ones stay ConvTranspose: zero insertion
+    makes the Conv do s^2 times the work and lost everywhere (4-15x).
+    """
+    return all(s == 1 for s in strides) and any(k > 1 for k in kernel)
+
+
+def _conv_by_flipped_kernel(e: Emitter, node: Node, dy: str, kernel, dilations, group, pads) -> Optional[str]:
+    """dX = Conv(dY, flipped W) with pads (k-1)d - p, for stride 1 and constant weights; None otherwise."""
+    w = e.value(node.inputs[1])
+    n = len(kernel)
+    if w is None or w.ndim != n + 2:
+        return None
+    eff = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    back = [eff[i % n] - p for i, p in enumerate(pads)]
+    if any(p < 0 for p in back):  # pads wider than the kernel reach: rows no window saw (rare)
+        return None
+    return e.op("Conv", dy, e.const(flipped_kernel(w, group)), kernel_shape=list(kernel), dilations=list(dilations),
+                group=group, pads=back)
+
+
 def conv(e: Emitter, node: Node, dys):
     """dX = ConvTranspose(dY, W) with the forward's strides, dilations, group and explicit pads.
 
     output_padding = (H + pb + pe - ((k-1)d+1)) mod s recovers the rows that striding dropped.
-    Never ConvTranspose's ``output_shape``: ORT then ignores the pads.
+    Never ConvTranspose's ``output_shape``: ORT then ignores the pads. Where it measures
+    faster (stride 1, spatial kernel, constant weights) the same adjoint is a Conv with the
+    flipped kernel instead.
     """
     _refuse_weight_grad(node)
     x, w = node.inputs[0], node.inputs[1]
@@ -120,6 +160,10 @@ def conv(e: Emitter, node: Node, dys):
     group = node.attr("group", 1)
     sizes = list(xs[2:])
     pads = conv_pads(node, sizes, kernel)
+    if pads is not None and _flipped_conv_wins(kernel, strides):
+        dx = _conv_by_flipped_kernel(e, node, dy, kernel, dilations, group, pads)
+        if dx is not None:
+            return _grads(node, dx)
     if pads is not None and all(isinstance(h, int) for h in sizes):
         out_pad = [
             (h + pads[i] + pads[i + n] - ((k - 1) * d + 1)) % s

@@ -26,9 +26,12 @@ def select(e: Emitter, cond: str, a: str, b: str, like: str) -> str:
 
 
 def where_zero(e: Emitter, cond: str, g: str, like: str) -> str:
-    """``g`` where ``cond``, else 0 (of the element type of forward tensor ``like``)."""
-    if e.opset >= 9:
-        return e.op("Where", cond, g, e.scalar(0, like=like))
+    """``g`` where ``cond``, else 0 (of the element type of forward tensor ``like``).
+
+    Spelled g * Cast(cond), not Where: onnxruntime's CPU Where is a generic broadcasting
+    kernel, about 3x slower than a Cast and a vectorized Mul on activation-sized tensors
+    (scripts/bench_spellings.py). The two differ only where g is inf or NaN.
+    """
     return e.op("Mul", g, as_float(e, cond, like))
 
 
