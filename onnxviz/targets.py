@@ -185,9 +185,9 @@ def rows(model, x: np.ndarray, obj: Objective, target: "TargetLike" = None, top_
         t = normalize(model, obj, target, n)
         return x, t if general(t) else check_targets(model, obj, t), np.arange(n)
     if target is not None:
-        raise OnnxvizError("give either target or top_k, not both")
+        raise OnnxvizError("give either a target (--target) or top_k (--top-k), not both")
     if top_k < 1:
-        raise OnnxvizError(f"top_k must be at least 1, not {top_k}")
+        raise OnnxvizError(f"top_k (--top-k) must be at least 1, not {top_k}")
     scores = class_scores(obj, model.activations(x, [obj.tensor])[obj.tensor])
     warn_ties(scores)  # the first of the K is the prediction
     k = min(top_k, scores.shape[1])

@@ -120,3 +120,15 @@ def test_tied_rows_finds_exact_ties_of_the_two_best_only():
 
     scores = np.array([[1.0, 3.0, 3.0], [3.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.0, 1.0, 1.0 + 1e-7]])
     assert tied_rows(scores).tolist() == [0, 2]
+
+
+def test_errors_name_the_cli_flags(tmp_path):
+    both = CliRunner().invoke(main, ["cam", MODEL, IMAGE, "--target", "1", "--top-k", "2",
+                                     "--out", str(tmp_path / "cam")])
+    assert both.exit_code != 0 and "Traceback" not in both.output
+    assert "--target" in both.output and "--top-k" in both.output
+    patches = CliRunner().invoke(main, ["patches", MODEL, "models/images", "--layer",
+                                        "/features/features.10/Relu_output_0", "--channel", "0", "--channels", "2",
+                                        "--out", str(tmp_path / "p")])
+    assert patches.exit_code != 0 and "Traceback" not in patches.output
+    assert "--channel " in patches.output and "--channels" in patches.output
