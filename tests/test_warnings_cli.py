@@ -132,3 +132,12 @@ def test_errors_name_the_cli_flags(tmp_path):
                                         "--out", str(tmp_path / "p")])
     assert patches.exit_code != 0 and "Traceback" not in patches.output
     assert "--channel " in patches.output and "--channels" in patches.output
+
+
+def test_occlusion_shows_progress_over_its_windows(tmp_path):
+    # 8x8 windows every 4 pixels over 32x32: 49 occluded copies, in 13 batches of 4
+    result = CliRunner().invoke(main, ["occlusion", MODEL, IMAGE, "--window", "8", "--stride", "4",
+                                       "--batch-size", "4", "--size", "32", "--out", str(tmp_path / "occ")])
+    assert result.exit_code == 0, result.output
+    assert "occlusion:" in result.stderr and "/13" in result.stderr  # a bar over the batches, on stderr
+    assert "/13" not in result.stdout

@@ -151,7 +151,9 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     """
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
-             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
+             # many windows per image: a bar over them, not only over the images
+             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer,
+                                         progress=True, **o),
              opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 
