@@ -109,7 +109,8 @@ def test_tied_predictions_warn_unless_a_target_is_given(tmp_path, caplog):
         return any("tied prediction" in r.getMessage() and "classes 0, 1, 2, 3" in r.getMessage()
                    for r in caplog.records)
 
-    for command in (["cam"], ["saliency", "--method", "smoothgrad", "--samples", "2"], ["occlusion", "--window", "4", "--stride", "4"]):
+    for command in (["cam"], ["saliency", "--method", "smoothgrad", "--samples", "2"],
+                    ["occlusion", "--window", "4", "--stride", "4"]):
         assert ties([*command, model, image, "--out", str(tmp_path / command[0])]), command
         assert not ties([*command, model, image, "--target", "2", "--out", str(tmp_path / f"{command[0]}-2")]), command
     assert not ties(["cam", MODEL, IMAGE, "--out", str(tmp_path / "clear")])

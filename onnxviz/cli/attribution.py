@@ -26,6 +26,7 @@ from ..render import heatmap_figure
 from ..targets import SCORES, Target, describe, normalize, objective
 from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
                      preprocess_options)
+from .options import out_option
 
 TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
 
@@ -36,7 +37,7 @@ def title(method: str) -> str:
 
 
 def attribution_options(fn):
-    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --out, --batch-size."""
+    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --batch-size, --grad."""
     options = [
         click.option("--target", multiple=True,
                      help="Class to explain: an index or label name, one for all images or a comma list with "
@@ -58,8 +59,6 @@ def attribution_options(fn):
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
         click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
                      help="logit: explain the pre-softmax value when the output ends in Softmax."),
-        click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
-                     help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
                      help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
                           "or noisy copies per run): bounds memory."),
@@ -83,6 +82,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
               help="; ".join(f"{name}: {t}" for name, t in CAM_TITLES.items()) + " (cam needs a GAP+FC head).")
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
+@out_option("cam")
 @attribution_options
 @engine_options
 @model_options
@@ -111,6 +111,7 @@ def cam_cmd(model, images, method, layer, **opts):
               help="Integrated Gradients: path points.")
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
+@out_option("saliency")
 @attribution_options
 @engine_options
 @model_options
@@ -137,6 +138,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
               help="What covers the window: a number in model-input units, 'blur' or 'mean'.")
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
+@out_option("occlusion")
 @attribution_options
 @engine_options
 @model_options

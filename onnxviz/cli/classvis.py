@@ -21,6 +21,7 @@ from ..render.tiles import grid
 from ..targets import objective
 from .attribution import class_index
 from .common import handle_errors, model_options, open_session, preprocess_options
+from .options import out_option
 
 _D = Ascent()
 
@@ -76,8 +77,7 @@ class RangeType(click.ParamType):
 @click.option("--snapshots", type=click.IntRange(0), default=_D.snapshots, show_default=True,
               help="Images in the strip over the steps.")
 @click.option("--output", default=None, help="Model output whose class is visualized (default: the first).")
-@click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@out_option("classvis")
 @model_options
 @preprocess_options
 @handle_errors

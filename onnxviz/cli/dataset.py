@@ -23,6 +23,7 @@ from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
 from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
 from .common import (engine_options, handle_errors, model_options, open_session, out_dir, pop_engine,
                      preprocess_options)
+from .options import out_option
 
 SHOWN_FAILURES = 20
 
@@ -136,8 +137,7 @@ def _picture(path) -> np.ndarray:
 @click.option("--layer", default=None, help="ONNX tensor name (default: the input of the final fully-connected layer).")
 @click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True,
               help="How a spatial layer becomes one vector per image.")
-@click.option("--out", default="onnxviz-out/embed", show_default=True,
-              help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
+@out_option("embed", help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
 @dataset_options
 @engine_options
 @model_options
@@ -187,7 +187,7 @@ def _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress,
 @click.option("--query", required=True, type=click.Path(exists=True, dir_okay=False), help="The query image.")
 @click.option("-k", "k", type=click.IntRange(1), default=8, show_default=True, help="How many neighbours.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
-@click.option("--out", default="onnxviz-out/neighbors", show_default=True, help="Output folder.")
+@out_option("neighbors")
 @feature_options
 @dataset_options
 @model_options
@@ -228,7 +228,7 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
               help="t-SNE's starting layout (random: drawn from --seed).")
 @click.option("--thumbnails", type=click.IntRange(0), default=1500, show_default=True,
               help="At most this many images on the thumbnail map (0: no thumbnail map).")
-@click.option("--out", default="onnxviz-out/tsne", show_default=True, help="Output folder.")
+@out_option("tsne")
 @feature_options
 @dataset_options
 @model_options
@@ -276,7 +276,7 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
 @click.option("--top", type=click.IntRange(1), default=16, show_default=True, help="Patches per channel.")
 @click.option("--any-position", is_flag=True,
               help="Let one image give several patches (default: its strongest unit only).")
-@click.option("--out", default="onnxviz-out/patches", show_default=True, help="Output folder.")
+@out_option("patches")
 @dataset_options
 @model_options
 @preprocess_options

@@ -20,6 +20,7 @@ from ..report import report
 from ..runtime import DEVICES
 from ..targets import Target, class_scores, objective
 from .common import handle_errors, open_session
+from .options import out_option
 from .report import echo_progress
 
 SAMPLE = "shapes_cnn.onnx"
@@ -38,7 +39,7 @@ def bundled_models_dir() -> Path:
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Model to demo (default: the bundled shapes CNN).")
-@click.option("--out", default="onnxviz-demo", show_default=True, help="Output folder.")
+@out_option("demo", default="onnxviz-demo")  # the folder the README names
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @handle_errors
 def demo(model_path, out, device):
