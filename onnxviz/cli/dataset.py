@@ -122,7 +122,8 @@ def report(failures, skipped, out: Optional[Path] = None):
         click.echo(f"  ... and {len(failures) - SHOWN_FAILURES} more{where}", err=True)
 
 
-def _picture(path) -> np.ndarray:
+def read_rgb(path) -> np.ndarray:
+    """An image file's RGB pixels, for figures (a grey square when it cannot be read any more)."""
     try:
         return np.asarray(read_image(path).convert("RGB"))
     except Exception:  # gone since it was embedded: show a grey square
@@ -209,8 +210,8 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
     folder_out = out_dir(out, "onnxviz-out/neighbors")
     emb = _features(session, folder, layer, pool, cache, no_cache, folder_out, batch_size, workers, progress)
     result = nearest_neighbors(session.model, emb, query, k, metric)
-    pictures = [_picture(n.path) for n in result.neighbors]
-    png = save_figure(neighbors_figure(result, pictures, _picture(query)), folder_out / "neighbors.png")
+    pictures = [read_rgb(n.path) for n in result.neighbors]
+    png = save_figure(neighbors_figure(result, pictures, read_rgb(query)), folder_out / "neighbors.png")
     js = save_json(result.to_json(), folder_out / "neighbors.json")
     for n in result.neighbors:
         click.echo(f"{n.rank:3d}  {n.distance:10.4g}  {n.label:12s}  {n.path}")
