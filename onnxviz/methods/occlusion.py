@@ -130,6 +130,13 @@ class _Windows:
         (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
         self.starts = (window_starts(self.shape[0], wh, sh), window_starts(self.shape[1], ww, sw))
         self.size = (min(wh, self.shape[0]), min(ww, self.shape[1]))
+        for axis, (win, step, n) in enumerate(zip(self.size, (sh, sw), self.shape)):
+            if step > win and n > win:
+                # positions between windows would be covered by none: their map value is undefined
+                raise OnnxvizError(
+                    f"occlusion stride {step} is larger than the window {win} along "
+                    f"{'height' if axis == 0 else 'width'}: pixels between windows would never be "
+                    "occluded; use a stride (--stride) no larger than the window (--window)")
         self.count = len(self.starts[0]) * len(self.starts[1])
         if wh >= self.shape[0] and ww >= self.shape[1]:
             # one window hides everything: every position gets the same drop, the map is flat
