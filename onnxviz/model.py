@@ -138,7 +138,12 @@ class Model:
         return self._producers.get(tensor)
 
     def tensor_shape(self, tensor: str) -> Optional[tuple]:
-        return self._types.get(tensor, (None, None))[1]
+        """Static shape; where it misses a size besides the batch, the one measured at the input's
+        size (:meth:`shapes_at`; a run only then)."""
+        static = self._types.get(tensor, (None, None))[1]
+        if static is not None and all(isinstance(d, int) for d in static[1:]):
+            return static
+        return self.shapes_at().get(tensor, static)
 
     def has_tensor(self, tensor: str) -> bool:
         return tensor in self._types or tensor in self._producers

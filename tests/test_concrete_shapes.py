@@ -21,6 +21,7 @@ from builders import save
 from onnxviz.graph.view import tensor_types
 from onnxviz.loading import infer_shapes
 from onnxviz.methods.layers import resolve_layer
+from onnxviz.methods.patches import layer_field
 
 STAGES = [("stem", 3, 8), ("stage2", 8, 16), ("stage3", 16, 32)]  # each a stride-2 3x3 conv + ReLU
 SIZE = 64
@@ -148,6 +149,7 @@ def test_measured_shapes_fill_what_static_inference_lost(channels_last):
     assert shapes["stage2_relu"][1:] == (16, 16, 16) and shapes["stage3_rs_out"][1:] == (32, 8, 8)
     assert shapes["stage3_rs_nhwc2"][1:] == (8, 8, 32)
     assert not isinstance(shapes["stage3_rs_out"][0], int)  # the batch stays symbolic
+    assert model.tensor_shape("stage3_rs_nhwc2")[1:] == (8, 8, 32)
     layers = {layer.name: layer.shape for layer in model.layers}
     assert layers["stage3_relu"][1:] == (32, 8, 8)
 
@@ -203,3 +205,10 @@ def test_sidecar_size_gives_the_same_analysis_as_the_flag(dense, tmp_path):
     by_sidecar, by_flag = inspect_json(copy), inspect_json(dense, "--size", "96x128")
     for key in ("analyzed_size", "totals", "layers", "gradcam_candidates"):
         assert by_sidecar[key] == by_flag[key], key
+
+
+def test_patches_trace_receptive_fields_through_the_measured_shapes(channels_last):
+    model = onnxviz.load(str(channels_last), verify=False)
+    rf = layer_field(model, "stage3_rs_out", (SIZE, SIZE))
+    # three stride-2 3x3 convs with pad 1: jump 8, size 1 + 2*(1 + 2 + 4) = 15
+    assert rf.jump == (8, 8) and rf.size == (15, 15)
