@@ -4,9 +4,9 @@ Static shape inference loses sizes in real exports: tf2onnx's channels-last grap
 Casts and Transposes, shape arithmetic feeding Reshape), and every dynamic-size model, where H and
 W stay unknown. The analyses (layer table, MACs, receptive fields, Grad-CAM layers, CAM heads)
 then see ``?``. One run of the model on a constant image at batch 1 knows every size: each tensor
-whose static shape is incomplete gets a ``Shape`` node, and only those small int64 vectors are
-outputs, so the run holds no more memory than a plain forward pass (onnxruntime still frees each
-activation after its last consumer) and its session is dropped afterwards.
+whose static shape is incomplete gets a ``Shape`` node, and only those small int64 vectors (in
+one output) come back, so the run holds about what a plain forward pass does (onnxruntime still
+frees each activation after its last consumer) and its session is dropped afterwards.
 
 onnxruntime's symbolic shape inference was the other candidate (scripts/bench_shapes.py): faster
 where it works (0.2-0.3 s against 1.5-2.5 s for the run on ResNet-50, DenseNet-121 and
@@ -28,9 +28,6 @@ from .graph.view import tensor_types, value_shape
 from .spec import InputSpec
 
 __all__ = ["concrete_shapes", "incomplete"]
-
-_KEY = "concrete-shapes"  # the run's session, dropped as soon as it has answered
-
 
 def incomplete(shape, batch) -> bool:
     """Whether a static shape misses a size: unknown rank, or a dim that is neither an int nor
@@ -61,13 +58,9 @@ def concrete_shapes(proto: onnx.ModelProto, spec: InputSpec, runtime, height: in
     graph = _shape_outputs(proto, wanted)
     n = spec.batch or 1
     x = np.zeros(spec.shape(n, height, width), spec.dtype)
-    try:
-        values = runtime.run(graph, {spec.name: x, **(feeds or {})}, key=_KEY)
-    finally:
-        runtime.forget(_KEY)
+    flat = runtime.run_once(graph, {spec.name: x, **(feeds or {})})[_OUT]
     out = {}
-    for k, name in enumerate(wanted):
-        measured = tuple(int(d) for d in values[f"{name}::shape{k}"])
+    for name, measured in _split(flat, wanted).items():
         static = types.get(name, (0, None))[1]
         if static and len(static) == len(measured) and not isinstance(static[0], int) and measured[0] == n:
             measured = (static[0], *measured[1:])  # the batch axis: keep it symbolic, as inference had it
@@ -82,12 +75,33 @@ def _tensors(proto: onnx.ModelProto) -> set:
     return {o for n in proto.graph.node for o in n.output if o and o not in not_tensor}
 
 
+_OUT = "onnxviz::shapes"
+
+
 def _shape_outputs(proto: onnx.ModelProto, names: list) -> onnx.ModelProto:
-    """A copy of the model whose only outputs are ``Shape(name)`` for each name."""
+    """A copy of the model whose one output is ``Concat(rank(t), Shape(t), ...)`` over ``names``.
+
+    Run it with priority-based node order (:meth:`Runtime.run_once`): each Shape then runs as
+    soon as its tensor exists, which frees the tensor after its own consumers, as in a forward pass.
+    """
     out = copy.deepcopy(proto)
-    del out.graph.output[:]
+    parts = []
     for k, name in enumerate(names):
-        shape = f"{name}::shape{k}"
+        shape, rank = f"{name}::shape{k}", f"{name}::rank{k}"
         out.graph.node.append(helper.make_node("Shape", [name], [shape], name=f"onnxviz_shape_{k}"))
-        out.graph.output.append(helper.make_tensor_value_info(shape, onnx.TensorProto.INT64, [None]))
+        out.graph.node.append(helper.make_node("Shape", [shape], [rank], name=f"onnxviz_rank_{k}"))
+        parts += [rank, shape]
+    out.graph.node.append(helper.make_node("Concat", parts, [_OUT], axis=0, name="onnxviz_shapes"))
+    del out.graph.output[:]
+    out.graph.output.append(helper.make_tensor_value_info(_OUT, onnx.TensorProto.INT64, [None]))
+    return out
+
+
+def _split(flat: np.ndarray, names: list) -> dict:
+    """``{name: shape}`` from the ``rank, dims..., rank, dims...`` vector :func:`_shape_outputs` makes."""
+    out, pos = {}, 0
+    for name in names:
+        rank = int(flat[pos])
+        out[name] = tuple(int(d) for d in flat[pos + 1:pos + 1 + rank])
+        pos += 1 + rank
     return out
