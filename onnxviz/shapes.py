@@ -9,8 +9,8 @@ one output) come back, so the run holds about what a plain forward pass does (on
 frees each activation after its last consumer) and its session is dropped afterwards.
 
 onnxruntime's symbolic shape inference was the other candidate (scripts/bench_shapes.py): faster
-where it works (0.2-0.3 s against 1.5-2.5 s for the run on ResNet-50, DenseNet-121 and
-Inception-v2 at 224x224, 2 CPU cores; both leave no size unknown there), but it imports sympy,
+where it works (about 0.2 s against 0.6-1.8 s for the run, session included, on ResNet-50,
+DenseNet-121 and Inception-v2 at 224x224 on 2 shared CPU cores; both leave no size unknown there), but it imports sympy,
 which onnxruntime no longer installs (1.32 requires only flatbuffers, numpy, packaging, protobuf),
 and it gives up or stays symbolic on data-dependent sizes. The run works on any graph
 onnxruntime can run, so it is the one path.
