@@ -18,9 +18,10 @@ from ..methods.classvis import Ascent, channel_visualization, class_visualizatio
 from ..methods.parameterization import PARAMETERIZATIONS
 from ..methods.layers import layer_axes
 from ..render.tiles import grid
+from ..session import open_session
 from ..targets import objective
 from .attribution import class_index
-from .common import handle_errors, model_options, open_session, preprocess_options
+from .common import handle_errors, model_options, preprocess_options
 
 _D = Ascent()
 

@@ -21,8 +21,8 @@ from ..methods.neighbors import METRICS, nearest_neighbors
 from ..methods.patches import to_json, top_patches
 from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
 from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
-from .common import (engine_options, handle_errors, model_options, open_session, out_dir, pop_engine,
-                     preprocess_options)
+from ..session import open_session
+from .common import engine_options, handle_errors, model_options, out_dir, pop_engine, preprocess_options
 
 SHOWN_FAILURES = 20
 

@@ -18,8 +18,9 @@ from ..render import activations_figure, filters_figure, heatmap_figure
 from ..render.tiles import rank_channels
 from ..report import report
 from ..runtime import DEVICES
+from ..session import open_session
 from ..targets import Target, class_scores, objective
-from .common import handle_errors, open_session
+from .common import handle_errors
 from .report import echo_progress
 
 SAMPLE = "shapes_cnn.onnx"

@@ -13,7 +13,8 @@ from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
-from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
+from ..session import open_session
+from .common import handle_errors, model_options, out_dir, preprocess_options
 
 
 @click.command()

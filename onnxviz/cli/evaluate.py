@@ -17,8 +17,10 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_figure, save_json
 from ..methods.trust import METRICS, evaluate, image_record, summary
-from .attribution import TITLES, parse_targets
-from .common import handle_errors, model_options, open_session, preprocess_options
+from ..outputs import TITLES
+from ..session import open_session
+from .attribution import parse_targets
+from .common import handle_errors, model_options, preprocess_options
 
 
 def _names(text: str, what: str) -> list:
