@@ -87,6 +87,9 @@ class Model:
         self._derived: dict = {}
         self._session_keys: dict[int, str] = {id(proto): FORWARD}
         self._extra: dict = {}
+        # (height, width) that analyses use when the input itself has none (a dynamic-size model):
+        # the sidecar's size, set by open_session; --size is in the input spec already
+        self.analysis_size: Optional[tuple] = None
 
     # ---- description ----------------------------------------------------
     @property
@@ -114,13 +117,14 @@ class Model:
         return out
 
     def shapes_at(self, size: Optional[Sequence[int]] = None) -> dict:
-        """``{tensor: shape}`` at input size ``size`` (height, width; default the input's) for every
+        """``{tensor: shape}`` at input size ``size`` (height, width; default the input's, else
+        :attr:`analysis_size`) for every
         tensor whose static shape misses a size, measured by one onnxruntime run
         (:func:`onnxviz.shapes.concrete_shapes`) and kept per size. The analyses take it as
         ``shapes=``. Empty when static shapes are complete, when no size is known (a dynamic-size
         model without --size), or when the model cannot run here (a warning says why).
         """
-        size = tuple(size) if size else self.input.size
+        size = tuple(size) if size else (self.input.size or self.analysis_size)
         if size is None:
             return {}
         return self.derived(("concrete_shapes", int(size[0]), int(size[1])), lambda: self._measure(*size))

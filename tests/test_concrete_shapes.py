@@ -22,6 +22,7 @@ from onnxviz.graph.view import tensor_types
 from onnxviz.loading import infer_shapes
 from onnxviz.methods.layers import resolve_layer
 from onnxviz.methods.patches import layer_field
+from onnxviz.session import open_session
 
 STAGES = [("stem", 3, 8), ("stage2", 8, 16), ("stage3", 16, 32)]  # each a stride-2 3x3 conv + ReLU
 SIZE = 64
@@ -212,3 +213,14 @@ def test_patches_trace_receptive_fields_through_the_measured_shapes(channels_las
     rf = layer_field(model, "stage3_rs_out", (SIZE, SIZE))
     # three stride-2 3x3 convs with pad 1: jump 8, size 1 + 2*(1 + 2 + 4) = 15
     assert rf.jump == (8, 8) and rf.size == (15, 15)
+
+
+def test_the_sidecar_size_drives_the_model_analyses_too(dense, tmp_path):
+    copy = tmp_path / "dense.onnx"
+    with open(dense, "rb") as f:
+        copy.write_bytes(f.read())
+    (tmp_path / "dense.json").write_text(json.dumps({"preprocess": {"size": [96, 128]}}))
+    model = open_session(str(copy), verify=False).model
+    assert model.input.size is None and model.analysis_size == (96, 128)
+    layers = {layer.name: layer.shape for layer in model.layers}
+    assert layers["r2"][1:] == (16, 24, 32) and layers["seg"][1:] == (3, 96, 128)
