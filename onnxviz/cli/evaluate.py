@@ -21,6 +21,7 @@ from ..outputs import TITLES
 from ..session import open_session
 from .attribution import parse_targets
 from .common import handle_errors, model_options, preprocess_options
+from .options import out_option
 
 
 def _names(text: str, what: str) -> list:
@@ -49,8 +50,7 @@ def _names(text: str, what: str) -> list:
 @click.option("--target", default=None, help="Class to explain: one index/label for all images or one per image "
               "(default: the predicted class).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights, classes and noise.")
-@click.option("--out", default="onnxviz-evaluate", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@out_option("evaluate")
 @model_options
 @preprocess_options
 @handle_errors

@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..degenerate import warn_ties
 from ..errors import OnnxvizError
 from ..targets import TargetLike, class_scores, general, objective, rows, seed_array
 from .layers import layer_axes, resolve_layer
@@ -100,6 +101,7 @@ def occlusion(model, x: np.ndarray, target: TargetLike = None, window=32, stride
     else:
         scores = class_scores(obj, clean)
         chosen = np.where(t < 0, scores.argmax(axis=1), t)
+        warn_ties(scores, t < 0)
         before = scores[np.arange(len(x)), chosen]
 
         def score_of(y, row):
