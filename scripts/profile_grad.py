@@ -45,7 +45,7 @@ def case_graph(model, case: str, h: int, w: int):
 
     wrt = [last_conv(model)] if case == "gradcam" else [model.input.name]
     rules = ruleset("guided" if case == "guided" else "standard")
-    gm, _ = gradient_model(model, h, w, objective(model, None, "logit", None), wrt, rules)
+    gm = gradient_model(model, h, w, objective(model, None, "logit", None), wrt, rules)
     return gm.proto, True
 
 
