@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Hashable, Optional, Sequence, TypeVar
 
 import numpy as np
@@ -239,6 +240,18 @@ class Model:
             if isinstance(graph, onnx.ModelProto):
                 self._session_keys.setdefault(id(graph), key if isinstance(key, str) else "|".join(map(str, key)))
         return value
+
+    def forget(self) -> None:
+        """Drop every derived graph and its session (rebuilt on next use), to free their memory."""
+        for key in set(self._session_keys.values()) - {FORWARD}:
+            self.runtime.forget(key)
+        self._derived.clear()
+        self._session_keys = {id(self.proto): FORWARD}
+
+    @property
+    def _specialized(self):
+        """For callers written before Model.derived, which clear this to free memory: forget()."""
+        return SimpleNamespace(clear=self.forget)
 
     def run_graph(self, graph: onnx.ModelProto, feeds: dict, outputs: Optional[Sequence[str]] = None,
                   batch_size: Optional[int] = None, progress: bool = False, desc: str = "running") -> dict:

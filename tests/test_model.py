@@ -206,3 +206,8 @@ def test_derived_graphs_are_built_once_and_run_on_their_own_session(tmp_path):
     assert keys[0] == "mine|relu1" and keys[1].startswith("expose:")
     with pytest.raises(OnnxvizError, match="Model.derived"):
         model.run_graph(expose(model.proto, ["relu1"], keep_outputs=False), model.feeds(x))
+    model.forget()  # frees the derived graphs; a graph of the old store no longer runs
+    with pytest.raises(OnnxvizError, match="Model.derived"):
+        model.run_graph(graph, model.feeds(x))
+    assert model.derived(("mine", "relu1"), build) is not graph and len(builds) == 2
+    np.testing.assert_array_equal(model.run(x)["prob"], real(model.proto, model.feeds(x))["prob"])
