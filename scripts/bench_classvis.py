@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxviz  # noqa: E402
-from onnxviz.cli.common import open_session  # noqa: E402
+from onnxviz.session import open_session  # noqa: E402
 
 SAMPLE = ROOT / "models" / "shapes_cnn.onnx"
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxviz.cli.common import open_session  # noqa: E402
+from onnxviz.session import open_session  # noqa: E402
 from onnxviz.distributed import Engine, embed_dataset, explain_dataset, jobs  # noqa: E402
 from onnxviz.methods.embed import embed  # noqa: E402
 from onnxviz.synthetic import make_shapes, save_folder  # noqa: E402
@@ -92,7 +92,7 @@ def run_local(args, folder: Path, out: Path, threads: int) -> dict:
         wall = time.perf_counter() - t
         n = len(emb)
     else:
-        from onnxviz.cli.attribution import _write_image, image_dirs
+        from onnxviz.outputs import image_dirs, write_image
         from onnxviz.distributed.batch import explainers
         from onnxviz.images import deprocess
 
@@ -108,7 +108,7 @@ def run_local(args, folder: Path, out: Path, threads: int) -> dict:
             result = fn(session.model, x)
             shown = deprocess(x, session.model.input, session.pre)
             for i, p in enumerate(chunk):
-                _write_image(session, result, [i], shown[i], p, dirs[start + i], args.task, False, False)
+                write_image(session, result, [i], shown[i], p, dirs[start + i], args.task, False, False)
         wall = time.perf_counter() - t
         n = len(paths)
     return {"wall_s": wall, "startup_s": 0.0, "steady_img_s": n / wall, "images": n}

@@ -152,7 +152,7 @@ def test_a_new_cam_variant_needs_one_row():
     """Name, function and title of a CAM method live in one table (methods/cam.VARIANTS): the CLI's
     choices and titles come from it, and a method without a title is named, not a bare KeyError."""
     from onnxviz.autodiff import RULESETS
-    from onnxviz.cli import attribution
+    from onnxviz import outputs
     from onnxviz.methods import cam, saliency
     from onnxviz.runtime import DEVICES
     from onnxviz.targets import SCORES
@@ -161,7 +161,7 @@ def test_a_new_cam_variant_needs_one_row():
         return list(next(p for p in main.commands[command].params if p.name == option).type.choices)
 
     assert choices("cam", "method") == list(cam.METHODS) and choices("saliency", "method") == list(saliency.METHODS)
-    assert set(cam.TITLES) == set(cam.METHODS) and all(attribution.title(m) != m for m in cam.METHODS)
-    assert attribution.title("meancam") == "meancam"
+    assert set(cam.TITLES) == set(cam.METHODS) and all(outputs.title(m) != m for m in cam.METHODS)
+    assert outputs.title("meancam") == "meancam"
     assert choices("cam", "device") == list(DEVICES) and choices("cam", "score") == list(SCORES)
     assert choices("export-grad", "rules") == list(RULESETS)

@@ -366,7 +366,7 @@ needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="models/shapes_cnn
 
 @pytest.fixture(scope="module")
 def sample():
-    from onnxviz.cli.common import open_session
+    from onnxviz.session import open_session
 
     return open_session(str(SAMPLE), device="cpu")
 

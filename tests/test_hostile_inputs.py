@@ -323,7 +323,7 @@ def _file(k, name="taken"):
 
 
 case("cam-out-is-a-file", 2, "is a file")(lambda k: ["cam", k.model, k.images[0], "--out", _file(k)])
-case("filters-out-is-a-file", 1, "exists and is not a folder")(lambda k: ["filters", k.model, "--out", _file(k)])
+case("filters-out-is-a-file", 2, "is a file")(lambda k: ["filters", k.model, "--out", _file(k)])
 case("cam-out-parent-is-a-file", 1, "a parent of it is a file")(
     lambda k: ["cam", k.model, k.images[0], "--out", _file(k) / "sub"])
 case("report-o-parent-is-a-file", 1, "exists and is not a folder")(
@@ -488,9 +488,9 @@ def test_path_methods_run_at_most_batch_size_rows(kit, method, extra, monkeypatc
 
 def _interrupt_at(monkeypatch, call: int, how: str):
     """Ctrl-C during the ``call``-th map file: a real SIGINT, or KeyboardInterrupt raised in the write."""
-    import onnxviz.cli.attribution as attribution
+    import onnxviz.outputs as outputs  # where the per-image files are written
 
-    real, count = attribution.save_npy, [0]
+    real, count = outputs.save_npy, [0]
 
     def save_npy(a, path):
         count[0] += 1
@@ -501,7 +501,7 @@ def _interrupt_at(monkeypatch, call: int, how: str):
                 raise KeyboardInterrupt
         return real(a, path)
 
-    monkeypatch.setattr(attribution, "save_npy", save_npy)
+    monkeypatch.setattr(outputs, "save_npy", save_npy)
 
 
 @pytest.mark.parametrize("how", ["signal", "raise"])

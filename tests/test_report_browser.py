@@ -287,7 +287,7 @@ def browser(tmp_path_factory):
 def sample_report(tmp_path_factory):
     """The report of the bundled sample model on its images, with a generated dataset folder."""
     import onnxviz
-    from onnxviz.cli.common import open_session
+    from onnxviz.session import open_session
 
     assert SAMPLE.is_file(), f"the sample model {SAMPLE} is missing (scripts/build_sample_model.py builds it)"
     root = tmp_path_factory.mktemp("report")

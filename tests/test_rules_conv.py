@@ -266,20 +266,77 @@ def test_flipped_kernel_by_hand():
     np.testing.assert_array_equal(f[1, 0], w[2, 0, ::-1, ::-1])
 
 
+@pytest.mark.parametrize("shape,group", [((4, 1, 2, 2), 2), ((6, 2, 3, 2), 3), ((3, 5, 3, 3), 1), ((4, 2, 3), 2)])
+def test_flip_spelled_in_the_graph_equals_the_numpy_flip(shape, group):
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    from onnxviz.autodiff.rules.conv import emit_flipped_kernel, flipped_kernel
+    from onnxviz.graph.emitter import Emitter
+
+    e = Emitter({"w": (TensorProto.FLOAT, shape)}, {}, 17)
+    out = emit_flipped_kernel(e, "w", shape, group)
+    graph = helper.make_graph(e.nodes, "flip", [helper.make_tensor_value_info("w", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], e.initializers)
+    w = np.random.default_rng(0).standard_normal(shape).astype(f32)
+    got = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).run(None, {"w": w})
+    np.testing.assert_array_equal(got[0], flipped_kernel(w, group))
+
+
 def test_unflipped_kernel_variant_would_fail():
     """Forgetting to rotate the kernel is caught by the adjoint check."""
     import onnxviz.autodiff.rules.conv as conv_rules
 
-    real = conv_rules.flipped_kernel
+    real = conv_rules.emit_flipped_kernel
 
-    def unrotated(w, group):
-        return np.flip(real(w, group), axis=(2, 3)).copy()
+    def unrotated(e, w, shape, group):  # the channel swap without the 180-degree rotation
+        flipped = real(e, w, shape, group)
+        n = len(shape) - 2
+        return e.op("Slice", flipped, e.ints([-1] * n), e.ints([np.iinfo(np.int64).min] * n),
+                    e.ints(range(2, n + 2)), e.ints([-1] * n))
 
     case = Case("Conv", {"x": r(1, 2, 6, 6)}, consts={"w": r(3, 2, 3, 3)}, attrs={"pads": [1, 1, 1, 1]},
                 check="adjoint", rtol=1e-4)
-    conv_rules.flipped_kernel = unrotated
+    conv_rules.emit_flipped_kernel = unrotated
     try:
         assert check_case(case) > 1e-2
     finally:
-        conv_rules.flipped_kernel = real
+        conv_rules.emit_flipped_kernel = real
     assert check_case(case) < 1e-4
+
+
+def test_fed_weights_reach_the_flipped_adjoint():
+    """An initializer overridden at run time (the randomization test feeds weights) changes dX too."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxviz.autodiff import gradient_graph
+
+    rng = np.random.default_rng(1)
+    w0, w1 = rng.standard_normal((3, 2, 3, 3)).astype(f32), rng.standard_normal((3, 2, 3, 3)).astype(f32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [numpy_helper.from_array(w0, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    gm = gradient_graph(model, "y", ["x"], STANDARD)
+    proto = gm.proto
+    proto.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2, 3, 3]))
+    seeds = [i.name for i in proto.graph.input if i.name not in ("x", "w")]
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, 2, 5, 5)).astype(f32)
+    dy = rng.standard_normal((1, 3, 5, 5)).astype(f32)
+    feeds = {"x": x, seeds[0]: dy}
+    got = sess.run([gm.grads["x"]], {**feeds, "w": w1})[0]
+    # the exact J^T dy with the fed weights: conv is linear in x, so dx[i] = <dy, conv(e_i, w1)>
+    fwd = helper.make_model(helper.make_graph(
+        graph.node, "conv1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w1, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    basis = np.eye(x.size, dtype=f32).reshape(x.size, *x.shape[1:])
+    ys = ort.InferenceSession(fwd.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": basis})[0]
+    want = np.tensordot(ys, dy[0], axes=3).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    stale = sess.run([gm.grads["x"]], feeds)[0]  # the initializer's own weights give another answer
+    assert np.abs(stale - want).max() > 1e-2

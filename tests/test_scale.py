@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxviz.cli import main
-from onnxviz.cli.common import open_session
+from onnxviz.session import open_session
 from onnxviz.datasets import scan_folder
 from onnxviz.distributed import BatchEmbedder, BatchExplainer, Shard, computed_keys, embed_dataset
 from onnxviz.distributed.store import PARTS

@@ -1,7 +1,8 @@
 """cam, saliency, occlusion: where the model looks, for many images, in batches.
 
 For each image, ``OUT/<image stem>/`` gets ``<method>.npy`` (the [0, 1] map at input size),
-``<method>.raw.npy`` (the unnormalized map) and ``<method>.png`` (the map over the image);
+``<method>.raw.npy`` (the unnormalized map) and ``<method>.png`` (the map over the image), written
+by :mod:`onnxviz.outputs` exactly as the dataset engines' workers write them;
 ``OUT/results.json`` lists every map with its target, label, score, layer and files, and what was
 explained (output, explained tensor, target, score kind). Every file
 is written atomically, and results.json after each batch, so Ctrl-C leaves no partial files.
@@ -18,25 +19,19 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..images import deprocess, read_image
-from ..io import deferred_interrupts, ensure_out_dir, safe_name, save_figure, save_json, save_npy
+from ..io import deferred_interrupts, ensure_out_dir, save_json
 from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
-from ..methods.saliency import METHODS as SALIENCY_METHODS, TITLES as SALIENCY_TITLES, saliency
-from ..render import heatmap_figure
+from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
+from ..outputs import image_dirs, title, write_image
+from ..session import Session, open_session
 from ..targets import SCORES, Target, describe, normalize, objective
-from .common import (Session, engine_options, handle_errors, model_options, open_session, pop_engine,
-                     preprocess_options)
-
-TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
-
-
-def title(method: str) -> str:
-    """The method's title for figures and messages (its name when it has none)."""
-    return TITLES.get(method, method)
+from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .options import out_option
 
 
 def attribution_options(fn):
-    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --out, --batch-size."""
+    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --batch-size, --grad."""
     options = [
         click.option("--target", multiple=True,
                      help="Class to explain: an index or label name, one for all images or a comma list with "
@@ -58,8 +53,6 @@ def attribution_options(fn):
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
         click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
                      help="logit: explain the pre-softmax value when the output ends in Softmax."),
-        click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
-                     help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
                      help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
                           "or noisy copies per run): bounds memory."),
@@ -83,6 +76,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
               help="; ".join(f"{name}: {t}" for name, t in CAM_TITLES.items()) + " (cam needs a GAP+FC head).")
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
+@out_option("cam")
 @attribution_options
 @engine_options
 @model_options
@@ -111,6 +105,7 @@ def cam_cmd(model, images, method, layer, **opts):
               help="Integrated Gradients: path points.")
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
+@out_option("saliency")
 @attribution_options
 @engine_options
 @model_options
@@ -137,6 +132,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
               help="What covers the window: a number in model-input units, 'blur' or 'mean'.")
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
+@out_option("occlusion")
 @attribution_options
 @engine_options
 @model_options
@@ -151,7 +147,9 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     """
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
-             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
+             # many windows per image: a bar over them, not only over the images
+             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer,
+                                         progress=True, **o),
              opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 
@@ -211,8 +209,8 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
                 with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
                     for i, path in enumerate(paths):
                         rows = np.flatnonzero(result.image == i)
-                        entries.append(_write_image(session, result, rows, shown[i], path, dirs[start + i],
-                                                    method, top_k is not None, chosen))
+                        entries.append(write_image(session, result, rows, shown[i], path, dirs[start + i],
+                                                   method, top_k is not None, chosen))
                     save_json(summary, folder / "results.json")
                 bar.update(len(paths))
     except BaseException:
@@ -261,46 +259,6 @@ def _explain_dataset(model_path, images, relative, dirs, folder, method, options
     click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
                f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
     click.echo(f"wrote {run.results}")
-
-
-def _write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,
-                 chosen: bool) -> dict:
-    """One image's files, all or none: a failure part-way removes what this call wrote."""
-    created = not folder.exists()
-    ensure_out_dir(folder)
-    written: list = []
-    try:
-        return _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written)
-    except BaseException:
-        for p in written:
-            Path(p).unlink(missing_ok=True)
-        if created:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
-
-
-def _write_maps(session, result, rows, shown, path, folder, method, suffixed, chosen, written: list) -> dict:
-    maps = []
-    for r in rows:
-        k = int(result.target[r])
-        stem = f"{method}_{k}" if suffixed else method
-        label = session.label(k) if k >= 0 else "general target"
-        caption = f"{'target' if chosen or suffixed else 'predicted'}: {label} ({float(result.score[r]):.3g})"
-        heading = title(method) + (f" @ {result.layer}" if result.layer else "")
-        files = {}
-        for kind, name, save in (
-                ("map", f"{stem}.npy", lambda p: save_npy(result.map[r], p)),
-                ("raw", f"{stem}.raw.npy", lambda p: save_npy(result.raw[r], p)),
-                ("png", f"{stem}.png", lambda p: save_figure(heatmap_figure(shown, result.map[r], heading,
-                                                                           label=caption), p))):
-            files[kind] = save(folder / name)
-            written.append(files[kind])
-        maps.append({"target": k, "label": label, "score": float(result.score[r]), "layer": result.layer,
-                     "method": method, "files": {kind: str(p) for kind, p in files.items()}})
-    return {"image": os.path.abspath(path), "dir": str(folder), "maps": maps}
 
 
 def general_target(target: Sequence[str], region: dict, session: Session):
@@ -421,17 +379,6 @@ def class_index(text: str, session: Session) -> int:
     if k < 0:
         raise OnnxvizError(f"--target {k}: class indices start at 0")
     return k
-
-
-def image_dirs(images: Sequence[str], folder: Path) -> list:
-    """OUT/<stem> per image; stems shared by several images get -2, -3... in order."""
-    seen: dict = {}
-    out = []
-    for path in images:
-        stem = safe_name(Path(path).stem, "image")
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(folder / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
-    return out
 
 
 COMMANDS = (cam_cmd, saliency_cmd, occlusion_cmd)

@@ -13,7 +13,9 @@ from ..io import ensure_out_dir, safe_name, save_figure, save_json, save_npy
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
-from .common import handle_errors, model_options, open_session, out_dir, preprocess_options
+from ..session import open_session
+from .common import handle_errors, model_options, out_dir, preprocess_options
+from .options import out_option
 
 
 @click.command()
@@ -43,7 +45,7 @@ def inspect(model, as_json, show_all, **opts):
 @click.command("filters")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", default=None, help="A Conv's output tensor or node name (default: the first Conv).")
-@click.option("--out", "out", default="onnxviz-out/filters", show_default=True, help="Output folder.")
+@out_option("filters")
 @model_options
 @handle_errors
 def filters_cmd(model, layer, out, **opts):
@@ -69,7 +71,7 @@ def filters_cmd(model, layer, out, **opts):
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", required=True, help="ONNX tensor name (see `onnxviz inspect`).")
 @click.option("--top", type=click.IntRange(1), default=32, show_default=True, help="Show the K most active channels.")
-@click.option("--out", default="onnxviz-out/activations", show_default=True, help="Output folder.")
+@out_option("activations")
 @model_options
 @preprocess_options
 @handle_errors

@@ -17,8 +17,11 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_figure, save_json
 from ..methods.trust import METRICS, evaluate, image_record, summary
-from .attribution import TITLES, parse_targets
-from .common import handle_errors, model_options, open_session, preprocess_options
+from ..outputs import TITLES
+from ..session import open_session
+from .attribution import parse_targets
+from .common import handle_errors, model_options, preprocess_options
+from .options import out_option
 
 
 def _names(text: str, what: str) -> list:
@@ -47,8 +50,7 @@ def _names(text: str, what: str) -> list:
 @click.option("--target", default=None, help="Class to explain: one index/label for all images or one per image "
               "(default: the predicted class).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights, classes and noise.")
-@click.option("--out", default="onnxviz-evaluate", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@out_option("evaluate")
 @model_options
 @preprocess_options
 @handle_errors

@@ -12,8 +12,9 @@ from ..errors import OnnxvizError
 from ..gradients import check_differentiable
 from ..graph.analysis import gradcam_candidates
 from ..io import ensure_out_dir, save_model
+from ..session import open_session
 from ..targets import SCORES, objective
-from .common import handle_errors, model_options, open_session, preprocess_options
+from .common import handle_errors, model_options, preprocess_options
 
 
 @click.command("export-grad")

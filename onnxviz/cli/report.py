@@ -9,7 +9,8 @@ from ..errors import NonFiniteError
 from ..finite import nonfinite_weights
 from ..io import ensure_out_dir
 from ..report import report
-from .common import handle_errors, model_options, open_session, preprocess_options
+from ..session import open_session
+from .common import handle_errors, model_options, preprocess_options
 
 
 def echo_progress(line: str) -> None:

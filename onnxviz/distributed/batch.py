@@ -28,14 +28,13 @@ from ..errors import ImageError, OnnxvizError
 from ..images import Preprocess, preprocess, read_image
 from ..graph.heads import penultimate_layer
 from ..methods.embed import Pooler, fixed_size
+from ..session import open_session
 
 _SESSIONS: dict = {}  # (path, load options) -> Session: one per process, shared by every callable
 
 
 def process_session(model_path: str, load_options: dict):
     """This process's copy of the model with its sidecar preprocessing and labels (loaded on first use)."""
-    from ..cli.common import open_session
-
     key = (os.path.abspath(model_path), tuple(sorted(load_options.items())))
     if key not in _SESSIONS:
         _SESSIONS[key] = open_session(model_path, **load_options)

@@ -28,6 +28,7 @@ from ..errors import ImageError, OnnxvizError
 from ..io import save_json
 from ..graph.heads import penultimate_layer
 from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest
+from ..session import Session
 from .batch import BatchEmbedder, BatchExplainer, process_session
 from .engine import init_ray, map_batches, require_ray
 from .shard import Shard
@@ -147,9 +148,8 @@ class ExplainTask:
         self.explainer.model
 
     def __call__(self, batch: dict) -> dict:
-        from ..cli.attribution import _write_image
-        from ..cli.common import Session
         from ..images import deprocess
+        from ..outputs import write_image
 
         n = len(batch["index"])
         targets = np.asarray(batch["target"]) if "target" in batch else None
@@ -178,8 +178,8 @@ class ExplainTask:
                 session = Session(ex.model, ex.pre, ex.labels)
                 for r, i in enumerate(rows):
                     picked = np.flatnonzero(result.image == r)
-                    entry = _write_image(session, result, picked, shown[r], str(batch["path"][i]),
-                                         Path(str(batch["dir"][i])), ex.method, self.suffixed, self.chosen)
+                    entry = write_image(session, result, picked, shown[r], str(batch["path"][i]),
+                                        Path(str(batch["dir"][i])), ex.method, self.suffixed, self.chosen)
                     text = json.dumps(entry)
                     self.store.save_text(hashed[i][0], text)
                     entries[i], ok[i], computed[i] = text, True, True
@@ -368,7 +368,7 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
             save_json(summary, results)
             last[0] = time.monotonic()
 
-    from ..cli.attribution import title
+    from ..outputs import title
 
     stats = _drive(rows, task, engine, batch_size, progress, title(method), collect)
     summary["images"] = [entries[i] for i in sorted(entries)]

@@ -126,18 +126,37 @@ def _flipped_conv_wins(kernel: Sequence[int], strides: Sequence[int]) -> bool:
     return all(s == 1 for s in strides) and any(k > 1 for k in kernel)
 
 
-def _conv_by_flipped_kernel(e: Emitter, node: Node, dy: str, kernel, dilations, group, pads) -> Optional[str]:
-    """dX = Conv(dY, flipped W) with pads (k-1)d - p, for stride 1 and constant weights; None otherwise."""
-    w = e.value(node.inputs[1])
+def emit_flipped_kernel(e: Emitter, w: str, shape: Sequence[int], group: int) -> str:
+    """:func:`flipped_kernel` spelled in the graph, so the adjoint follows W wherever W comes from.
+
+    onnxruntime folds it once at session start when W is an initializer; when W is fed (an
+    initializer overridden by an input of the same name, as the randomization test does),
+    the flip is recomputed from the fed weights instead of going stale.
+    """
+    cout, cin_g, *kernel = shape
     n = len(kernel)
-    if w is None or w.ndim != n + 2:
-        return None
+    if group == 1:
+        v = e.op("Transpose", w, perm=[1, 0, *range(2, n + 2)])
+    else:
+        v = e.op("Reshape", w, e.ints([group, cout // group, cin_g, *kernel]))
+        v = e.op("Transpose", v, perm=[0, 2, 1, *range(3, n + 3)])
+        v = e.op("Reshape", v, e.ints([group * cin_g, cout // group, *kernel]))
+    last = np.iinfo(np.int64).min
+    return e.op("Slice", v, e.ints([-1] * n), e.ints([last] * n), e.ints(range(2, n + 2)), e.ints([-1] * n))
+
+
+def _conv_by_flipped_kernel(e: Emitter, node: Node, dy: str, kernel, dilations, group, pads) -> Optional[str]:
+    """dX = Conv(dY, flipped W) with pads (k-1)d - p, for stride 1 and a known kernel shape; None otherwise."""
+    ws = e.static_shape(node.inputs[1])
+    n = len(kernel)
+    if e.opset < 10 or ws is None or len(ws) != n + 2 or not all(isinstance(d, int) for d in ws):
+        return None  # Slice with steps needs opset 10
     eff = [(k - 1) * d for k, d in zip(kernel, dilations)]
     back = [eff[i % n] - p for i, p in enumerate(pads)]
     if any(p < 0 for p in back):  # pads wider than the kernel reach: rows no window saw (rare)
         return None
-    return e.op("Conv", dy, e.const(flipped_kernel(w, group)), kernel_shape=list(kernel), dilations=list(dilations),
-                group=group, pads=back)
+    flipped = emit_flipped_kernel(e, node.inputs[1], ws, group)
+    return e.op("Conv", dy, flipped, kernel_shape=list(kernel), dilations=list(dilations), group=group, pads=back)
 
 
 def conv(e: Emitter, node: Node, dys):
@@ -145,7 +164,7 @@ def conv(e: Emitter, node: Node, dys):
 
     output_padding = (H + pb + pe - ((k-1)d+1)) mod s recovers the rows that striding dropped.
     Never ConvTranspose's ``output_shape``: ORT then ignores the pads. Where it measures
-    faster (stride 1, spatial kernel, constant weights) the same adjoint is a Conv with the
+    faster (stride 1, spatial kernel) the same adjoint is a Conv with the
     flipped kernel instead.
     """
     _refuse_weight_grad(node)
