@@ -66,6 +66,18 @@ def masks(shape):
     yield "clip: Where(x == y, dy, 0)", [n("Equal", ["x", "y"], "m"), n("Where", ["m", "dy", "zero"])], clip, z
     yield "clip: dy * Cast(x == y)", [n("Equal", ["x", "y"], "m"), n("Cast", ["m"], "f", to=F),
                                       n("Mul", ["dy", "f"])], clip, z
+    # from the output alone (the pre-clip tensor need not stay alive; Conv+Clip fuses): strict ends
+    yield "clip: dy * Cast(0 < y & y < 6)", [
+        n("Greater", ["y", "zero"], "a"), n("Less", ["y", "six"], "b"), n("And", ["a", "b"], "m"),
+        n("Cast", ["m"], "f", to=F), n("Mul", ["dy", "f"])], clip, z
+    yield "clip: Where(0 < y & y < 6, dy, 0)", [
+        n("Greater", ["y", "zero"], "a"), n("Less", ["y", "six"], "b"), n("And", ["a", "b"], "m"),
+        n("Where", ["m", "dy", "zero"])], clip, z
+    yield "clip: dy * Sign(y * (6 - y))", [n("Sub", ["six", "y"], "r"), n("Mul", ["y", "r"], "p"),
+                                          n("Sign", ["p"], "s"), n("Mul", ["dy", "s"])], clip, z
+    yield "clip: dy * Sign(y) * Sign(6 - y)", [n("Sub", ["six", "y"], "r"), n("Sign", ["r"], "sr"),
+                                              n("Sign", ["y"], "s"), n("Mul", ["s", "sr"], "m"),
+                                              n("Mul", ["dy", "m"])], clip, z
 
 
 # ---- convolution input gradients ----------------------------------------------------------

@@ -92,3 +92,51 @@ def test_pow_exponent_gradient_is_zero_for_nonpositive_base():
     g = _grads(Case("Pow", {"a": np.array([0.0, -2.0, 2.0]), "b": np.array([2.0, 2.0, 3.0])}))
     assert np.allclose(g["a"], [0.0, -4.0, 12.0])
     assert np.allclose(g["b"], [0.0, 0.0, 8 * np.log(2.0)])
+
+
+# ---- x · Sigmoid(x) (SiLU / Swish): the Mul rule spells both factors' backward as one expression
+def _silu_model(swap: bool, sigmoid_also_used: bool):
+    from onnx import TensorProto, helper, shape_inference
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("Mul", ["s", "x"] if swap else ["x", "s"], ["m"])]
+    out = "m"
+    if sigmoid_also_used:  # s has a second consumer: the Sigmoid rule still runs for that part
+        nodes.append(helper.make_node("Add", ["m", "s"], ["out"]))
+        out = "out"
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3, 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.DOUBLE, [2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 10)
+    return shape_inference.infer_shapes(model, strict_mode=True), out
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["x*s", "s*x"])
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "sigmoid-shared"])
+def test_silu_fused_backward_matches_finite_differences(swap, shared):
+    from gradcheck import forward, numeric_vjp
+
+    from onnxviz.autodiff import STANDARD
+    from onnxviz.autodiff.backward import gradient_graph
+
+    model, out = _silu_model(swap, shared)
+    x = r(2, 3, 4, scale=3.0)
+    seed = r(2, 3, 4)
+    g = gradients(model, {"x": x}, out, ["x"], seed)["x"]
+    dirs, nums = numeric_vjp(forward(model, out), {"x": x}, "x", seed, 1e-6)
+    ana = np.array([float(np.sum(g * d)) for d in dirs])
+    assert np.abs(ana - nums).max() < 1e-7 * max(np.abs(nums).max(), 1.0)
+    # the fused spelling was taken: no Sigmoid derivative y(1-y) and, alone, no Sum of two parts
+    ops = [n.op_type for n in gradient_graph(model, out, ["x"], STANDARD).proto.graph.node]
+    assert ops.count("Sub") == (1 + shared)  # 1 - s, plus the shared Sigmoid rule's 1 - y
+    assert ("Sum" in ops) == shared
+
+
+def test_silu_requested_sigmoid_output_keeps_its_own_gradient():
+    """With s itself requested, d/ds must hold the Mul's dy · x: the fusion steps aside."""
+    model, out = _silu_model(False, False)
+    x, seed = r(2, 3, 4), r(2, 3, 4)
+    got = gradients(model, {"x": x}, out, ["x", "s"], seed)
+    s = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(got["s"], seed * x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["x"], seed * (s + x * s * (1 - s)), rtol=1e-10, atol=1e-12)

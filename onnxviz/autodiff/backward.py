@@ -94,6 +94,8 @@ def gradient_graph(
         seed, extra_inputs, built_outputs = seed_builder(emitter, output)
 
     contributions: dict[str, list[str]] = {output: [seed]}
+    # A requested tensor keeps its own gradient: rules never fuse across it (see Node.producers).
+    producers = {o: n for n in graph.node for o in n.output if o and o not in wrt}
 
     def total(name: str) -> Optional[str]:
         parts = contributions.get(name)
@@ -110,7 +112,7 @@ def gradient_graph(
         if fwd.domain not in ("", "ai.onnx") or fwd.op_type not in rules:
             raise UnsupportedOpError(fwd.op_type, fwd.name or fwd.output[0], rules.keys(), fwd.domain)
         needs = tuple(bool(i) and i in reached for i in fwd.input)
-        node = Node(fwd, opset, needs)
+        node = Node(fwd, opset, needs, producers=producers)
         dxs = rules[fwd.op_type](emitter, node, dys)
         if len(dxs) != len(fwd.input):
             raise RuntimeError(

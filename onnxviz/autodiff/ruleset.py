@@ -16,12 +16,15 @@ class Node:
 
     ``needs[i]`` says whether input i needs a gradient; rules may skip the others.
     ``proto`` is the node inside the graph being rewritten (rules may add optional outputs).
+    ``producers`` maps a tensor name to the forward node that made it, for rules that
+    spell a two-node pattern's backward as one expression (x · Sigmoid(x)).
     """
 
     proto: onnx.NodeProto
     opset: int
     needs: tuple = ()
     attrs: dict = field(default_factory=dict)
+    producers: Mapping[str, onnx.NodeProto] = field(default_factory=dict)
 
     def __post_init__(self):
         self.attrs = {a.name: helper.get_attribute_value(a) for a in self.proto.attribute}
@@ -49,6 +52,9 @@ class Node:
 
     def attr(self, name: str, default=None):
         return self.attrs.get(name, default)
+
+    def producer(self, name: str) -> Optional[onnx.NodeProto]:
+        return self.producers.get(name)
 
 
 # A rule maps (emitter, node, output gradients) to one gradient name per input (None: no gradient).
