@@ -134,7 +134,7 @@ def _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, 
         report["failures"] = [{"image": os.path.abspath(str(f.path)), "reason": f.reason} for f in run.failures]
     s = run.stats
     click.echo(f"evaluate: {s.computed} computed, {s.from_parts} already done, {s.failed} failed"
-               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""), err=True)
+               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
     records, metas = {}, {}
     for method in methods:
         error = next((r["errors"][method] for r in run.results if method in r["errors"]), None)

@@ -233,7 +233,7 @@ def road(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None,
     # copies per row: MoRF at each percentile, then LeRF at each; imputed up front (the solve is the cost)
     imputed = np.empty((len(x), 2 * k, *x.shape[1:]), x.dtype)
     for r in range(len(x)):
-        rng = image_rng(seed, x[r])
+        rng = image_rng(seed, nchw[r])  # the NCHW view: an NHWC twin draws the same noise
         for j, m in enumerate(counts):
             for side, picked in ((0, order[r, :m]), (1, order[r, h * w - m:])):
                 removed = np.zeros(h * w, bool)

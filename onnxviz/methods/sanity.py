@@ -430,7 +430,8 @@ def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: in
     if n_classes < 2:
         raise OnnxvizError("the random-logit test needs a model with at least two classes")
     # drawn per image from its own values: the same class whichever images share its batch
-    shift = np.array([image_rng(seed, image).integers(1, n_classes) for image in x], np.int64)
+    images = model.input.to_nchw(x)  # an NHWC twin draws the same classes
+    shift = np.array([image_rng(seed, image).integers(1, n_classes) for image in images], np.int64)
     other = (predicted + shift) % n_classes
     return similarity(first, fn(model, x, other), model.input), predicted, other
 
