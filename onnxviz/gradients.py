@@ -15,13 +15,14 @@ import onnx
 from onnx import helper
 
 from .autodiff import RuleSet, gradient_graph, ruleset
+from .degenerate import warn_ties
 from .errors import NonFiniteError, OnnxvizError
 from .fd import gradient_fd
 from .graph.double import has_float16, to_float32
 from .graph.emitter import Emitter
 from .graph.view import tensor_types
-from .targets import (Objective, TargetLike, describe, general, normalize, objective, reported, seed_array,
-                      seed_weights)
+from .targets import (Objective, TargetLike, class_scores, describe, general, normalize, objective, reported,
+                      seed_array, seed_weights)
 
 TARGET_INPUT = "onnxviz_target"
 WEIGHTS_INPUT = "onnxviz_seed_weights"
@@ -221,6 +222,9 @@ def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size,
     values = model.run_graph(gm.proto, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
                              progress=progress, desc="gradients")
     grads = {w_: values[gm.grads[n]] for w_, n in zip(wrt, names)}
+    y = values.get(obj.tensor, values.get(obj.output))  # a softmax keeps the logits' ties
+    if not general(t) and y is not None and (t < 0).any():
+        warn_ties(class_scores(obj, y), t < 0)
     return Gradients(
         grads,
         outputs={o: values[o] for o in model_outs},

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .degenerate import warn_identical_filters
 from .errors import OnnxvizError
 from .gradients import gradients as _gradients
 from .graph.surgery import default_opset, expose
@@ -59,6 +60,7 @@ def load(
     runtime = runtime or Runtime(device, threads)
     original, proto, spec, notes = prepare(path, runtime, verify, input_name, layout, channels, height, width)
     model = Model(path, original, proto, spec, runtime, notes)
+    warn_identical_filters(proto)
     if feeds:
         model.set_feeds(feeds)
     return model

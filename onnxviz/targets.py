@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .degenerate import warn_ties
 from .errors import OnnxvizError
 from .graph.view import walk_back
 
@@ -126,6 +127,7 @@ def chosen_targets(obj: Objective, y: np.ndarray, target: np.ndarray) -> tuple[n
     if bad.any():
         raise OnnxvizError(f"target {int(target[bad][0])} is out of range: {obj.tensor!r} has {n_classes} classes")
     chosen = np.where(target < 0, scores.argmax(axis=1), target).astype(np.int64)
+    warn_ties(scores, target < 0)
     return chosen, scores[np.arange(len(y)), chosen]
 
 
@@ -183,10 +185,11 @@ def rows(model, x: np.ndarray, obj: Objective, target: "TargetLike" = None, top_
         t = normalize(model, obj, target, n)
         return x, t if general(t) else check_targets(model, obj, t), np.arange(n)
     if target is not None:
-        raise OnnxvizError("give either target or top_k, not both")
+        raise OnnxvizError("give either a target (--target) or top_k (--top-k), not both")
     if top_k < 1:
-        raise OnnxvizError(f"top_k must be at least 1, not {top_k}")
+        raise OnnxvizError(f"top_k (--top-k) must be at least 1, not {top_k}")
     scores = class_scores(obj, model.activations(x, [obj.tensor])[obj.tensor])
+    warn_ties(scores)  # the first of the K is the prediction
     k = min(top_k, scores.shape[1])
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     image = np.repeat(np.arange(n), k)

@@ -249,5 +249,5 @@ def test_bad_targets(strided, x):
         onnxviz.score_cam(strided, x, target=4)
     with pytest.raises(OnnxvizError, match="got 2 targets for 3 images"):
         onnxviz.grad_cam(strided, x, target=[0, 1])
-    with pytest.raises(OnnxvizError, match="either target or top_k"):
+    with pytest.raises(OnnxvizError, match=r"either a target \(--target\) or top_k \(--top-k\)"):
         onnxviz.grad_cam(strided, x, target=1, top_k=2)

@@ -46,3 +46,19 @@ def test_help_example_runs(line, tmp_path, monkeypatch):
         pytest.skip("the demo runs in tests/test_demo.py")
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, f"{line}\n{result.output}"
+
+
+def test_out_is_the_same_flag_type_and_default_pattern_everywhere():
+    import click
+
+    for name, cmd in main.commands.items():
+        out = next((p for p in cmd.params if p.name == "out"), None)
+        if out is None:
+            continue
+        assert "-o" in out.opts and "--out" in out.opts, name
+        assert isinstance(out.type, click.Path), name
+        if out.type.dir_okay and not out.type.file_okay:  # a folder
+            expected = "onnxviz-demo" if name == "demo" else f"onnxviz-out/{name}"
+            assert out.default == expected and out.show_default, name
+        else:
+            assert not out.type.dir_okay, name  # a file: never a folder by mistake

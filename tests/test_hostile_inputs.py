@@ -323,7 +323,7 @@ def _file(k, name="taken"):
 
 
 case("cam-out-is-a-file", 2, "is a file")(lambda k: ["cam", k.model, k.images[0], "--out", _file(k)])
-case("filters-out-is-a-file", 1, "exists and is not a folder")(lambda k: ["filters", k.model, "--out", _file(k)])
+case("filters-out-is-a-file", 2, "is a file")(lambda k: ["filters", k.model, "--out", _file(k)])
 case("cam-out-parent-is-a-file", 1, "a parent of it is a file")(
     lambda k: ["cam", k.model, k.images[0], "--out", _file(k) / "sub"])
 case("report-o-parent-is-a-file", 1, "exists and is not a folder")(

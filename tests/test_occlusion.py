@@ -134,3 +134,11 @@ def test_baseline_array_and_errors(strided, x):
         onnxviz.occlusion(strided, x, window=0)
     with pytest.raises(OnnxvizError, match="does not fit"):
         onnxviz.occlusion(strided, x, baseline=np.zeros((2, 2)))
+
+
+def test_a_stride_wider_than_the_window_is_refused(strided, x):
+    """Pixels between windows would be occluded by none: refused, naming both flags, not a NaN map."""
+    with pytest.raises(OnnxvizError, match=r"stride 8 is larger than the window 4 along width.*--stride.*--window"):
+        onnxviz.occlusion(strided, x, window=(8, 4), stride=8)
+    h = onnxviz.occlusion(strided, x, window=4, stride=4)  # touching windows cover every pixel
+    assert np.isfinite(h.map).all()

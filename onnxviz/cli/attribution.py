@@ -27,10 +27,11 @@ from ..outputs import image_dirs, title, write_image
 from ..session import Session, open_session
 from ..targets import SCORES, Target, describe, normalize, objective
 from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .options import out_option
 
 
 def attribution_options(fn):
-    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --out, --batch-size."""
+    """--target, --box, --mask, --step, --negate, --seed, --feed, --top-k, --output, --score, --batch-size, --grad."""
     options = [
         click.option("--target", multiple=True,
                      help="Class to explain: an index or label name, one for all images or a comma list with "
@@ -52,8 +53,6 @@ def attribution_options(fn):
         click.option("--output", default=None, help="Model output to explain (default: the first)."),
         click.option("--score", type=click.Choice(SCORES), default="logit", show_default=True,
                      help="logit: explain the pre-softmax value when the output ends in Softmax."),
-        click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
-                     help="Output folder."),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
                      help="Images per onnxruntime run (Integrated Gradients and SmoothGrad: path points "
                           "or noisy copies per run): bounds memory."),
@@ -77,6 +76,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
               help="; ".join(f"{name}: {t}" for name, t in CAM_TITLES.items()) + " (cam needs a GAP+FC head).")
 @click.option("--layer", default=None, help="ONNX tensor to explain (default: the last spatial tensor before the "
               "head; `onnxviz inspect` marks the candidates).")
+@out_option("cam")
 @attribution_options
 @engine_options
 @model_options
@@ -105,6 +105,7 @@ def cam_cmd(model, images, method, layer, **opts):
               help="Integrated Gradients: path points.")
 @click.option("--baseline", type=click.Choice(["zero", "blur"]), default="zero", show_default=True,
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
+@out_option("saliency")
 @attribution_options
 @engine_options
 @model_options
@@ -131,6 +132,7 @@ def saliency_cmd(model, images, method, samples, noise, steps, baseline, **opts)
               help="What covers the window: a number in model-input units, 'blur' or 'mean'.")
 @click.option("--layer", default=None, help="Occlude this tensor's positions instead of pixels, re-running "
               "only the graph after it (faster on large models).")
+@out_option("occlusion")
 @attribution_options
 @engine_options
 @model_options
@@ -145,7 +147,9 @@ def occlusion_cmd(model, images, window, stride, baseline, layer, **opts):
     """
     base = _baseline(baseline)
     _explain(model, images, "occlusion",
-             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer, **o),
+             # many windows per image: a bar over them, not only over the images
+             lambda m, x, **o: occlusion(m, x, window=window, stride=stride, baseline=base, layer=layer,
+                                         progress=True, **o),
              opts, dict(window=window, stride=stride, baseline=base, layer=layer))
 
 

@@ -22,6 +22,7 @@ from ..session import open_session
 from ..targets import objective
 from .attribution import class_index
 from .common import handle_errors, model_options, preprocess_options
+from .options import out_option
 
 _D = Ascent()
 
@@ -77,8 +78,7 @@ class RangeType(click.ParamType):
 @click.option("--snapshots", type=click.IntRange(0), default=_D.snapshots, show_default=True,
               help="Images in the strip over the steps.")
 @click.option("--output", default=None, help="Model output whose class is visualized (default: the first).")
-@click.option("--out", default="onnxviz-out", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@out_option("classvis")
 @model_options
 @preprocess_options
 @handle_errors

@@ -23,6 +23,7 @@ from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
 from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
 from ..session import open_session
 from .common import engine_options, handle_errors, model_options, out_dir, pop_engine, preprocess_options
+from .options import out_option
 
 SHOWN_FAILURES = 20
 
@@ -121,7 +122,8 @@ def report(failures, skipped, out: Optional[Path] = None):
         click.echo(f"  ... and {len(failures) - SHOWN_FAILURES} more{where}", err=True)
 
 
-def _picture(path) -> np.ndarray:
+def read_rgb(path) -> np.ndarray:
+    """An image file's RGB pixels, for figures (a grey square when it cannot be read any more)."""
     try:
         return np.asarray(read_image(path).convert("RGB"))
     except Exception:  # gone since it was embedded: show a grey square
@@ -136,8 +138,7 @@ def _picture(path) -> np.ndarray:
 @click.option("--layer", default=None, help="ONNX tensor name (default: the input of the final fully-connected layer).")
 @click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True,
               help="How a spatial layer becomes one vector per image.")
-@click.option("--out", default="onnxviz-out/embed", show_default=True,
-              help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
+@out_option("embed", help="Output folder: features.npy, status.npy and manifest.json; a rerun resumes from it.")
 @dataset_options
 @engine_options
 @model_options
@@ -187,7 +188,7 @@ def _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress,
 @click.option("--query", required=True, type=click.Path(exists=True, dir_okay=False), help="The query image.")
 @click.option("-k", "k", type=click.IntRange(1), default=8, show_default=True, help="How many neighbours.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
-@click.option("--out", default="onnxviz-out/neighbors", show_default=True, help="Output folder.")
+@out_option("neighbors")
 @feature_options
 @dataset_options
 @model_options
@@ -209,8 +210,8 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
     folder_out = out_dir(out, "onnxviz-out/neighbors")
     emb = _features(session, folder, layer, pool, cache, no_cache, folder_out, batch_size, workers, progress)
     result = nearest_neighbors(session.model, emb, query, k, metric)
-    pictures = [_picture(n.path) for n in result.neighbors]
-    png = save_figure(neighbors_figure(result, pictures, _picture(query)), folder_out / "neighbors.png")
+    pictures = [read_rgb(n.path) for n in result.neighbors]
+    png = save_figure(neighbors_figure(result, pictures, read_rgb(query)), folder_out / "neighbors.png")
     js = save_json(result.to_json(), folder_out / "neighbors.json")
     for n in result.neighbors:
         click.echo(f"{n.rank:3d}  {n.distance:10.4g}  {n.label:12s}  {n.path}")
@@ -228,7 +229,7 @@ def neighbors_cmd(model, folder, query, k, metric, out, layer, pool, cache, no_c
               help="t-SNE's starting layout (random: drawn from --seed).")
 @click.option("--thumbnails", type=click.IntRange(0), default=1500, show_default=True,
               help="At most this many images on the thumbnail map (0: no thumbnail map).")
-@click.option("--out", default="onnxviz-out/tsne", show_default=True, help="Output folder.")
+@out_option("tsne")
 @feature_options
 @dataset_options
 @model_options
@@ -276,7 +277,7 @@ def tsne_cmd(model, folder, method, perplexity, seed, init, thumbnails, out, lay
 @click.option("--top", type=click.IntRange(1), default=16, show_default=True, help="Patches per channel.")
 @click.option("--any-position", is_flag=True,
               help="Let one image give several patches (default: its strongest unit only).")
-@click.option("--out", default="onnxviz-out/patches", show_default=True, help="Output folder.")
+@out_option("patches")
 @dataset_options
 @model_options
 @preprocess_options

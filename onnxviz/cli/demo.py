@@ -21,6 +21,7 @@ from ..runtime import DEVICES
 from ..session import open_session
 from ..targets import Target, class_scores, objective
 from .common import handle_errors
+from .options import out_option
 from .report import echo_progress
 
 SAMPLE = "shapes_cnn.onnx"
@@ -39,7 +40,7 @@ def bundled_models_dir() -> Path:
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Model to demo (default: the bundled shapes CNN).")
-@click.option("--out", default="onnxviz-demo", show_default=True, help="Output folder.")
+@out_option("demo", default="onnxviz-demo")  # the folder the README names
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @handle_errors
 def demo(model_path, out, device):
@@ -103,9 +104,12 @@ def demo(model_path, out, device):
         dense_demo(str(folder / DENSE), images, out / "dense", device)
         timings["dense"] = time.perf_counter() - start
 
+    dataset = sample_dataset(out / "dataset", model.input.size) if bundled else None
+    if dataset is not None:
+        timings.update(dataset_folders(model, session, dataset, images, layer, out))
+
     start = time.perf_counter()
     page = out / "report.html"
-    dataset = sample_dataset(out / "dataset", model.input.size) if bundled else None
     report(model, [str(p) for p in images], page, dataset=dataset, labels=session.labels, pre=session.pre,
            progress=echo_progress)
     timings["report"] = time.perf_counter() - start
@@ -114,7 +118,7 @@ def demo(model_path, out, device):
               out / "demo.json")
     click.echo(f"wrote the demo to {out.resolve()}/ "
                f"(inspect.txt, filters.png, per-image activations, cam/, saliency/, occlusion/, classvis/, "
-               f"check-grad.txt, dense/, report.html)")
+               f"tsne/, neighbors/, patches/, check-grad.txt, dense/, report.html)")
     click.echo(f"report: {page.resolve()} (open it in a browser)")
 
 
@@ -193,6 +197,48 @@ def method_folders(model, x, images, shown, session, out: Path) -> dict:
     for k, image in zip(vis.target, vis.image):
         save_png(image, out / "classvis" / f"{_stem(session.label(int(k)))}.png")
     timings["classvis"] = time.perf_counter() - start
+    return timings
+
+
+def dataset_folders(model, session, dataset: Path, images, layer: str, out: Path) -> dict:
+    """What `onnxviz tsne`, `neighbors` and `patches` write, on the sample dataset, each in its folder:
+    tsne/ (the map coloured by class, its thumbnails, the CSV), neighbors/ (one strip per demo image)
+    and patches/ (the overview and one grid per channel, at the Grad-CAM layer). Seconds per folder."""
+    from ..datasets import scan_folder
+    from ..io import save_png
+    from ..methods.embed import embed, fixed_size
+    from ..methods.neighbors import nearest_neighbors
+    from ..methods.patches import top_patches
+    from ..methods.projection import projection, save_csv
+    from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
+    from .dataset import read_rgb
+
+    timings = {}
+    data = scan_folder(dataset)
+    start = time.perf_counter()
+    emb = embed(model, data, None, fixed_size(model.input, session.pre), batch_size=32, workers=2)
+    proj = projection(emb, "tsne", seed=0)
+    folder = ensure_out_dir(out / "tsne")
+    save_figure(scatter_figure(proj), folder / "tsne.png")
+    save_png(thumbnail_map(proj, seed=0)[0], folder / "tsne_thumbnails.png")
+    save_csv(proj, folder / "tsne.csv")
+    timings["tsne"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    folder = ensure_out_dir(out / "neighbors")
+    for path in images:
+        found = nearest_neighbors(model, emb, path, k=6)
+        fig = neighbors_figure(found, [read_rgb(n.path) for n in found.neighbors], read_rgb(path))
+        save_figure(fig, folder / f"{path.stem}.png")
+    timings["neighbors"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    folder = ensure_out_dir(out / "patches")
+    result = top_patches(model, data, layer, n_channels=6, top=8, pre=session.pre, batch_size=32, workers=2)
+    save_png(patches_overview(result), folder / "patches.png")
+    for cp in result.channels:
+        save_png(patches_grid(cp), folder / f"channel_{cp.channel}.png")
+    timings["patches"] = time.perf_counter() - start
     return timings
 
 

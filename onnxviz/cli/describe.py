@@ -15,6 +15,7 @@ from ..render import activations_figure, filters_figure
 from ..render.tiles import rank_channels
 from ..session import open_session
 from .common import handle_errors, model_options, out_dir, preprocess_options
+from .options import out_option
 
 
 @click.command()
@@ -44,7 +45,7 @@ def inspect(model, as_json, show_all, **opts):
 @click.command("filters")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", default=None, help="A Conv's output tensor or node name (default: the first Conv).")
-@click.option("--out", "out", default="onnxviz-out/filters", show_default=True, help="Output folder.")
+@out_option("filters")
 @model_options
 @handle_errors
 def filters_cmd(model, layer, out, **opts):
@@ -70,7 +71,7 @@ def filters_cmd(model, layer, out, **opts):
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", required=True, help="ONNX tensor name (see `onnxviz inspect`).")
 @click.option("--top", type=click.IntRange(1), default=32, show_default=True, help="Show the K most active channels.")
-@click.option("--out", default="onnxviz-out/activations", show_default=True, help="Output folder.")
+@out_option("activations")
 @model_options
 @preprocess_options
 @handle_errors

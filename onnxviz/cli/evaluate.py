@@ -22,6 +22,7 @@ from ..outputs import TITLES
 from ..session import open_session
 from .attribution import parse_targets
 from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .options import out_option
 
 
 def _names(text: str, what: str) -> list:
@@ -52,8 +53,7 @@ def _names(text: str, what: str) -> list:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights, classes and noise.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Images per batch with --engine ray or --shard.")
-@click.option("--out", default="onnxviz-evaluate", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@out_option("evaluate")
 @model_options
 @preprocess_options
 @engine_options

@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..degenerate import warn_ties
 from ..errors import OnnxvizError
 from ..targets import TargetLike, class_scores, general, objective, rows, seed_array
 from .layers import layer_axes, resolve_layer
@@ -100,6 +101,7 @@ def occlusion(model, x: np.ndarray, target: TargetLike = None, window=32, stride
     else:
         scores = class_scores(obj, clean)
         chosen = np.where(t < 0, scores.argmax(axis=1), t)
+        warn_ties(scores, t < 0)
         before = scores[np.arange(len(x)), chosen]
 
         def score_of(y, row):
@@ -128,6 +130,13 @@ class _Windows:
         (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
         self.starts = (window_starts(self.shape[0], wh, sh), window_starts(self.shape[1], ww, sw))
         self.size = (min(wh, self.shape[0]), min(ww, self.shape[1]))
+        for axis, (win, step, n) in enumerate(zip(self.size, (sh, sw), self.shape)):
+            if step > win and n > win:
+                # positions between windows would be covered by none: their map value is undefined
+                raise OnnxvizError(
+                    f"occlusion stride {step} is larger than the window {win} along "
+                    f"{'height' if axis == 0 else 'width'}: pixels between windows would never be "
+                    "occluded; use a stride (--stride) no larger than the window (--window)")
         self.count = len(self.starts[0]) * len(self.starts[1])
         if wh >= self.shape[0] and ww >= self.shape[1]:
             # one window hides everything: every position gets the same drop, the map is flat

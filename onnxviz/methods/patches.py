@@ -140,7 +140,8 @@ def top_patches(model, folder: Union[str, Path, Dataset], layer: str, channels: 
     if top < 1:
         raise OnnxvizError(f"top must be at least 1, got {top}")
     if channels is not None and n_channels is not None:
-        raise OnnxvizError("choose channels by index or by number (n_channels), not both")
+        raise OnnxvizError("choose channels by index (channels, --channel) or by number (n_channels, --channels), "
+                           "not both")
     pre = fixed_size(model.input, pre or Preprocess())
     size = pre.size
     rf = layer_field(model, layer, size)
