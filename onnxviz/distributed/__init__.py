@@ -10,4 +10,5 @@ from .shard import Shard
 from .store import PartStore, computed_keys
 
 __all__ = ["BatchEmbedder", "BatchEvaluator", "BatchExplainer", "Engine", "Shard", "embed_dataset", "explain_dataset",
-           "evaluate_dataset", "EvaluateRun", "ExplainRun", "RunStats", "PartStore", "computed_keys", "require_ray", "ENGINES", "RAY_EXTRA"]
+           "evaluate_dataset", "EvaluateRun", "ExplainRun", "RunStats", "PartStore", "computed_keys", "require_ray",
+           "ENGINES", "RAY_EXTRA"]
