@@ -25,21 +25,22 @@ def sha256(path: str) -> str:
 
 
 def describe(model, size=None) -> dict:
-    """The model card and layer table of a loaded model (graph analysis only: no sessions).
+    """The model card and layer table of a loaded model.
 
-    ``size`` (height, width) fixes a dynamic-size model's input so that shapes and MACs are known;
-    without it the size given at load time (``--size``) is used. Either way the graph is analysed
-    at that size whenever its own input dims are not static (``analyzed_size`` says so): a size
-    given as ``--size`` and the same size from the sidecar give the same, complete table.
+    ``size`` (height, width) is the input size to analyse a dynamic-size model at; without it
+    the size given at load time (``--size``) is used. Shapes that static inference leaves
+    unknown at that size (dynamic inputs, channels-last exports with shape arithmetic) are
+    measured by one onnxruntime run (:meth:`Model.shapes_at`), so shapes, MACs, receptive
+    fields and Grad-CAM candidates are complete. ``analyzed_size`` is the size used, None when
+    the input is dynamic and no size was given: a size given as ``--size`` and the same size
+    from the sidecar give the same, complete table.
     """
     proto, spec = model.proto, model.input
     size = tuple(size) if size else spec.size
-    analyzed = None
-    if size and not _static_size(proto, spec):
-        proto = model.specialized(*size)
-        analyzed = [int(size[0]), int(size[1])]
-    rows = layer_table(proto, spec.name, spec.layout)
-    candidates = gradcam_candidates(proto, spec.name, spec.layout)
+    shapes = model.shapes_at(size) if size else {}
+    analyzed = [int(size[0]), int(size[1])] if size else None
+    rows = layer_table(proto, spec.name, spec.layout, shapes=shapes)
+    candidates = gradcam_candidates(proto, spec.name, spec.layout, shapes=shapes)
     original = model.original
     inits = {t.name for t in original.graph.initializer}
     return {
@@ -66,15 +67,6 @@ def describe(model, size=None) -> dict:
             for r in rows
         ],
     }
-
-
-def _static_size(proto, spec) -> bool:
-    """Whether the graph's own input has fixed height and width (else shapes need a size)."""
-    vi = next((v for v in proto.graph.input if v.name == spec.name), None)
-    if vi is None:
-        return False
-    dims = vi.type.tensor_type.shape.dim
-    return all(len(dims) > a and dims[a].dim_value > 0 for a in spec.spatial_axes)
 
 
 def _accepted(info: dict) -> str:

@@ -3,6 +3,7 @@ derived from it. Reading, normalizing and verifying the file is :mod:`.loading`.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -19,9 +20,11 @@ from .graph.surgery import default_opset, expose
 from .graph.view import FLOAT_TYPES, producers, tensor_types
 from .loading import FORWARD, describe_value, infer_shapes, prepare
 from .runtime import Runtime
+from .shapes import concrete_shapes
 from .spec import InputSpec
 
 T = TypeVar("T")
+log = logging.getLogger("onnxviz")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Model:
         self._derived: dict = {}
         self._session_keys: dict[int, str] = {id(proto): FORWARD}
         self._extra: dict = {}
+        # (height, width) that analyses use when the input itself has none (a dynamic-size model):
+        # the sidecar's size, set by open_session; --size is in the input spec already
+        self.analysis_size: Optional[tuple] = None
 
     # ---- description ----------------------------------------------------
     @property
@@ -102,19 +108,48 @@ class Model:
 
     @property
     def layers(self) -> list:
-        """Every float tensor a node produces, in graph order."""
+        """Every float tensor a node produces, in graph order, with its shape at the input's size
+        (measured where static inference lost it: :meth:`shapes_at`)."""
+        measured = self.shapes_at()
         out = []
         for node in self.proto.graph.node:
             for name in node.output:
                 if name and self._types.get(name, (None,))[0] in FLOAT_TYPES:
-                    out.append(Layer(name, node.op_type, node.name, self._types[name][1]))
+                    out.append(Layer(name, node.op_type, node.name, measured.get(name, self._types[name][1])))
         return out
+
+    def shapes_at(self, size: Optional[Sequence[int]] = None) -> dict:
+        """``{tensor: shape}`` at input size ``size`` (height, width; default the input's, else
+        :attr:`analysis_size`) for every
+        tensor whose static shape misses a size, measured by one onnxruntime run
+        (:func:`onnxviz.shapes.concrete_shapes`) and kept per size. The analyses take it as
+        ``shapes=``. Empty when static shapes are complete, when no size is known (a dynamic-size
+        model without --size), or when the model cannot run here (a warning says why).
+        """
+        size = tuple(size) if size else (self.input.size or self.analysis_size)
+        if size is None:
+            return {}
+        return self.derived(("concrete_shapes", int(size[0]), int(size[1])), lambda: self._measure(*size))
+
+    def _measure(self, height: int, width: int) -> dict:
+        try:
+            feeds = self.extra_feeds(1) if self.other_inputs else {}
+            return concrete_shapes(self.proto, self.input, self.runtime, int(height), int(width), feeds)
+        except OnnxvizError as exc:
+            log.warning("could not run the model at %dx%d to measure the sizes static shape inference "
+                        "left unknown (%s); they stay unknown", height, width, exc)
+            return {}
 
     def producer(self, tensor: str) -> Optional[onnx.NodeProto]:
         return self._producers.get(tensor)
 
     def tensor_shape(self, tensor: str) -> Optional[tuple]:
-        return self._types.get(tensor, (None, None))[1]
+        """Static shape; where it misses a size besides the batch, the one measured at the input's
+        size (:meth:`shapes_at`; a run only then)."""
+        static = self._types.get(tensor, (None, None))[1]
+        if static is not None and all(isinstance(d, int) for d in static[1:]):
+            return static
+        return self.shapes_at().get(tensor, static)
 
     def has_tensor(self, tensor: str) -> bool:
         return tensor in self._types or tensor in self._producers

@@ -127,6 +127,8 @@ def open_session(model_path, device="auto", threads=None, layout=None, size=None
         bgr=bgr if bgr is not None else pre_side.get("bgr"),
         size=size or (_side_size(side_size) if side_size and model.input.size is None else None),
     )
+    if model.input.size is None and pre.size:  # a dynamic-size model is analysed at the sidecar's size
+        model.analysis_size = tuple(pre.size)
     label_path = labels or side.get("labels")
     names = None
     if label_path:

@@ -74,7 +74,7 @@ def demo(model_path, out, device):
     save_npy(f.weights, out / "filters.npy")
     timings["filters"] = time.perf_counter() - start
 
-    layer = gradcam_candidates(model.proto, model.input.name, model.input.layout)[0]
+    layer = gradcam_candidates(model.proto, model.input.name, model.input.layout, shapes=model.shapes_at())[0]
     if images:
         start = time.perf_counter()
         x, originals, _ = session.batch([str(p) for p in images])

@@ -83,7 +83,7 @@ def check_grad(model, image, layers, directions, tolerance, target, **opts):
     m = session.model
     x = session.batch([image])[0] if image else None
     if not layers:
-        layers = gradcam_candidates(m.proto, m.input.name, m.input.layout)[:2]
+        layers = gradcam_candidates(m.proto, m.input.name, m.input.layout, shapes=m.shapes_at())[:2]
     rows = check_gradients(m, x, layers=list(layers), target=target, directions=directions, tolerance=tolerance,
                            progress=lambda text: click.echo(f"check-grad: {text}", err=True))
     click.echo(format_rows(rows))

@@ -94,7 +94,8 @@ def _chain(g: GraphView, tracks, name: str) -> list:
     return [chain[first]] + chain[:first] + chain[first + 1:]
 
 
-def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> list[str]:
+def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
+                       shapes: Optional[dict] = None) -> list[str]:
     """Tensors for Grad-CAM, best first: the last spatial tensors before the head pools them away.
 
     A candidate is 4-D with H, W > 1 (or dynamic), lies on the main path to an output (not only
@@ -105,8 +106,9 @@ def gradcam_candidates(model: onnx.ModelProto, input_name: str, layout: str = "N
     keeps spatial extent (a dense head) or nothing is pooled, the coarsest spatial tensors come
     first (:func:`_dense_candidates`). Sequence heads (N, T, C) find the last 4-D tensor before
     the reshape that makes the sequence: that reshape is where spatial extent is lost.
+    ``shapes`` overrides static shapes (concrete ones at the analysed size: Model.shapes_at).
     """
-    g = GraphView(model)
+    g = GraphView(model, shapes)
     tracks = track_axes(g, input_name, layout)
     main = _main_path(g, tracks)
     frontier = []
@@ -165,9 +167,10 @@ def _dense_candidates(g: GraphView, tracks, main: set) -> list[str]:
     return out
 
 
-def best_gradcam_layer(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> str:
+def best_gradcam_layer(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
+                       shapes: Optional[dict] = None) -> str:
     """The first Grad-CAM candidate; ModelError when the model has no pooled spatial tensor."""
-    found = gradcam_candidates(model, input_name, layout)
+    found = gradcam_candidates(model, input_name, layout, shapes)
     if not found:
         raise ModelError(
             "found no 4-D tensor with spatial extent (H, W > 1) on the path to the output; "
@@ -278,7 +281,7 @@ def _extra_bias(g: GraphView, tracks, name: str):
 
 
 def cam_head(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
-             output: Optional[str] = None) -> Optional[CamHead]:
+             output: Optional[str] = None, shapes: Optional[dict] = None) -> Optional[CamHead]:
     """The GAP → fully-connected head of a classifier, for CAM (Zhou et al., 2016), or None.
 
     Recognises GlobalAveragePool, ReduceMean over H and W, or an AveragePool whose window covers
@@ -286,8 +289,9 @@ def cam_head(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
     Conv with constant weights (plus an optional constant Add); then Softmax/LogSoftmax/Identity.
     Walking back from the output, SE gates cannot pass for a head. A GAP whose output is already
     the logits (SqueezeNet: conv10 → relu → GAP → softmax) gives an identity weight.
+    ``shapes`` overrides static shapes (concrete ones at the analysed size: Model.shapes_at).
     """
-    g = GraphView(model)
+    g = GraphView(model, shapes)
     tracks = track_axes(g, input_name, layout)
     for out in [output] if output else g.outputs:
         head = _head_at(g, tracks, out)

@@ -119,15 +119,17 @@ def _node_macs(g: GraphView, node) -> Optional[int]:
     return 0
 
 
-def layer_table(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> list[LayerInfo]:
+def layer_table(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
+                shapes: Optional[dict] = None) -> list[LayerInfo]:
     """One row per float tensor computed from the inputs: op, shape, params, MACs, receptive field.
 
     Constant subgraphs (weights made by ConstantOfShape, Unsqueeze of a bias...) are not rows;
     their elements count as params of the node that consumes them, as do constant operands of
     Add/Mul (a split BatchNorm); settings (shapes, scales, pads, Clip bounds, Dropout ratio) do
-    not. A node's params and MACs sit on its first output.
+    not. A node's params and MACs sit on its first output. ``shapes`` overrides static shapes
+    (concrete ones at the analysed size: Model.shapes_at).
     """
-    g = GraphView(model)
+    g = GraphView(model, shapes)
     tracks = track_axes(g, input_name, layout)
     rows = []
     for node in g.nodes:

@@ -633,17 +633,22 @@ def _clamp(v, lo: int, hi: int) -> int:
     return int(min(max(v, lo), hi))
 
 
-def receptive_field(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> dict[str, ReceptiveField]:
+def receptive_field(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
+                    shapes: Optional[dict] = None) -> dict[str, ReceptiveField]:
     """Receptive field (size, jump, start) in input pixels of every tensor that depends on the input.
 
     >>> rf = receptive_field(model, "data", "NCHW")["conv5"]
     >>> y0, x0, y1, x1 = rf.box(3, 4, clip_to=(224, 224))
     """
-    return {name: field_of(t) for name, t in track_axes(GraphView(model), input_name, layout).items()}
+    return {name: field_of(t) for name, t in track_axes(GraphView(model, shapes), input_name, layout).items()}
 
 
-def spatial_axes(model: onnx.ModelProto, input_name: str, layout: str = "NCHW") -> dict[str, tuple[int, int]]:
-    """(H axis, W axis) of every tensor that still carries both input spatial axes."""
-    tracks = track_axes(GraphView(model), input_name, layout)
+def spatial_axes(model: onnx.ModelProto, input_name: str, layout: str = "NCHW",
+                 shapes: Optional[dict] = None) -> dict[str, tuple[int, int]]:
+    """(H axis, W axis) of every tensor that still carries both input spatial axes.
+
+    ``shapes`` overrides static shapes (concrete ones at the analysed size: Model.shapes_at).
+    """
+    tracks = track_axes(GraphView(model, shapes), input_name, layout)
     return {name: t.axes for name, t in tracks.items() if None not in t.axes}
 

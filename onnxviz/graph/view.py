@@ -83,9 +83,13 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 
 class GraphView:
-    """Lookups over one model: producers, shapes, dtypes and constant tensors."""
+    """Lookups over one model: producers, shapes, dtypes and constant tensors.
 
-    def __init__(self, model: onnx.ModelProto):
+    ``shapes`` (tensor name -> shape) overrides the graph's static shapes: the concrete shapes
+    measured at one input size (:func:`onnxviz.shapes.concrete_shapes`) where inference lost them.
+    """
+
+    def __init__(self, model: onnx.ModelProto, shapes: Optional[dict] = None):
         g = model.graph
         self.model = model
         self.nodes = list(g.node)
@@ -96,6 +100,7 @@ class GraphView:
         self.producer = {o: k for k, n in enumerate(self.nodes) for o in n.output if o}
         types = tensor_types(g)
         self.shapes = {name: shape for name, (_, shape) in types.items() if shape is not None}
+        self.shapes.update(shapes or {})
         self.dtypes = {name: dtype for name, (dtype, _) in types.items()}
         self.const = set(self.init) | {""}
         for n in self.nodes:

@@ -200,7 +200,8 @@ def cam(model, x, target: TargetLike = None, layer: Optional[str] = None, output
     times h·w. A model without such a head raises an error pointing to :func:`grad_cam`.
     """
     spec = model.input
-    head_ = model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output))
+    head_ = model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output,
+                                                                   shapes=model.shapes_at()))
     if head_ is None:
         raise OnnxvizError(
             "CAM needs a global-average-pool → fully-connected (Gemm, MatMul or 1x1 Conv) head before the "

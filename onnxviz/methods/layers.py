@@ -9,21 +9,25 @@ from ..errors import OnnxvizError
 from ..graph.analysis import best_gradcam_layer, gradcam_candidates, spatial_axes
 
 
-# Each analysis is a walk over the whole graph: done once per model (Model.derived).
+# Each analysis is a walk over the whole graph: done once per model (Model.derived), on the shapes
+# at the input's size (measured where static inference lost them: Model.shapes_at).
 def _axes_table(model) -> dict:
-    return model.derived(("spatial_axes",), lambda: spatial_axes(model.proto, model.input.name, model.input.layout))
+    return model.derived(("spatial_axes",), lambda: spatial_axes(model.proto, model.input.name, model.input.layout,
+                                                                 shapes=model.shapes_at()))
 
 
 def _candidates(model) -> list:
     return model.derived(("gradcam_candidates",),
-                         lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout))
+                         lambda: gradcam_candidates(model.proto, model.input.name, model.input.layout,
+                                                    shapes=model.shapes_at()))
 
 
 def resolve_layer(model, layer: Optional[str] = None) -> str:
     """``layer`` checked against the graph, or the best Grad-CAM candidate when None."""
     if layer is None:
         if not _candidates(model):
-            best_gradcam_layer(model.proto, model.input.name, model.input.layout)  # raises its clear error
+            best_gradcam_layer(model.proto, model.input.name, model.input.layout,
+                               shapes=model.shapes_at())  # raises its clear error
         return _candidates(model)[0]
     if not model.has_tensor(layer) or layer == model.input.name:
         hint = ", ".join(_candidates(model)[:5])

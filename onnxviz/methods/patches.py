@@ -221,14 +221,14 @@ def layer_field(model, layer: str, size: tuple) -> ReceptiveField:
     """The receptive field of a feature-map tensor, traced on the model specialised to ``size``."""
     if not model.has_tensor(layer):
         raise OnnxvizError(f"no tensor named {layer!r} in the model; `onnxviz inspect` lists them")
-    proto = model.specialized(*size)
-    axes = spatial_axes(proto, model.input.name, model.input.layout)
+    proto, shapes = model.specialized(*size), model.shapes_at(size)
+    axes = spatial_axes(proto, model.input.name, model.input.layout, shapes=shapes)
     shape = model.tensor_shape(layer)
     if layer not in axes or (shape is not None and len(shape) != 4):
         maps = [name for name, ax in axes.items() if name != model.input.name][:12]
         raise OnnxvizError(f"layer {layer!r} is not a feature map with height and width; patches need a "
                            f"convolutional layer, e.g. {', '.join(maps)}")
-    return receptive_field(proto, model.input.name, model.input.layout)[layer]
+    return receptive_field(proto, model.input.name, model.input.layout, shapes=shapes)[layer]
 
 
 def _check_channels(channels, n: Optional[int], layer: str):

@@ -204,7 +204,7 @@ def _occlusion(model, x, layer):
 def _cam(model, x, layer):
 
     spec = model.input
-    if cam_head(model.proto, spec.name, spec.layout) is None:
+    if cam_head(model.proto, spec.name, spec.layout, shapes=model.shapes_at()) is None:
         raise NotApplicable("the model has no global-average-pool → fully-connected head, which CAM needs "
                             "(Grad-CAM above works on any layer)")
     h = cam(model, x, batch_size=BATCH)
