@@ -24,7 +24,7 @@ from .methods.projection import Projection, projection
 from .methods.patches import Patches, top_patches
 from .methods.classvis import Visualization, channel_visualization, class_visualization
 from .report import report
-from .distributed import BatchEmbedder, BatchExplainer, embed_dataset, explain_dataset
+from .distributed import BatchEmbedder, BatchEvaluator, BatchExplainer, embed_dataset, evaluate_dataset, explain_dataset
 
 from ._version import __version__
 
@@ -38,7 +38,8 @@ __all__ = [
     "sanity_check", "SanityResult", "random_logit_test", "Similarity",
     "class_visualization", "channel_visualization", "Visualization",
     "report",
-    "embed", "Embedding", "BatchEmbedder", "BatchExplainer", "embed_dataset", "explain_dataset",
+    "embed", "Embedding", "BatchEmbedder", "BatchExplainer", "BatchEvaluator", "embed_dataset", "explain_dataset",
+    "evaluate_dataset",
     "nearest_neighbors", "Neighbors", "projection", "Projection", "top_patches", "Patches",
     "OnnxvizError", "ModelError", "ImageError", "UnsupportedOpError",
 ]

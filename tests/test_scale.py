@@ -112,6 +112,56 @@ def test_sharded_cam_runs_together_equal_the_whole(tmp_path):
             assert Path(mb["files"]["png"]).is_file()
 
 
+def same_metrics(a, b, where=""):
+    """Two metrics.json trees equal, numbers to 1e-6 (output file paths aside)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for key in a:
+            if key != "files":
+                same_metrics(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            same_metrics(u, v, f"{where}/{i}")
+    elif isinstance(a, float):
+        assert abs(a - b) <= 1e-6, (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def evaluate_args(data, tmp_path):
+    """Four images, two methods, every metric (pointing from a box per image), short curves."""
+    images = sorted(str(p) for p in Path(data).rglob("*.png"))[:4]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({Path(p).name: [[8 + 4 * i, 8, 40, 48]] for i, p in enumerate(images)}))
+    return [MODEL, *images, "--method", "gradcam,vanilla", "--metrics", "deletion,insertion,road,pointing,sanity",
+            "--boxes", boxes, "--steps", "8", "--batch-size", "2"]
+
+
+def test_sharded_evaluate_runs_together_equal_the_whole(tmp_path):
+    args = evaluate_args(shapes(tmp_path / "data", 4), tmp_path)
+    whole, out = tmp_path / "whole", tmp_path / "sharded"
+    local = cli("evaluate", *args, "--out", whole)
+    assert local.exit_code == 0, local.output
+    for i in range(2):
+        r = cli("evaluate", *args, "--out", out, "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+    shards = [json.loads((out / f"metrics.shard-{i}-of-2.json").read_text())["images"] for i in range(2)]
+    assert sorted(e["image"] for s in shards for e in s) == sorted(args[1:5])
+    r = cli("evaluate", *args, "--out", out)
+    assert "0 computed, 4 already done" in r.output, r.output
+    keys = computed_keys(out)
+    assert len(keys) == len(set(keys)) == 4  # each image scored once, by its shard
+    reference = json.loads((whole / "metrics.json").read_text())
+    same_metrics(reference, json.loads((out / "metrics.json").read_text()))
+    assert reference["summary"]["gradcam"]["pointing"]["hit_rate"] >= 0  # pointing ran on both paths
+    for name in ("deletion.png", "insertion.png", "sanity.png"):
+        assert (out / name).is_file()
+    # Same verdict lines as the local engine.
+    lines = [line for line in r.output.splitlines() if line.startswith(("gradcam:", "vanilla:"))]
+    assert len(lines) == 2 and all(line in local.output for line in lines)
+
+
 def test_bad_images_are_reported_with_reasons_and_the_rest_is_done(tmp_path):
     data = shapes(tmp_path / "data", 6)
     (data / "junk.png").write_bytes(b"not a png")

@@ -18,6 +18,7 @@ from onnxviz.cli import main  # noqa: E402
 from onnxviz.distributed import Engine, computed_keys, embed_dataset  # noqa: E402
 from onnxviz.distributed import jobs  # noqa: E402
 from onnxviz.synthetic import make_shapes, save_folder  # noqa: E402
+from test_scale import evaluate_args, same_metrics  # noqa: E402
 
 MODEL = str(Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx")
 
@@ -84,6 +85,20 @@ def test_cam_on_ray_equals_the_local_engine_on_200_images(tmp_path, images, loca
     cli("cam", MODEL, images, "--out", tmp_path / "local")
     cli("cam", MODEL, images, "--out", tmp_path / "ray", "--engine", "ray", "--actors", "2")
     _same_maps(tmp_path / "local", tmp_path / "ray", 200)
+
+
+def test_evaluate_on_ray_equals_the_local_engine(tmp_path, local_ray):
+    data = tmp_path / "data"
+    save_folder(make_shapes(4, 64, seed=5), data)
+    args = evaluate_args(data, tmp_path)
+    local = cli("evaluate", *args, "--out", tmp_path / "local")
+    remote = cli("evaluate", *args, "--out", tmp_path / "ray", "--engine", "ray", "--actors", "2")
+    assert "4 computed, 0 already done, 0 failed" in remote
+    same_metrics(*(json.loads((tmp_path / f / "metrics.json").read_text()) for f in ("local", "ray")))
+    keys = computed_keys(tmp_path / "ray")
+    assert len(keys) == len(set(keys)) == 4
+    verdicts = [line for line in remote.splitlines() if line.startswith(("gradcam:", "vanilla:"))]
+    assert len(verdicts) == 2 and all(line in local for line in verdicts)
 
 
 def test_a_killed_driver_resumes_without_computing_any_image_twice(tmp_path, local_ray):

@@ -16,11 +16,12 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_figure, save_json
-from ..methods.trust import METRICS, evaluate, image_record, summary
+from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
+                             run_meta, summary, verdict_line)
 from ..outputs import TITLES
 from ..session import open_session
 from .attribution import parse_targets
-from .common import handle_errors, model_options, preprocess_options
+from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
 from .options import out_option
 
 
@@ -50,11 +51,14 @@ def _names(text: str, what: str) -> list:
 @click.option("--target", default=None, help="Class to explain: one index/label for all images or one per image "
               "(default: the predicted class).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights, classes and noise.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Images per batch with --engine ray or --shard.")
 @out_option("evaluate")
 @model_options
 @preprocess_options
+@engine_options
 @handle_errors
-def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, seed, out, **opts):
+def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, seed, batch_size, out, **opts):
     """Can these maps be trusted? Deletion/insertion, ROAD, pointing game and randomization checks.
 
     \b
@@ -65,57 +69,84 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     methods = _names(methods, "method")
     chosen = _names(metrics, "metrics") if metrics else ["deletion", "insertion", "sanity"] + (
         ["pointing"] if boxes else [])
+    engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder = ensure_out_dir(out)
     check_not_input(folder / "metrics.json", [model, *images, *([boxes] if boxes else [])])
+    targets = parse_targets(target, len(images), session)
+    report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
+              "images": [], "summary": {}, "errors": {}}
+    settings = dict(steps=steps, score=score, seed=seed)
+    if engine is not None:
+        _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, session, opts, batch_size,
+                          engine, shard, report, folder)
+        return
     x, pictures, geoms = session.batch(list(images))
     size = session.model.input.hw(x)
     masks = read_boxes(boxes, images, geoms, size) if boxes else None
-    targets = parse_targets(target, len(images), session)
-    per_image = [{"image": os.path.abspath(p), "methods": {}} for p in images]
-    report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
-              "images": per_image, "summary": {}, "errors": {}}
-    done = {}
+    records, metas = {}, {}
     for method in methods:
         click.echo(f"{TITLES.get(method, method)}: {', '.join(chosen)} ...", err=True)
         try:
-            ev = evaluate(session.model, x, method, chosen, targets, masks=masks, steps=steps, score=score,
-                          seed=seed, progress=True)
+            ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, **settings)
         except OnnxvizError as exc:
             if "unknown" in str(exc) or "needs the objects" in str(exc):
                 raise
             report["errors"][method] = str(exc)
             click.echo(f"{method}: failed: {exc}", err=True)
             continue
-        done[method] = ev
-        for i, entry in enumerate(per_image):
-            entry["methods"][method] = image_record(ev, i)
-        report["summary"][method] = summary(ev)
-    if not done:
+        records[method] = [image_record(ev, i) for i in range(len(images))]
+        metas[method] = run_meta(ev)
+    finish(report, [os.path.abspath(p) for p in images], methods, records, metas, folder)
+
+
+def finish(report: dict, images: list, methods: list, records: dict, metas: dict, folder: Path,
+           name: str = "metrics.json", figures: bool = True) -> None:
+    """metrics.json, the figures and the verdict lines, from per-image records (every engine's path)."""
+    if not records:
         raise OnnxvizError("no method could be evaluated: " + "; ".join(f"{m}: {e}" for m, e in report["errors"].items()))
-    files = write_figures(done, folder)
-    report["files"] = {k: str(v) for k, v in files.items()}
-    save_json(report, folder / "metrics.json")
+    report["images"] = [{"image": image, "methods": {m: records[m][i] for m in methods if m in records}}
+                        for i, image in enumerate(images)]
+    done = {m: collect(records[m], metas[m]) for m in methods if m in records}
+    report["summary"] = {m: summary(ev) for m, ev in done.items()}
+    if figures:
+        report["files"] = {k: str(v) for k, v in write_figures(done, folder).items()}
+    save_json(report, folder / name)
     for method, ev in done.items():
-        click.echo(_line(method, ev))
-    click.echo(f"wrote {folder / 'metrics.json'}")
+        click.echo(verdict_line(method, ev))
+    click.echo(f"wrote {folder / name}")
 
 
-def _line(method: str, ev) -> str:
-    parts = []
-    if ev.deletion is not None:
-        parts.append(f"deletion AUC {ev.deletion.auc.mean():.3f}")
-    if ev.insertion is not None:
-        parts.append(f"insertion AUC {ev.insertion.auc.mean():.3f}")
-    if ev.road is not None:
-        parts.append(f"ROAD {ev.road.combined.mean():+.3f}")
-    if ev.pointing is not None:
-        parts.append(f"pointing {ev.pointing.mean():.0%}, energy {ev.energy.mean():.2f}")
-    head = f"{method}: " + ", ".join(parts)
-    if ev.sanity is not None:
-        head += (f"; {ev.sanity.verdict()} (Spearman |map| {ev.sanity.final:.2f} after {len(ev.sanity.layers)} "
-                 f"layers; random other class {ev.random_logit.spearman_abs.mean():.2f})")
-    return head
+def _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, session, opts, batch_size, engine,
+                      shard, report, folder) -> None:
+    """--engine ray or --shard: images scored in batches by workers, kept as content-keyed parts (resumable)."""
+    from ..distributed import evaluate_dataset
+    from .dataset import report as report_failures
+
+    check_metrics(chosen, boxes is not None)
+    per_image = read_box_lists(boxes, images) if boxes else None
+    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
+    run = evaluate_dataset(model, images, folder, methods, chosen, per_image, targets, pre=session.pre,
+                           load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                           relative=[Path(p).name for p in images], progress=True, **settings)
+    report_failures(run.failures, [], folder)
+    if run.failures:
+        report["failures"] = [{"image": os.path.abspath(str(f.path)), "reason": f.reason} for f in run.failures]
+    s = run.stats
+    click.echo(f"evaluate: {s.computed} computed, {s.from_parts} already done, {s.failed} failed"
+               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+    records, metas = {}, {}
+    for method in methods:
+        error = next((r["errors"][method] for r in run.results if method in r["errors"]), None)
+        if error is not None:
+            report["errors"][method] = error
+            click.echo(f"{method}: failed: {error}", err=True)
+            continue
+        if run.results:
+            records[method] = [r["methods"][method] for r in run.results]
+            metas[method] = run.results[0]["meta"][method]
+    name = f"metrics.{shard.name}.json" if shard else "metrics.json"
+    finish(report, run.images, methods, records, metas, folder, name, figures=shard is None)
 
 
 def write_figures(done: dict, folder: Path) -> dict:
@@ -135,44 +166,31 @@ def write_figures(done: dict, folder: Path) -> dict:
 # ---------------------------------------------------------------------------- boxes
 
 
-def read_boxes(path: str, images: Sequence[str], geoms: list, size: tuple) -> np.ndarray:
-    """(N, H, W) object masks in model-input pixels from a JSON of boxes per image file name."""
+def _box_file(path: str) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise OnnxvizError(f"cannot read boxes from {path}: {exc}") from None
     if not isinstance(data, dict):
         raise OnnxvizError(f"{path}: expected a JSON object keyed by image file name")
-    masks = np.zeros((len(images), *size), bool)
-    for i, (image, geom) in enumerate(zip(images, geoms)):
+    return data
+
+
+def read_box_lists(path: str, images: Sequence[str]) -> list:
+    """Per image, its boxes [[x0, y0, x1, y1], ...] in the original image's pixels."""
+    data = _box_file(path)
+    out = []
+    for image in images:
         entry = data.get(image, data.get(Path(image).name))
         if entry is None:
             raise OnnxvizError(f"{path} has no box for {Path(image).name}")
-        for box in _boxes(entry, path, image):
-            masks[i] |= _box_mask(box, geom, size)
-    return masks
+        out.append(parse_boxes(entry, path, image))
+    return out
 
 
-def _boxes(entry, path: str, image: str) -> list:
-    if isinstance(entry, dict):
-        entry = entry.get("boxes", entry.get("box"))
-    if isinstance(entry, list) and len(entry) == 4 and all(isinstance(v, (int, float)) for v in entry):
-        entry = [entry]
-    ok = isinstance(entry, list) and entry and all(
-        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in entry)
-    if not ok:
-        raise OnnxvizError(f"{path}: the boxes of {Path(image).name} must be [x0, y0, x1, y1] or a list of them")
-    return entry
+def read_boxes(path: str, images: Sequence[str], geoms: list, size: tuple) -> np.ndarray:
+    """(N, H, W) object masks in model-input pixels from a JSON of boxes per image file name."""
+    return np.stack([boxes_mask(b, g, size) for b, g in zip(read_box_lists(path, images), geoms)])
 
 
-def _box_mask(box, geom, size: tuple) -> np.ndarray:
-    """A box in the original image's pixels, mapped through the resize and crop to model input."""
-    (sy, sx), (top, left) = geom.scale, geom.offset
-    x0, y0, x1, y1 = box
-    h, w = size
-    cx0, cx1 = np.clip([x0 * sx - left, x1 * sx - left], 0, w)
-    cy0, cy1 = np.clip([y0 * sy - top, y1 * sy - top], 0, h)
-    # a pixel belongs to the box when its centre does
-    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
-    return ((ys >= cy0) & (ys < cy1))[:, None] & ((xs >= cx0) & (xs < cx1))[None, :]
 COMMANDS = (evaluate_cmd,)

@@ -216,3 +216,71 @@ class BatchExplainer(_BatchCallable):
             out[name] = full if self.options.get("top_k") else full[:, 0]
         out["layer"] = np.full(n, result.layer or "", dtype=object).astype(str)
         return out
+
+
+class BatchEvaluator(_BatchCallable):
+    """Trust metrics (``onnxviz evaluate``) of ``methods`` for a batch of images, one record per image.
+
+    A batch may carry ``"target"`` (class per image) and ``"boxes"`` (per image, the JSON of its
+    boxes [[x0, y0, x1, y1], ...] in the original image's pixels, for the pointing game). Returns
+    ``result``: per image the JSON of ``{"methods": {method: image_record}, "meta": {method:
+    run_meta}, "errors": {method: reason}}`` (a method that cannot be evaluated on this model,
+    e.g. CAM's randomization test, is an error of the method, not of the image).
+    """
+
+    def __init__(self, model_path, methods=("gradcam",), metrics=("deletion", "insertion", "sanity"), *,
+                 steps: int = 50, score: str = "prob", seed: int = 0, pre: Optional[Preprocess] = None,
+                 device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
+                 load_options: Optional[dict] = None):
+        super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
+                         **(load_options or {}))
+        self.methods, self.metrics = list(methods), list(metrics)
+        self.settings = {"steps": steps, "score": score, "seed": seed}
+
+    def masks(self, batch: dict, ok: np.ndarray, size: tuple) -> Optional[np.ndarray]:
+        """(n_ok, H, W) object masks of the readable images, or None without boxes."""
+        import json
+
+        from ..images import geometries
+        from ..methods.trust import boxes_mask
+
+        if "boxes" not in batch:
+            return None
+        items = batch["image"] if "image" in batch else batch["path"]
+        out = []
+        for item, boxes in zip(np.asarray(items, dtype=object)[ok], np.asarray(batch["boxes"])[ok]):
+            image = _image(item) if "image" in batch else read_image(str(item))
+            out.append(boxes_mask(json.loads(str(boxes)), geometries([image], self.model.input, self.pre)[0], size))
+        return np.stack(out)
+
+    def evaluate(self, x: np.ndarray, target=None, masks=None) -> list:
+        """Per image of ``x``: {"methods", "meta", "errors"} as described above."""
+        from ..methods.trust import evaluate, image_record, run_meta
+
+        out = [{"methods": {}, "meta": {}, "errors": {}} for _ in range(len(x))]
+        for method in self.methods:
+            try:
+                ev = evaluate(self.model, x, method, self.metrics, target, masks=masks, **self.settings)
+            except OnnxvizError as exc:
+                if "unknown" in str(exc) or "needs the objects" in str(exc):
+                    raise
+                for rec in out:
+                    rec["errors"][method] = str(exc)
+                continue
+            meta = run_meta(ev)
+            for i, rec in enumerate(out):
+                rec["methods"][method], rec["meta"][method] = image_record(ev, i), meta
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        import json
+
+        x, ok, error = self.read(batch)
+        n = len(ok)
+        result = np.full(n, "", dtype=object)
+        if x is not None:
+            target = np.asarray(batch["target"])[ok] if "target" in batch else None
+            records = self.evaluate(x, target, self.masks(batch, ok, self.model.input.hw(x)))
+            for i, rec in zip(np.flatnonzero(ok), records):
+                result[i] = json.dumps(rec)
+        return {"id": self.ids(batch, n), "ok": ok, "error": error, "result": result.astype(str)}

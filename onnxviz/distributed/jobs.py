@@ -29,7 +29,7 @@ from ..io import save_json
 from ..graph.heads import penultimate_layer
 from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest
 from ..session import Session
-from .batch import BatchEmbedder, BatchExplainer, process_session
+from .batch import BatchEmbedder, BatchEvaluator, BatchExplainer, process_session
 from .engine import init_ray, map_batches, require_ray
 from .shard import Shard
 from .store import PartStore, file_digest, options_digest, part_key, worker_id
@@ -185,6 +185,44 @@ class ExplainTask:
                     entries[i], ok[i], computed[i] = text, True, True
         return {"index": np.asarray(batch["index"]), "ok": ok, "error": error.astype(str),
                 "entry": entries.astype(str), "computed": computed, "worker": np.full(n, worker_id())}
+
+
+class EvaluateTask:
+    """Trust-metric records of a batch of rows ``{"index", "path"[, "target", "boxes"]}``; a part per image."""
+
+    def __init__(self, evaluator: BatchEvaluator, out: str, digest: str):
+        self.evaluator, self.store, self.digest = evaluator, PartStore(out), digest
+
+    def warm_up(self):
+        self.evaluator.model
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["index"])
+        extra = [f"{batch['target'][i] if 'target' in batch else ''}\0{batch['boxes'][i] if 'boxes' in batch else ''}"
+                 for i in range(n)]
+        hashed = _hash_rows(batch, self.store, self.digest, extra)
+        ok, error = np.zeros(n, bool), np.array([h[3] for h in hashed], dtype=object)
+        computed, results = np.zeros(n, bool), np.full(n, "", dtype=object)
+        todo = []
+        for i, (key, *_rest) in enumerate(hashed):
+            if key is None:
+                continue
+            part = self.store.load_text(key)
+            if part is not None:
+                results[i], ok[i] = part, True
+            else:
+                todo.append(i)
+        if todo:
+            sub = {k: np.asarray(batch[k])[todo] for k in ("path", "target", "boxes") if k in batch}
+            got = self.evaluator(sub)
+            for j, i in enumerate(todo):
+                if got["ok"][j]:
+                    self.store.save_text(hashed[i][0], str(got["result"][j]))
+                    results[i], ok[i], computed[i] = str(got["result"][j]), True, True
+                else:
+                    error[i] = got["error"][j]
+        return {"index": np.asarray(batch["index"]), "ok": ok, "error": error.astype(str),
+                "result": results.astype(str), "computed": computed, "worker": np.full(n, worker_id())}
 
 
 # ---------------------------------------------------------------------------- drivers
@@ -377,3 +415,61 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     save_json(summary, results)
     return ExplainRun(summary["images"], [Skipped(Path(paths[i]), r) for i, r in sorted(failures.items())],
                       stats, results)
+
+
+@dataclass
+class EvaluateRun:
+    images: list  # absolute paths of the images scored, in input order
+    results: list  # per image: {"methods", "meta", "errors"} (BatchEvaluator's record)
+    failures: list  # Skipped
+    stats: RunStats
+
+
+def evaluate_dataset(model_path, paths: Sequence, out, methods: Sequence[str], metrics: Sequence[str],
+                     boxes: Optional[Sequence] = None, targets: Optional[np.ndarray] = None, *, steps: int = 50,
+                     score: str = "prob", seed: int = 0, pre=None, load_options: Optional[dict] = None,
+                     batch_size: int = 8, engine=None, shard: Optional[Shard] = None,
+                     relative: Optional[Sequence[str]] = None, progress: bool = False) -> EvaluateRun:
+    """Trust-metric records (``onnxviz evaluate``) of every image in ``paths``, on ``engine``; resumable.
+
+    ``boxes``: per image its boxes (pointing game). Each image's record is a part keyed by its
+    content, the options, its target and boxes, so no image is scored twice across runs,
+    shards and engines; the caller builds metrics.json from the records.
+    """
+    engine = as_engine(engine)
+    model_path = os.path.abspath(model_path)
+    load_options = dict(load_options or {})
+    session = process_session(model_path, load_options)
+    wl = _worker_load_options(load_options, engine)
+    evaluator = BatchEvaluator(model_path, methods, metrics, steps=steps, score=score, seed=seed,
+                               pre=pre or session.pre, device=wl.pop("device"), threads=wl.pop("threads"),
+                               load_options=wl)
+    fixed = _fixed(session.model, evaluator.pre)
+    header = {"model": model_digest(session.model), "evaluate": list(methods), "metrics": list(metrics),
+              "steps": steps, "score": score, "seed": seed, "preprocess": dataclasses.asdict(fixed),
+              "input": cache_header(session.model, "", "", fixed, "-")["input"]}
+    names = list(relative) if relative is not None else [str(p) for p in paths]
+    rows = []
+    for i in range(len(paths)):
+        if shard is not None and not shard.contains(names[i]):
+            continue
+        row = {"index": i, "path": os.path.abspath(paths[i])}
+        if targets is not None:
+            row["target"] = int(targets[i])
+        if boxes is not None:
+            row["boxes"] = json.dumps(boxes[i])
+        rows.append(row)
+    task = EvaluateTask(evaluator, str(Path(out).absolute()), options_digest(header))
+    results, failures = {}, {}
+
+    def collect(batch):
+        for i, ok, result, reason in zip(batch["index"], batch["ok"], batch["result"], batch["error"]):
+            if ok:
+                results[int(i)] = json.loads(str(result))
+            else:
+                failures[int(i)] = str(reason)
+
+    stats = _drive(rows, task, engine, batch_size, progress, "evaluate", collect)
+    done = sorted(results)
+    return EvaluateRun([os.path.abspath(paths[i]) for i in done], [results[i] for i in done],
+                       [Skipped(Path(paths[i]), r) for i, r in sorted(failures.items())], stats)

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..targets import TargetLike, check_targets, class_scores, objective, target_array
 from .occlusion import baseline_batch
-from .perturb import BATCH, perturbed_scores, pixel_order, ranked_filler, step_counts
+from .perturb import BATCH, image_rng, perturbed_scores, pixel_order, ranked_filler, step_counts
 from .results import Curve, Road
 
 Baseline = Union[float, str, np.ndarray]
@@ -210,7 +210,8 @@ def road(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None,
          output: Optional[str] = None, batch_size: int = BATCH, progress: bool = False) -> Road:
     """ROAD: impute the top p% (MoRF) and bottom p% (LeRF) of pixels by the map, p = 10…90; score changes.
 
-    Imputation: :func:`impute` (noise std ``noise`` in model-input units, seeded by ``seed``).
+    Imputation: :func:`impute` (noise std ``noise`` in model-input units, seeded by ``seed`` and
+    each image's values, so an image's noise does not depend on its batch).
 
     >>> r = onnxviz.road(model, x, onnxviz.grad_cam(model, x).map)
     >>> r.morf.shape, r.combined.shape
@@ -227,12 +228,12 @@ def road(model, x: np.ndarray, maps: np.ndarray, target: TargetLike = None,
     h, w = spec.hw(x)
     order = pixel_order(maps)
     counts = np.rint(pct / 100 * h * w).astype(np.int64)
-    rng = np.random.default_rng(seed)
     nchw = spec.to_nchw(x)
     k = len(pct)
     # copies per row: MoRF at each percentile, then LeRF at each; imputed up front (the solve is the cost)
     imputed = np.empty((len(x), 2 * k, *x.shape[1:]), x.dtype)
     for r in range(len(x)):
+        rng = image_rng(seed, nchw[r])  # the NCHW view: an NHWC twin draws the same noise
         for j, m in enumerate(counts):
             for side, picked in ((0, order[r, :m]), (1, order[r, h * w - m:])):
                 removed = np.zeros(h * w, bool)

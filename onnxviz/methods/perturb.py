@@ -47,6 +47,15 @@ def perturbed_scores(run: Run, fill: Fill, n_rows: int, per_row: int, shape: tup
     return out.reshape(n_rows, per_row)
 
 
+def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the image's own values, not its place in the batch: an
+    image draws the same noise whichever images it is batched with (per-image dataset engines, shards)."""
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int.from_bytes(digest[:8], "little")])
+
+
 def segments(row: np.ndarray):
     """(row, start, stop) runs of equal rows in a chunk: copies of one image lie side by side."""
     cuts = np.flatnonzero(np.diff(row)) + 1

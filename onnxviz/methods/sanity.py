@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from ..errors import OnnxvizError
 from ..targets import TargetLike, class_scores, objective
 from .results import Attribution, Heatmap
+from .perturb import image_rng
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ORDERS = ("top-down", "bottom-up")
@@ -428,8 +429,10 @@ def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: in
     n_classes = class_scores(obj, model.activations(x[:1], [obj.tensor])[obj.tensor]).shape[1]
     if n_classes < 2:
         raise OnnxvizError("the random-logit test needs a model with at least two classes")
-    rng = np.random.default_rng(seed)
-    other = (predicted + rng.integers(1, n_classes, size=len(predicted))) % n_classes
+    # drawn per image from its own values: the same class whichever images share its batch
+    images = model.input.to_nchw(x)  # an NHWC twin draws the same classes
+    shift = np.array([image_rng(seed, image).integers(1, n_classes) for image in images], np.int64)
+    other = (predicted + shift) % n_classes
     return similarity(first, fn(model, x, other), model.input), predicted, other
 
 

@@ -1,5 +1,10 @@
 """One method's map scored by every trust metric: what ``onnxviz evaluate`` and the report share.
 
+``evaluate`` scores a batch; ``image_record`` is one image's JSON-ready numbers and ``run_meta``
+what every image of a run shares. ``collect(records, meta)`` rebuilds an ``Evaluation`` from
+records alone, so the summary, verdict line and figures come from the same per-image records
+whether the images were scored in one batch here or in parts by dataset engines and shards.
+
 >>> ev = evaluate(model, x, "gradcam", metrics=("deletion", "insertion", "sanity"))
 >>> ev.deletion.auc.mean(), ev.sanity.verdict()
 """
@@ -13,6 +18,7 @@ import numpy as np
 from ..errors import OnnxvizError
 from .faithfulness import Curve, Road, deletion, energy_pointing, insertion, pointing_game, road
 from ..targets import TargetLike
+from .results import Curve as _Curve, Road as _Road
 from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
@@ -120,3 +126,105 @@ def summary(ev: Evaluation) -> dict:
         r = ev.random_logit
         out["random_logit"] = {k: float(getattr(r, k).mean()) for k in ("spearman", "spearman_abs", "ssim", "topk")}
     return out
+
+
+def run_meta(ev: Evaluation) -> dict:
+    """What every image of a run shares (JSON-ready): the curves' fractions, ROAD's percentiles, the layers."""
+    out: dict = {"method": ev.method}
+    for key in ("deletion", "insertion"):
+        c = getattr(ev, key)
+        if c is not None:
+            out[key] = {"fractions": c.fractions.tolist(), "score": c.score}
+    if ev.road is not None:
+        out["road"] = {"percentiles": ev.road.percentiles.tolist(), "score": ev.road.score}
+    if ev.sanity is not None:
+        out["sanity"] = {"layers": list(ev.sanity.layers), "order": ev.sanity.order}
+    return out
+
+
+def collect(records: Sequence[dict], meta: dict) -> Evaluation:
+    """An ``Evaluation`` (without maps) of the images whose ``image_record``s these are."""
+    ev = Evaluation(meta["method"], None)
+    target = np.array([r["target"] for r in records], np.int64)
+    for key in ("deletion", "insertion"):
+        if key in meta:
+            scores = np.array([r[f"{key}_curve"] for r in records], np.float64)
+            setattr(ev, key, _Curve(scores, np.asarray(meta[key]["fractions"], np.float64), target, key,
+                                    meta[key]["score"]))
+    if "road" in meta:
+        morf = np.array([r["road"]["morf"] for r in records], np.float64)
+        lerf = np.array([r["road"]["lerf"] for r in records], np.float64)
+        ev.road = _Road(np.asarray(meta["road"]["percentiles"]), morf, lerf, np.full(len(records), np.nan), target,
+                        meta["road"]["score"])
+    if records and "pointing" in records[0]:
+        ev.pointing = np.array([r["pointing"] for r in records], bool)
+        ev.energy = np.array([r["energy_pointing"] for r in records], np.float64)
+    if "sanity" in meta:
+        layers = meta["sanity"]["layers"]
+
+        def stacked(k):  # (L, N) as SanityResult holds them
+            return np.array([r["sanity"][k] for r in records], np.float64).reshape(len(records), len(layers)).T
+
+        empty = np.zeros((len(layers), 0))
+        ev.sanity = SanityResult(meta["method"], layers, stacked("spearman"), stacked("spearman_abs"),
+                                 stacked("ssim"), stacked("topk"), target, empty, empty, meta["sanity"]["order"])
+        ev.random_logit = Similarity(*(np.array([r["random_logit"][k] for r in records], np.float64)
+                                       for k in ("spearman", "spearman_abs", "ssim", "topk")))
+        ev.random_class = np.array([r["random_logit"]["class"] for r in records], np.int64)
+    return ev
+
+
+def verdict_line(method: str, ev: Evaluation) -> str:
+    """The one line ``onnxviz evaluate`` prints per method."""
+    parts = []
+    if ev.deletion is not None:
+        parts.append(f"deletion AUC {ev.deletion.auc.mean():.3f}")
+    if ev.insertion is not None:
+        parts.append(f"insertion AUC {ev.insertion.auc.mean():.3f}")
+    if ev.road is not None:
+        parts.append(f"ROAD {ev.road.combined.mean():+.3f}")
+    if ev.pointing is not None:
+        parts.append(f"pointing {ev.pointing.mean():.0%}, energy {ev.energy.mean():.2f}")
+    head = f"{method}: " + ", ".join(parts)
+    if ev.sanity is not None:
+        head += (f"; {ev.sanity.verdict()} (Spearman |map| {ev.sanity.final:.2f} after {len(ev.sanity.layers)} "
+                 f"layers; random other class {ev.random_logit.spearman_abs.mean():.2f})")
+    return head
+
+
+# ---------------------------------------------------------------------------- boxes
+
+
+def parse_boxes(entry, path: str, image: str) -> list:
+    """One image's boxes from the --boxes JSON: {"box": [...]}, {"boxes": [[...], ...]}, [...] or [[...], ...]."""
+    from pathlib import Path
+
+    if isinstance(entry, dict):
+        entry = entry.get("boxes", entry.get("box"))
+    if isinstance(entry, list) and len(entry) == 4 and all(isinstance(v, (int, float)) for v in entry):
+        entry = [entry]
+    ok = isinstance(entry, list) and entry and all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in entry)
+    if not ok:
+        raise OnnxvizError(f"{path}: the boxes of {Path(image).name} must be [x0, y0, x1, y1] or a list of them")
+    return entry
+
+
+def boxes_mask(boxes: Sequence, geom, size: tuple) -> np.ndarray:
+    """(H, W) bool: the union of boxes in the original image's pixels, mapped to model input."""
+    mask = np.zeros(size, bool)
+    for box in boxes:
+        mask |= _box_mask(box, geom, size)
+    return mask
+
+
+def _box_mask(box, geom, size: tuple) -> np.ndarray:
+    """A box in the original image's pixels, mapped through the resize and crop to model input."""
+    (sy, sx), (top, left) = geom.scale, geom.offset
+    x0, y0, x1, y1 = box
+    h, w = size
+    cx0, cx1 = np.clip([x0 * sx - left, x1 * sx - left], 0, w)
+    cy0, cy1 = np.clip([y0 * sy - top, y1 * sy - top], 0, h)
+    # a pixel belongs to the box when its centre does
+    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+    return ((ys >= cy0) & (ys < cy1))[:, None] & ((xs >= cx0) & (xs < cx1))[None, :]
