@@ -97,6 +97,22 @@ def _hash_rows(batch: dict, store: PartStore, digest: str, extra: Sequence[str])
     return out
 
 
+def _saved_texts(hashed, store: PartStore) -> tuple:
+    """(ok, error, texts, todo) for text parts: rows already saved are read back, the rest are to do."""
+    n = len(hashed)
+    ok, error = np.zeros(n, bool), np.array([h[3] for h in hashed], dtype=object)
+    texts, todo = np.full(n, "", dtype=object), []
+    for i, (key, *_rest) in enumerate(hashed):
+        if key is None:
+            continue
+        part = store.load_text(key)
+        if part is not None:
+            texts[i], ok[i] = part, True
+        else:
+            todo.append(i)
+    return ok, error, texts, todo
+
+
 class EmbedTask:
     """Features of a batch of rows ``{"index", "path"}``, reusing and committing parts."""
 
@@ -155,17 +171,8 @@ class ExplainTask:
         targets = np.asarray(batch["target"]) if "target" in batch else None
         extra = [f"{d}\0{'' if targets is None else int(targets[i])}" for i, d in enumerate(batch["dir"])]
         hashed = _hash_rows(batch, self.store, self.digest, extra)
-        ok, error = np.zeros(n, bool), np.array([h[3] for h in hashed], dtype=object)
-        computed, entries = np.zeros(n, bool), np.full(n, "", dtype=object)
-        todo = []
-        for i, (key, *_rest) in enumerate(hashed):
-            if key is None:
-                continue
-            part = self.store.load_text(key)
-            if part is not None:
-                entries[i], ok[i] = part, True
-            else:
-                todo.append(i)
+        ok, error, entries, todo = _saved_texts(hashed, self.store)
+        computed = np.zeros(n, bool)
         if todo:
             ex = self.explainer
             x, good, reasons = ex.read({"path": np.asarray(batch["path"])[todo]})
@@ -201,17 +208,8 @@ class EvaluateTask:
         extra = [f"{batch['target'][i] if 'target' in batch else ''}\0{batch['boxes'][i] if 'boxes' in batch else ''}"
                  for i in range(n)]
         hashed = _hash_rows(batch, self.store, self.digest, extra)
-        ok, error = np.zeros(n, bool), np.array([h[3] for h in hashed], dtype=object)
-        computed, results = np.zeros(n, bool), np.full(n, "", dtype=object)
-        todo = []
-        for i, (key, *_rest) in enumerate(hashed):
-            if key is None:
-                continue
-            part = self.store.load_text(key)
-            if part is not None:
-                results[i], ok[i] = part, True
-            else:
-                todo.append(i)
+        ok, error, results, todo = _saved_texts(hashed, self.store)
+        computed = np.zeros(n, bool)
         if todo:
             sub = {k: np.asarray(batch[k])[todo] for k in ("path", "target", "boxes") if k in batch}
             got = self.evaluator(sub)
