@@ -42,12 +42,20 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
         raise ValueError(f"atomic_write mode {mode!r}: expected 'wb' or 'w'")
     path = Path(path)
     check_output(path)
-    tmp, fd = _create_temp(path)
-    try:
+    with _replacing(path) as (_tmp, fd):
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[tuple[Path, int]]:
+    """A new temp file beside ``path`` (its name and open descriptor); renamed over ``path`` when
+    the block succeeds, removed when it raises (KeyboardInterrupt included)."""
+    tmp, fd = _create_temp(path)
+    try:
+        yield tmp, fd
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -165,22 +173,13 @@ def save_model(proto, path: PathLike) -> Path:
     big = proto.ByteSize() >= 2**31 - 2**26
     if big:
         check_output(path.with_name(path.name + ".data"))
-    tmp, fd = _create_temp(path)
-    os.close(fd)
-    try:
+    with _replacing(path) as (tmp, fd):
+        os.close(fd)
         if big:
             onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=path.name + ".data")
         else:
             onnx.save_model(proto, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
