@@ -24,10 +24,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..datasets import Dataset, Skipped, scan_folder
-from ..errors import ImageError, OnnxvizError
+from ..errors import OnnxvizError
 from ..io import save_json
 from ..graph.heads import penultimate_layer
-from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest
+from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest, stored_embedding
 from ..session import Session
 from .batch import BatchEmbedder, BatchEvaluator, BatchExplainer, process_session
 from .engine import init_ray, map_batches, require_ray
@@ -322,15 +322,7 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
         stats = _drive(rows, task, engine, batch_size, progress, f"features of {layer}", write)
     finally:
         store.close()
-    done = store.done()
-    failures = [Skipped(part.path(i), reason) for i, reason in sorted(store.failures.items())]
-    if not len(done):
-        shown = "; ".join(f"{s.path}: {s.reason}" for s in failures[:3])
-        raise ImageError(f"none of the {len(part)} image files under {part.root} could be read ({shown})")
-    emb = Embedding(features=store.rows(), paths=[part.path(i) for i in done], labels=part.labels[done],
-                    classes=part.classes, layer=layer, pool=pool, pre=fixed_pre, failures=failures,
-                    skipped=list(part.skipped), cache=store.folder, computed=stats.computed,
-                    reused=store.reused + stats.from_parts)
+    emb = stored_embedding(store, part, layer, pool, fixed_pre, stats.computed, store.reused + stats.from_parts)
     emb.stats = stats
     return emb
 

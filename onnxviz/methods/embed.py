@@ -493,6 +493,11 @@ def embed(model, folder: Union[str, Path, Dataset], layer: Optional[str] = None,
     finally:  # Ctrl-C included: what is done stays done
         bar.close()
         store.close()
+    return stored_embedding(store, dataset, layer, pool, pre, computed, store.reused)
+
+
+def stored_embedding(store, dataset, layer: str, pool: str, pre, computed: int, reused: int) -> "Embedding":
+    """The :class:`Embedding` of a finished feature store over ``dataset``; no readable image is an error."""
     ok = store.done()
     failures = [Skipped(dataset.path(i), reason) for i, reason in sorted(store.failures.items())]
     if not len(ok):
@@ -502,7 +507,7 @@ def embed(model, folder: Union[str, Path, Dataset], layer: Optional[str] = None,
         features=store.rows(), paths=[dataset.path(i) for i in ok], labels=dataset.labels[ok],
         classes=dataset.classes, layer=layer, pool=pool, pre=pre, failures=failures,
         skipped=list(dataset.skipped), cache=store.folder, computed=computed,
-        reused=store.reused)
+        reused=reused)
 
 
 class _NoBar:
