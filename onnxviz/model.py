@@ -6,7 +6,6 @@ import copy
 import logging
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable, Hashable, Optional, Sequence, TypeVar
 
 import numpy as np
@@ -284,11 +283,6 @@ class Model:
             self.runtime.forget(key)
         self._derived.clear()
         self._session_keys = {id(self.proto): FORWARD}
-
-    @property
-    def _specialized(self):
-        """For callers written before Model.derived, which clear this to free memory: forget()."""
-        return SimpleNamespace(clear=self.forget)
 
     def run_graph(self, graph: onnx.ModelProto, feeds: dict, outputs: Optional[Sequence[str]] = None,
                   batch_size: Optional[int] = None, progress: bool = False, desc: str = "running") -> dict:

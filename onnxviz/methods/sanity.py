@@ -161,8 +161,8 @@ class WeightFeeds:
 
     def rewritten(self, proto: onnx.ModelProto, key) -> tuple:
         """(graph with the weights as inputs, the names it takes), built once per graph and weight set."""
-        return _kept(self.model, ("weights-as-inputs", self.tag, key if key is not None else id(proto)),
-                     lambda: _weights_as_inputs(proto, self.names))
+        return self.model.derived(("weights-as-inputs", self.tag, key if key is not None else id(proto)),
+                                  lambda: _weights_as_inputs(proto, self.names))
 
     def run(self, model, feeds, outputs=None, batch_size=None, progress=False, key=None, desc="running"):
         graph, names = self.rewritten(model, key)
@@ -192,17 +192,6 @@ def _weights_as_inputs(proto: onnx.ModelProto, names) -> tuple:
             if init.name not in inputs:
                 out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return out, taken
-
-
-def _kept(model, key, build):
-    """``build()`` once per model and key, kept with the model's other derived graphs."""
-    derived = getattr(model, "derived", None)
-    if callable(derived):
-        return derived(key, build)
-    store = model._specialized
-    if key not in store:
-        store[key] = build()
-    return store[key]
 
 
 def _batched(v, n: int) -> bool:
