@@ -8,17 +8,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "onnxviz"
 
-# Known violations, each owned by another piece of work; strict xfails, so fixing one fails its
-# case here until the entry is removed.
-# cli.classvis's import of attribution._safe is gone: one safe_name in io.py. distributed's import of
-# the CLI (a cycle through cli.dataset, and attribution._write_image) is gone: the loading and the
-# per-image writers are library modules, onnxviz.session and onnxviz.outputs.
-KNOWN_CYCLES: dict = {}
-KNOWN_PRIVATE: dict = {}
 
 
 def module_name(path: Path) -> str:
@@ -109,12 +101,12 @@ def test_walker_sees_the_package():
 
 
 def test_no_import_cycle():
-    found = cycles(_package_parents(EDGES)) - set(KNOWN_CYCLES)
+    found = cycles(_package_parents(EDGES))
     assert not found, f"import cycles: {sorted(found)}"
 
 
 def test_no_private_names_across_modules():
-    found = PRIVATE - set(KNOWN_PRIVATE)
+    found = PRIVATE
     assert not found, "private names imported from another module: " + ", ".join(
         f"{a} imports {c} from {b}" for a, b, c in sorted(found))
 
@@ -132,18 +124,6 @@ def test_library_never_imports_the_cli():
     (as onnxviz.session and onnxviz.outputs were), even when no cycle results yet."""
     found = cli_imports(EDGES)
     assert not found, "library modules importing the CLI: " + ", ".join(f"{a} -> {b}" for a, b in sorted(found))
-
-
-@pytest.mark.parametrize("cycle", [pytest.param(c, marks=pytest.mark.xfail(reason=why, strict=True))
-                                   for c, why in KNOWN_CYCLES.items()])
-def test_known_cycle_is_gone(cycle):
-    assert cycle not in cycles(_package_parents(EDGES))
-
-
-@pytest.mark.parametrize("use", [pytest.param(u, marks=pytest.mark.xfail(reason=why, strict=True))
-                                 for u, why in KNOWN_PRIVATE.items()])
-def test_known_private_import_is_gone(use):
-    assert use not in PRIVATE
 
 
 def test_checks_can_fail():
