@@ -3,8 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import tiny_cnn
-from onnx import helper
+from test_report import unsupported_model
 
 import onnxviz
 from onnxviz.report import read_inputs
@@ -53,16 +52,7 @@ def test_a_method_that_cannot_run_is_listed_and_the_others_scored(inputs, monkey
 
 
 def test_section_fails_alone_when_no_gradient_rule(tmp_path):
-    m = tiny_cnn(size=16, classes=4)
-    for node in m.graph.node:
-        if node.op_type == "Flatten":
-            node.input[0] = "squashed"
-    m.graph.node.insert(next(i for i, n in enumerate(m.graph.node) if n.op_type == "Flatten"),
-                        helper.make_node("Atan", ["gap"], ["squashed"], name="atan_node"))
-    import onnx
-
-    path = tmp_path / "atan.onnx"
-    onnx.save(m, str(path))
+    path = unsupported_model(tmp_path)  # Atan, which has no gradient rule, before the classifier
     from PIL import Image
 
     img = tmp_path / "a.png"
