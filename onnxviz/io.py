@@ -189,12 +189,16 @@ def ensure_out_dir(path: PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise OnnxvizError(f"output folder {path} exists and is not a folder")
     check_output(path, folder=True)
+    made = [p for p in (path, *path.parents) if not p.exists()][::-1]  # outermost first
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise OnnxvizError(f"cannot create output folder {path}: a parent of it is a file") from None
     except PermissionError:
         raise OnnxvizError(f"cannot create output folder {path}: permission denied") from None
+    active = _GUARD.get()
+    if active is not None:
+        active.created.extend(made)
     if not os.access(path, os.W_OK | os.X_OK):
         raise OnnxvizError(f"output folder {path} is not writable")
     return path
@@ -237,6 +241,16 @@ class _Guard:
     files: dict = field(default_factory=dict)  # (st_dev, st_ino) -> path as given
     paths: dict = field(default_factory=dict)  # real path -> path as given (for paths that do not resolve yet)
     folders: dict = field(default_factory=dict)  # real path -> path as given
+    created: list = field(default_factory=list)  # output folders this run made, outermost first
+
+
+def _remove_if_empty(created: list) -> None:
+    """After a failed run: the output folders it made that hold nothing, innermost first."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            pass
 
 
 _GUARD: contextvars.ContextVar = contextvars.ContextVar("onnxviz_guard", default=None)
@@ -255,6 +269,9 @@ def guard(nested: bool = False) -> Iterator[_Guard]:
     token = _GUARD.set(_Guard())
     try:
         yield _GUARD.get()
+    except BaseException:  # a failed run leaves no empty output folder behind
+        _remove_if_empty(_GUARD.get().created)
+        raise
     finally:
         _GUARD.reset(token)
 

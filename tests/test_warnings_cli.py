@@ -142,3 +142,25 @@ def test_occlusion_shows_progress_over_its_windows(tmp_path):
     assert result.exit_code == 0, result.output
     assert "occlusion:" in result.stderr and "/13" in result.stderr  # a bar over the batches, on stderr
     assert "/13" not in result.stdout
+
+
+def test_the_guard_removes_only_the_empty_folders_a_failed_run_made(tmp_path):
+    """One mechanism for every command: folders made by ensure_out_dir under a failing guard go, if empty."""
+    import pytest
+
+    from onnxviz.io import ensure_out_dir, guard, save_json
+
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    with pytest.raises(RuntimeError):
+        with guard():
+            ensure_out_dir(tmp_path / "made" / "deeper")
+            ensure_out_dir(kept / "inner")
+            ensure_out_dir(tmp_path / "written")
+            save_json({"a": 1}, tmp_path / "written" / "x.json")
+            raise RuntimeError("the run fails after creating its folders")
+    assert not (tmp_path / "made").exists() and not (kept / "inner").exists()
+    assert kept.is_dir() and (tmp_path / "written" / "x.json").is_file()
+    with guard():  # a run that succeeds keeps its (empty) folders
+        ensure_out_dir(tmp_path / "fine")
+    assert (tmp_path / "fine").is_dir()

@@ -178,45 +178,39 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
         session.model.set_feeds(parse_feeds(feeds))
     general = general_target(target, region, session)
     targets = None if general is not None else parse_targets(target[0] if target else None, len(images), session)
-    existed = Path(out).exists()
     folder = ensure_out_dir(out)
-    try:
-        dirs = image_dirs(images, folder)
-        if engine is not None:
-            if general is not None or feeds:
-                raise OnnxvizError("--engine runs class-index targets on image inputs only; drop --engine for "
-                                   "--box, --mask, --step, --negate, --seed, repeated --target or --feed")
-            options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
-            return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
-                                    opts, batch_size, engine, shard)
-        entries: list = []
-        obj = objective(session.model, output, score)
-        summary = {"model": os.path.abspath(model_path), "method": method,
-                   "explained": {"output": obj.output, "tensor": obj.tensor, "score": score,
-                                 "target": explained(session.model, obj, general, targets)},
-                   "images": entries}
-        chosen = targets is not None or general is not None
-        with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
-            for start in range(0, len(images), batch_size):
-                paths = list(images[start:start + batch_size])
-                x, _, _ = session.batch(paths)
-                t = general if general is not None else None if targets is None else targets[start:start + len(paths)]
-                extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
-                result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
-                                 batch_size=batch_size, **extra)
-                _warn_degenerate(result, paths)
-                shown = deprocess(x, session.model.input, session.pre)
-                with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
-                    for i, path in enumerate(paths):
-                        rows = np.flatnonzero(result.image == i)
-                        entries.append(write_image(session, result, rows, shown[i], path, dirs[start + i],
-                                                   method, top_k is not None, chosen))
-                    save_json(summary, folder / "results.json")
-                bar.update(len(paths))
-    except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # a failed run leaves no empty folder behind
-        raise
+    dirs = image_dirs(images, folder)
+    if engine is not None:
+        if general is not None or feeds:
+            raise OnnxvizError("--engine runs class-index targets on image inputs only; drop --engine for "
+                               "--box, --mask, --step, --negate, --seed, repeated --target or --feed")
+        options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+        return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
+                                opts, batch_size, engine, shard)
+    entries: list = []
+    obj = objective(session.model, output, score)
+    summary = {"model": os.path.abspath(model_path), "method": method,
+               "explained": {"output": obj.output, "tensor": obj.tensor, "score": score,
+                             "target": explained(session.model, obj, general, targets)},
+               "images": entries}
+    chosen = targets is not None or general is not None
+    with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
+        for start in range(0, len(images), batch_size):
+            paths = list(images[start:start + batch_size])
+            x, _, _ = session.batch(paths)
+            t = general if general is not None else None if targets is None else targets[start:start + len(paths)]
+            extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
+            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+                             batch_size=batch_size, **extra)
+            _warn_degenerate(result, paths)
+            shown = deprocess(x, session.model.input, session.pre)
+            with deferred_interrupts():  # Ctrl-C lands after the batch's folders and results.json
+                for i, path in enumerate(paths):
+                    rows = np.flatnonzero(result.image == i)
+                    entries.append(write_image(session, result, rows, shown[i], path, dirs[start + i],
+                                               method, top_k is not None, chosen))
+                save_json(summary, folder / "results.json")
+            bar.update(len(paths))
     layers = sorted({m["layer"] for e in entries for m in e["maps"] if m["layer"]})
     if layers:
         click.echo(f"{title(method)} at layer {', '.join(map(repr, layers))}")
