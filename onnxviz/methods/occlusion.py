@@ -11,9 +11,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..degenerate import warn_ties
 from ..errors import OnnxvizError
-from ..targets import TargetLike, class_scores, general, objective, rows, seed_array
+from ..targets import TargetLike, chosen_targets, class_scores, general, objective, rows, seed_array
 from .layers import layer_axes, resolve_layer
 from .perturb import BATCH, blurred, head_runner, perturbed_scores, segments
 from .results import Heatmap, explains, scaled, upsampled
@@ -99,10 +98,7 @@ def occlusion(model, x: np.ndarray, target: TargetLike = None, window=32, stride
         def score_of(y, row):
             return np.sum(y * seeds[row], axis=tuple(range(1, y.ndim)))
     else:
-        scores = class_scores(obj, clean)
-        chosen = np.where(t < 0, scores.argmax(axis=1), t)
-        warn_ties(scores, t < 0)
-        before = scores[np.arange(len(x)), chosen]
+        chosen, before = chosen_targets(obj, clean, t)
 
         def score_of(y, row):
             return class_scores(obj, y)[np.arange(len(row)), chosen[row]]
