@@ -346,14 +346,11 @@ def parse_targets(text: Optional[str], n: int, session: Session) -> Optional[np.
 
 
 def _warn_degenerate(result, paths) -> None:
-    """Say so when a map carries no information: constant (flat) or not finite."""
+    """Say so when a map carries no information (constant); results refuse non-finite maps themselves."""
     for row in range(len(result.raw)):
         raw = np.asarray(result.raw[row])
         name = Path(paths[int(result.image[row]) if result.image is not None else row]).name
-        if not np.isfinite(raw).all():
-            click.echo(f"warning: {name}: the {result.method} map has non-finite values (NaN/inf in the model's "
-                       "outputs or gradients)", err=True)
-        elif np.ptp(raw) == 0:
+        if np.ptp(raw) == 0:
             click.echo(f"warning: {name}: the {result.method} map is flat (every position {float(raw.flat[0]):.3g}): "
                        "nothing to show — constant weights, a window not smaller than the input, or a score "
                        "that does not depend on the input", err=True)
