@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import onnxviz  # noqa: E402
-from bench import median_seconds, prepare_models  # noqa: E402
+from bench import interleaved_medians, prepare_models  # noqa: E402
 from onnxviz.methods.faithfulness import pixel_order, ranked_filler, reference, step_counts  # noqa: E402
 from onnxviz.methods.sanity import method_function, weighted_layers  # noqa: E402
 
@@ -73,8 +73,8 @@ def bench_curves(model, size: int, repeat: int) -> dict:
         onnxviz.deletion(model, x, cam.map, target=t, steps=STEPS)
         onnxviz.insertion(model, x, cam.map, target=t, steps=STEPS)
 
-    ours = median_seconds(metrics, 1, repeat)
-    plain = median_seconds(lambda: model.run(copies, batch_size=64), 1, repeat)
+    times = interleaved_medians({"ours": metrics, "plain": lambda: model.run(copies, batch_size=64)}, 1, repeat)
+    ours, plain = times["ours"], times["plain"]
     return {"case": "deletion+insertion, 50 steps, 1 image", "seconds": ours, "baseline": plain,
             "baseline_what": f"{len(copies)} images, plain batched forward", "ratio": ours / plain,
             "target": CURVE_TARGET}
@@ -91,9 +91,12 @@ def bench_sanity(model, method: str, batch: int, size: int, repeat: int) -> list
         for _ in range(L):
             fn(model, x, t)
 
-    plain = median_seconds(l_runs, 1, repeat)
-    given = median_seconds(lambda: onnxviz.sanity_check(model, x, method, original=first), 1, repeat)
-    whole = median_seconds(lambda: onnxviz.sanity_check(model, x, method), 1, repeat)
+    times = interleaved_medians({
+        "plain": l_runs,
+        "given": lambda: onnxviz.sanity_check(model, x, method, original=first),
+        "whole": lambda: onnxviz.sanity_check(model, x, method),
+    }, 1, repeat)
+    plain, given, whole = times["plain"], times["given"], times["whole"]
     base = {"baseline": plain, "baseline_what": f"{L} runs of {method} (batch {batch})", "layers": L}
     return [{"case": f"randomization test, {method}, original given", "seconds": given, "ratio": given / plain,
              "target": SANITY_TARGET, **base},
