@@ -1,6 +1,6 @@
 """Benchmark the trust metrics against the runs they are made of.
 
-    python scripts/bench_metrics.py                              # sample model and SqueezeNet, CPU
+    python scripts/bench_metrics.py              # sample model, SqueezeNet, ShuffleNet (Conv+BN), CPU
     python scripts/bench_metrics.py --models shapes_cnn resnet50 --methods gradcam vanilla guided
     python scripts/bench_metrics.py --device cuda --json metrics_bench.json
 
@@ -145,7 +145,7 @@ def quality(n: int, seed: int = 8101) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["shapes_cnn", "squeezenet"])
+    ap.add_argument("--models", nargs="+", default=["shapes_cnn", "light_squeezenet", "light_shufflenet"])
     ap.add_argument("--methods", nargs="+", default=["gradcam", "vanilla", "guided"])
     ap.add_argument("--batch", type=int, default=4, help="images per randomization test")
     ap.add_argument("--device", default="cpu")

@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 
 import onnxviz
 from onnxviz.errors import OnnxvizError
+from onnxviz.methods import sanity
 from onnxviz.methods.sanity import (randomized_weights, reweighted, spearman, ssim, top_overlap,
                                     weighted_layers)
 
@@ -71,10 +72,14 @@ def test_random_weights_keep_shape_and_spread():
     assert abs(many.std() / orig["w1"].std() - 1) < 0.25 and abs(many.mean()) < 0.2 * orig["w1"].std()
 
 
+@pytest.mark.parametrize("sessions", [1, 2, 4])
 @pytest.mark.parametrize("method", ["gradcam", "vanilla", "guided"])
-def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method):
-    """Every cascading step's map equals the map of a model rebuilt with those weights."""
+def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method, sessions, monkeypatch):
+    """Every cascading step's map equals the map of a model rebuilt with those weights, however
+    the steps are split among sessions (1: all layers fed; 2: a session serves two steps, the
+    next takes over with the earlier draws; 4: a session per step)."""
     model, proto, x, folder = tiny
+    monkeypatch.setattr(sanity, "SESSIONS", sessions)
     s = onnxviz.sanity_check(model, x, method=method, seed=1)
     layers = weighted_layers(proto)[::-1]
     assert s.layers == [l.name for l in layers]
@@ -90,8 +95,8 @@ def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method):
     assert not np.allclose(s.maps[-1], s.original, atol=1e-3)
 
 
-def test_one_session_for_all_steps(tiny):
-    """L randomized steps create one session (the re-weighted gradient graph), not L."""
+def test_few_sessions_for_all_steps(tiny, monkeypatch):
+    """L randomized steps create at most SESSIONS sessions (re-weighted gradient graphs), kept for the next call."""
     _, _, x, folder = tiny
     model = onnxviz.load(str(folder / "tiny.onnx"), device="cpu")  # no session from the other tests
     first = onnxviz.saliency(model, x)
@@ -104,11 +109,12 @@ def test_one_session_for_all_steps(tiny):
         return original(p)
 
     runtime._create = counting
+    monkeypatch.setattr(sanity, "SESSIONS", 2)
     try:
         s = onnxviz.sanity_check(model, x, method="vanilla", original=first)
-        assert len(s.layers) == 3 and len(created) == 1
+        assert len(s.layers) == 3 and len(created) == 2
         again = onnxviz.sanity_check(model, x, method="vanilla", original=first, seed=5)
-        assert len(created) == 1  # kept with the model, like its other sessions
+        assert len(created) == 2  # kept with the model, like its other sessions
     finally:
         del runtime._create
     assert not np.allclose(again.maps, s.maps)

@@ -34,6 +34,12 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ORDERS = ("top-down", "bottom-up")
 PASS_BELOW = 0.5
 TOP_FRACTION = 0.1
+SIMILARITIES = ("spearman", "spearman_abs", "ssim", "topk")
+BATCH_PIXELS = 1 << 21
+# Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out constant
+# weights, and fuses Conv+BatchNormalization only then), so the steps are split among a few
+# sessions: the one for steps (a, b] feeds layers[0..b] and keeps the rest constant.
+SESSIONS = 4  # map pixels compared at once: the steps' maps in a few large arrays, not L small ones
 
 Method = Union[str, Callable]
 
@@ -125,9 +131,12 @@ def weighted_layers(proto: onnx.ModelProto) -> list:
     return out
 
 
-def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0) -> list:
-    """For each layer in order, new values for its weight (and bias): normal, mean 0, the original's std."""
-    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0, spreads: Optional[dict] = None) -> list:
+    """For each layer in order, new values for its weight (and bias): normal, mean 0, the original's std.
+
+    ``spreads``: name -> (shape, dtype, std) of the originals when already known (:func:`weight_spreads`).
+    """
+    spreads = spreads if spreads is not None else weight_spreads(proto, layers)
     rng = np.random.default_rng(seed)
     out = []
     for layer in layers:
@@ -135,10 +144,33 @@ def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0) -> l
         for name in (layer.weight, layer.bias):
             if name is None:
                 continue
-            w = values[name]
-            new[name] = (rng.standard_normal(w.shape) * float(np.std(w, dtype=np.float64))).astype(w.dtype)
+            shape, dtype, std = spreads[name]
+            new[name] = (rng.standard_normal(shape) * std).astype(dtype)
         out.append(new)
     return out
+
+
+def weight_spreads(proto: onnx.ModelProto, layers: list) -> dict:
+    """name -> (shape, dtype, std) of each layer's weight and bias: all the draws need of the originals."""
+    names = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
+    out = {}
+    for init in proto.graph.initializer:
+        if init.name in names:
+            w = numpy_helper.to_array(init)
+            out[init.name] = (w.shape, w.dtype, float(np.std(w, dtype=np.float64)))
+    return out
+
+
+def original_weights(model) -> tuple:
+    """(values, spreads) of the model's weighted layers' initializers, read once per model."""
+    def read():
+        layers = weighted_layers(model.proto)
+        names = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
+        values = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer if i.name in names}
+        spreads = {k: (v.shape, v.dtype, float(np.std(v, dtype=np.float64))) for k, v in values.items()}
+        return values, spreads
+
+    return model.derived(("sanity-weights",), read)
 
 
 class WeightFeeds:
@@ -253,28 +285,52 @@ def map_views(result, spec) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Ranked:
-    """(N, P) maps prepared once: ``ranks`` with ties averaged, ``top`` the mask of the top pixels."""
+    """(N, P) maps prepared once: ``ranks`` with ties averaged, ``top`` the mask of the top pixels;
+    ``centered`` the ranks less their row mean and ``norm`` its row norm (what Spearman's rho needs)."""
 
     ranks: np.ndarray
     top: np.ndarray
+    centered: np.ndarray
+    norm: np.ndarray
 
 
 def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION) -> Ranked:
-    """Average ranks (the order inside a run of ties does not matter, so a plain sort does) and the top mask."""
+    """Average ranks (the order inside a run of ties does not matter, so a plain sort does) and the top mask.
+
+    The rows are walked as one flat sorted array (a run of ties ends at a new value or a new
+    row), so the work is a sort and a few 1-D passes, not per-row accumulations.
+    """
     flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
     n, p = flat.shape
     order = np.argsort(flat, axis=1)
     s = np.take_along_axis(flat, order, axis=1)
-    idx = np.broadcast_to(np.arange(p), (n, p))
-    first = np.ones((n, p), bool)
-    first[:, 1:] = s[:, 1:] != s[:, :-1]
-    last = np.ones((n, p), bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, idx, 0), axis=1)
-    stop = np.minimum.accumulate(np.where(last, idx, p)[:, ::-1], axis=1)[:, ::-1]
     ranks = np.empty((n, p))
-    np.put_along_axis(ranks, order, (start + stop) / 2, axis=1)
-    return Ranked(ranks, top_mask(flat, fraction))
+    if not (s[:, 1:] == s[:, :-1]).any():  # no ties: a value's rank is its place in the sorted row
+        np.put_along_axis(ranks, order, np.arange(p, dtype=np.float64)[None], axis=1)
+    else:
+        first = np.empty(n * p, bool)
+        first[0] = True
+        np.not_equal(s.ravel()[1:], s.ravel()[:-1], out=first[1:])
+        first[::p] = True
+        starts = np.flatnonzero(first)
+        stops = np.append(starts[1:], n * p) - 1
+        # a run of ties never crosses a row, so start % p and stop % p are places in the same row
+        runs = np.repeat(((starts % p) + (stops % p)) / 2, stops - starts + 1)
+        np.put_along_axis(ranks, order, runs.reshape(n, p), axis=1)
+    centered = ranks - ranks.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("np,np->n", centered, centered))
+    return Ranked(ranks, _top_from_sorted(flat, order, s, fraction), centered, norm)
+
+
+def _top_from_sorted(flat, order, s, fraction) -> np.ndarray:
+    """:func:`top_mask` from a sort already made: the last k places, unless a tie straddles the cut."""
+    n, p = flat.shape
+    k = max(1, int(round(fraction * p)))
+    if k == p or (s[:, p - k] == s[:, p - k - 1]).any():
+        return top_mask(flat, fraction)
+    top = np.zeros((n, p), bool)
+    np.put_along_axis(top, order[:, p - k:], True, axis=1)
+    return top
 
 
 def top_mask(flat: np.ndarray, fraction: float) -> np.ndarray:
@@ -290,66 +346,139 @@ def top_mask(flat: np.ndarray, fraction: float) -> np.ndarray:
 
 def spearman(a, b) -> np.ndarray:
     """(N,) Spearman rank correlation of each pair of maps (average ranks on ties); 0 when either
-    map is constant (a constant map carries no ranking to agree with). Maps or :class:`Ranked`."""
-    ra = (a if isinstance(a, Ranked) else ranked(a)).ranks
-    rb = (b if isinstance(b, Ranked) else ranked(b)).ranks
-    ra = ra - ra.mean(axis=1, keepdims=True)
-    rb = rb - rb.mean(axis=1, keepdims=True)
-    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
-    num = (ra * rb).sum(axis=1)
+    map is constant (a constant map carries no ranking to agree with). Maps or :class:`Ranked`;
+    ``a`` may hold N maps for ``b``'s k·N (k steps against one reference)."""
+    a = a if isinstance(a, Ranked) else ranked(a)
+    b = b if isinstance(b, Ranked) else ranked(b)
+    n, p = a.centered.shape
+    num = np.einsum("knp,np->kn", b.centered.reshape(-1, n, p), a.centered).ravel()
+    den = np.tile(a.norm, len(num) // n) * b.norm
     return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 7, data_range: float = 1.0) -> np.ndarray:
     """(N,) mean structural similarity (Wang et al., 2004) of (N, H, W) maps in [0, 1]: a uniform
     window of 7 pixels, K1 = 0.01, K2 = 0.03, sample covariances (scikit-image's defaults)."""
+    return ssim_of(local_stats(a, window), local_stats(b, window), data_range)
+
+
+@dataclass(frozen=True)
+class LocalStats:
+    """(N, H, W) maps with their windowed means and variances (cropped where the window leaves the
+    map, as scikit-image does): what SSIM needs of each map alone."""
+
+    maps: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    window: int
+
+
+def local_stats(a: np.ndarray, window: int = 7) -> LocalStats:
+    a = a.astype(np.float64)
+    win = min(window, *a.shape[1:])
+    mu = window_means(a, win)
+    var = window_means(a * a, win)
+    var -= mu * mu
+    var *= _sample(win)
+    return LocalStats(a, mu, var, win)
+
+
+def _sample(win: int) -> float:
+    """The sample-covariance factor n / (n - 1) of a win x win window."""
+    return win * win / (win * win - 1) if win > 1 else 1.0
+
+
+def window_means(a: np.ndarray, win: int) -> np.ndarray:
+    """Means over win x win windows, cropped by (win - 1) // 2 where the window leaves the map (as skimage does)."""
     from scipy.ndimage import uniform_filter
 
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    win = min(window, *a.shape[1:])
-    size = (1, win, win)
-    cov = win * win / (win * win - 1) if win > 1 else 1.0
-    mu_a, mu_b = uniform_filter(a, size), uniform_filter(b, size)
-    va = cov * (uniform_filter(a * a, size) - mu_a * mu_a)
-    vb = cov * (uniform_filter(b * b, size) - mu_b * mu_b)
-    vab = cov * (uniform_filter(a * b, size) - mu_a * mu_b)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * vab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
-    pad = (win - 1) // 2  # skimage crops the border where the window leaves the image
+    pad = (win - 1) // 2
     h, w = a.shape[1:]
-    return s[:, pad:h - pad or None, pad:w - pad or None].mean(axis=(1, 2))
+    return uniform_filter(a, (1, win, win))[:, pad:h - pad or None, pad:w - pad or None]
+
+
+def ssim_of(a: LocalStats, b: LocalStats, data_range: float = 1.0) -> np.ndarray:
+    """:func:`ssim` from each side's :func:`local_stats`; ``a`` may hold N maps for ``b``'s k·N
+    (k steps against one reference), so the reference's windows are summed once.
+
+    In place on few buffers (the arrays are large: k·N full-size maps), in the order of
+    ((2 mu_a mu_b + c1)(2 cov_ab + c2)) / ((mu_a² + mu_b² + c1)(var_a + var_b + c2)).
+    """
+    n = len(a.maps)
+    win = a.window
+    shape = (-1, n, *a.mean.shape[1:])
+    prod = b.maps.reshape(-1, *a.maps.shape) * a.maps
+    mu_a, va = a.mean, a.var
+    mu_b, vb = b.mean.reshape(shape), b.var.reshape(shape)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    num = window_means(prod.reshape(b.maps.shape), win).reshape(shape)
+    mu_ab = mu_a * mu_b
+    num -= mu_ab
+    num *= _sample(win)  # the covariance
+    num *= 2
+    num += c2
+    mu_ab *= 2
+    mu_ab += c1
+    num *= mu_ab
+    den = mu_b * mu_b
+    den += mu_a ** 2
+    den += c1
+    spread = vb + va
+    spread += c2
+    den *= spread
+    num /= den
+    return num.mean(axis=(2, 3)).ravel()
 
 
 def top_overlap(a, b, fraction: float = TOP_FRACTION) -> np.ndarray:
-    """(N,) fraction of a's top ``fraction`` pixels that are also among b's (ties: first in raster order)."""
+    """(N,) fraction of a's top ``fraction`` pixels that are also among b's (ties: first in raster order);
+    ``a`` may hold N maps for ``b``'s k·N."""
     ta = a.top if isinstance(a, Ranked) else top_mask(np.asarray(a, np.float64).reshape(len(a), -1), fraction)
     tb = b.top if isinstance(b, Ranked) else top_mask(np.asarray(b, np.float64).reshape(len(b), -1), fraction)
-    return (ta & tb).sum(axis=1) / ta.sum(axis=1)
+    kept = (tb.reshape(-1, *ta.shape) & ta).sum(axis=2)
+    return (kept / ta.sum(axis=1)).ravel()
 
 
 @dataclass(frozen=True)
 class Views:
-    """A result's maps ready for comparison: signed and absolute rankings, the |map| in [0, 1]."""
+    """Maps ready for comparison: signed and absolute rankings, the |map| in [0, 1] with its SSIM statistics."""
 
     signed: Ranked
     absolute: Ranked
-    unit: np.ndarray
+    unit: LocalStats
 
 
 def views(result, spec) -> Views:
     signed, absolute = map_views(result, spec)
+    return views_of(signed, absolute)
+
+
+def views_of(signed: np.ndarray, absolute: np.ndarray) -> Views:
+    """Views of (M, H, W) maps; ``signed is absolute`` ranks them once (CAM maps are non-negative)."""
     a = ranked(absolute)
-    return Views(a if signed is absolute else ranked(signed), a, _unit(absolute))
+    return Views(a if signed is absolute else ranked(signed), a, local_stats(_unit(absolute)))
 
 
 def compare(a: Views, b: Views) -> Similarity:
-    return Similarity(spearman(a.signed, b.signed), spearman(a.absolute, b.absolute), ssim(a.unit, b.unit),
+    """Similarity of b's maps to a's, image by image; ``b`` may hold k·N maps, k steps against a's N
+    (the results then run step by step)."""
+    return Similarity(spearman(a.signed, b.signed), spearman(a.absolute, b.absolute), ssim_of(a.unit, b.unit),
                       top_overlap(a.absolute, b.absolute))
 
 
 def similarity(original, other, spec) -> Similarity:
     """How similar two results' maps are, image by image."""
     return compare(views(original, spec), views(other, spec))
+
+
+def compare_steps(reference: Views, results: list, spec) -> list:
+    """[(k, N) spearman, spearman_abs, ssim, topk] of k results against the reference, in one batch."""
+    pairs = [map_views(r, spec) for r in results]
+    signed = np.concatenate([p[0] for p in pairs])
+    absolute = signed if all(p[0] is p[1] for p in pairs) else np.concatenate([p[1] for p in pairs])
+    sim = compare(reference, views_of(signed, absolute))
+    k = len(results)
+    return [getattr(sim, f).reshape(k, -1) for f in SIMILARITIES]
 
 
 def _unit(maps: np.ndarray) -> np.ndarray:
@@ -386,19 +515,26 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
         layers = layers[::-1]
     first = original if original is not None else fn(model, x, target)
     chosen = np.asarray(first.target, np.int64)
-    draws = randomized_weights(model.proto, layers, seed)
-    names = {n for d in draws for n in d}
-    view = reweighted(model, {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer
-                              if i.name in names})
+    values, spreads = original_weights(model)
+    draws = randomized_weights(model.proto, layers, seed, spreads)
+    ends = checkpoints(len(layers), SESSIONS)
+    reweights = [reweighted(model, {n: values[n] for d in draws[:end + 1] for n in d}) for end in ends]
     steps = _progress(range(len(layers)), progress, f"randomizing ({name})")
-    sims, maps = [], []
     reference = views(first, model.input)
+    parts, maps, pending = [], [], []
+    j = -1
     for i in steps:
+        if j < 0 or i > ends[j]:  # the next session: it takes every layer randomized so far
+            j += 1
+            view = reweights[j]
+            view.runtime.values.update({n: v for d in draws[:i] for n, v in d.items()})
         view.runtime.values.update(draws[i])
-        result = fn(view, x, chosen)
-        sims.append(compare(reference, views(result, model.input)))
-        maps.append(result.map)
-    stack = {f: np.stack([getattr(s, f) for s in sims]) for f in ("spearman", "spearman_abs", "ssim", "topk")}
+        pending.append(fn(view, x, chosen))
+        maps.append(pending[-1].map)
+        if i == len(layers) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
+            parts.append(compare_steps(reference, pending, model.input))
+            pending = []
+    stack = {f: np.concatenate([p[j] for p in parts]) for j, f in enumerate(SIMILARITIES)}
     return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
                         maps=np.stack(maps), order=order, **stack)
 
@@ -423,6 +559,12 @@ def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: in
     shift = np.array([image_rng(seed, image).integers(1, n_classes) for image in images], np.int64)
     other = (predicted + shift) % n_classes
     return similarity(first, fn(model, x, other), model.input), predicted, other
+
+
+def checkpoints(n_layers: int, sessions: int) -> list:
+    """The last step each session serves: ``sessions`` near-equal runs of steps (fewer for few layers)."""
+    m = max(1, min(sessions, n_layers))
+    return [-(-n_layers * (j + 1) // m) - 1 for j in range(m)]
 
 
 def _progress(it, enabled: bool, desc: str):
