@@ -53,12 +53,10 @@ def perturbed_copies(model, x, maps) -> np.ndarray:
     spec = model.input
     counts = step_counts(maps.shape[1] * maps.shape[2], STEPS)
     order = pixel_order(maps)
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None], axis=1)
     out = []
     for start, end in ((x, reference(x, spec, 0.0)), (reference(x, spec, "blur"), x)):
         batch = np.empty((len(counts), *x.shape[1:]), x.dtype)
-        ranked_filler(start, end, ranks, counts, spec)(batch, np.zeros(len(counts), np.int64), np.arange(len(counts)))
+        ranked_filler(start, end, order, counts, spec)(batch, np.zeros(len(counts), np.int64), np.arange(len(counts)))
         out.append(batch)
     return np.concatenate(out)
 

@@ -233,3 +233,35 @@ def test_channels_last_models_score_the_same(tmp_path):
     a, b = road(nchw, x, maps, percentiles=[30, 60]), road(nhwc, xt, maps, percentiles=[30, 60])
     np.testing.assert_allclose(a.morf, b.morf, atol=1e-5)
     np.testing.assert_allclose(a.lerf, b.lerf, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_ranked_fill_equals_masks_in_any_chunking(layout):
+    """The incremental fill (each copy from the one before) equals the definition: copy k of row r
+    is ``end`` at the first counts[k] positions of order[r] and ``start`` elsewhere, however the
+    copies are chunked (rows split across batches, copies out of order)."""
+    from onnxviz.methods.perturb import pixel_order, ranked_filler
+    from onnxviz.spec import InputSpec
+
+    rng = np.random.default_rng(3)
+    n, c, h, w = 2, 3, 5, 7
+    spec = InputSpec("image", layout, c, h, w, np.dtype(np.float32))
+    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    start, end = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    order = pixel_order(np.round(rng.random((n, h, w)) * 4))  # ties: raster order among them
+    counts = step_counts(h * w, 6)
+    want = np.empty((n, len(counts), *shape[1:]), np.float32)
+    for r in range(n):
+        for k, m in enumerate(counts):
+            mask = np.zeros(h * w, bool)
+            mask[order[r, :m]] = True
+            mask = mask.reshape(h, w)[None] if layout == "NCHW" else mask.reshape(h, w)[..., None]
+            want[r, k] = np.where(mask, end[r], start[r])
+    fill = ranked_filler(start, end, order, counts, spec)
+    rows, copies = np.divmod(np.arange(n * len(counts)), len(counts))
+    for chunks in ([np.arange(n * len(counts))], np.array_split(np.arange(n * len(counts)), 4),
+                   [rng.permutation(n * len(counts))]):
+        for idx in chunks:
+            batch = np.empty((len(idx), *shape[1:]), np.float32)
+            fill(batch, rows[idx], copies[idx])
+            np.testing.assert_array_equal(batch, want[rows[idx], copies[idx]])

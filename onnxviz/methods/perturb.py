@@ -112,28 +112,34 @@ def step_counts(positions: int, steps: int) -> np.ndarray:
     return np.minimum(np.arange(steps + 1) * size, positions)
 
 
-def _ranks(order: np.ndarray) -> np.ndarray:
-    """The inverse permutation per row: rank[n, position] = where that position comes in the order."""
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None], axis=1)
-    return ranks
-
-
 def ranked_filler(start: np.ndarray, end: np.ndarray, order: np.ndarray, counts: np.ndarray, spec) -> Fill:
     """Copy k of row r: ``end`` at the first counts[k] positions of ``order[r]``, ``start`` elsewhere.
 
     Deletion (start = the image, end = the baseline) and insertion (the other way round); the
-    channels of a position move together.
+    channels of a position move together. Consecutive copies of a row are built from the one
+    before (a plain copy, then the positions of one slice), not each by a masked pass over the
+    whole image.
     """
-    ranks = _ranks(order)
     h, w = spec.hw(start)
-    c_axis = spec.channel_axis
+    nhwc = spec.channel_axis != 1
+
+    def positions(img: np.ndarray) -> np.ndarray:
+        """(H·W, C) view of one image, (C, H, W) or (H, W, C): a row per position."""
+        return img.reshape(h * w, -1) if nhwc else img.reshape(-1, h * w).T
 
     def fill(batch, row, copy):
         for r, a, b in segments(row):
-            taken = ranks[r][None, :] < counts[copy[a:b]][:, None]  # (copies, H·W)
-            where = np.expand_dims(taken.reshape(-1, h, w), c_axis)
-            batch[a:b] = start[r]
-            np.copyto(batch[a:b], end[r], where=where)
+            src = positions(end[r])
+            done = 0
+            for j in range(a, b):
+                k = counts[copy[j]]
+                if j > a and copy[j] == copy[j - 1] + 1 and k >= done:
+                    batch[j] = batch[j - 1]
+                else:
+                    batch[j] = start[r]
+                    done = 0
+                changed = order[r, done:k]
+                positions(batch[j])[changed] = src[changed]
+                done = k
 
     return fill
