@@ -99,9 +99,9 @@ def test_one_session_for_all_steps(tiny):
     runtime = model.runtime
     original = runtime._create
 
-    def counting(p):
+    def counting(p, **options):
         created.append(1)
-        return original(p)
+        return original(p, **options)
 
     runtime._create = counting
     try:
