@@ -138,7 +138,7 @@ def gradient_model(model, height: int, width: int, obj: Objective, wrt: Sequence
             proto = to_float32(proto)  # backward in float32; x is cast at the boundary (see gradients)
         return gradient_graph(proto, obj.tensor, list(wrt), rules, seed_builder=seed)
 
-    return model.derived(key, build)
+    return model.derived(key, build, fixed_shapes=True)
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")

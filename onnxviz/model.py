@@ -87,6 +87,7 @@ class Model:
         self._producers = producers(proto.graph)
         self._derived: dict = {}
         self._session_keys: dict[int, str] = {id(proto): FORWARD}
+        self._fixed_shapes: set[int] = set()  # ids of derived graphs run on shape-specialized sessions
         self._extra: dict = {}
         # (height, width) that analyses use when the input itself has none (a dynamic-size model):
         # the sidecar's size, set by open_session; --size is in the input spec already
@@ -256,12 +257,14 @@ class Model:
         return _gradients(self, x, target=target, wrt=wrt, rules=rules, output=output, score=score, **options)
 
     # ---- derived graphs and their sessions ----------------------------------
-    def derived(self, key: Hashable, build: Callable[[], T]) -> T:
+    def derived(self, key: Hashable, build: Callable[[], T], fixed_shapes: bool = False) -> T:
         """What ``build()`` makes from this model, built once per ``key`` and kept with the model.
 
         For exposed, specialized, head and gradient graphs and for whole-graph analyses. A derived
         graph (or a value whose ``.proto`` is one, or a tuple holding one) runs with :meth:`run_graph`
         on a session of its own, named after ``key``. Keys are tuples or strings; a value is never rebuilt or replaced.
+        ``fixed_shapes``: its sessions are specialized to each run's input shapes (gradient
+        graphs; see :meth:`Runtime.session`).
 
         >>> gm = model.derived(("grad", h, w, ...), lambda: gradient_graph(...))
         >>> model.run_graph(gm.proto, feeds)
@@ -275,6 +278,8 @@ class Model:
             graph = getattr(part, "proto", part)
             if isinstance(graph, onnx.ModelProto):
                 self._session_keys.setdefault(id(graph), key if isinstance(key, str) else "|".join(map(str, key)))
+                if fixed_shapes:
+                    self._fixed_shapes.add(id(graph))
         return value
 
     def forget(self) -> None:
@@ -283,6 +288,7 @@ class Model:
             self.runtime.forget(key)
         self._derived.clear()
         self._session_keys = {id(self.proto): FORWARD}
+        self._fixed_shapes.clear()
 
     def run_graph(self, graph: onnx.ModelProto, feeds: dict, outputs: Optional[Sequence[str]] = None,
                   batch_size: Optional[int] = None, progress: bool = False, desc: str = "running") -> dict:
@@ -292,7 +298,7 @@ class Model:
             raise OnnxvizError("run_graph runs the model's graph or one made with Model.derived; "
                                "run other graphs with model.runtime.run")
         return self.runtime.run(graph, feeds, outputs=outputs, batch_size=batch_size, progress=progress, key=key,
-                                desc=desc)
+                                desc=desc, fixed_shapes=id(graph) in self._fixed_shapes)
 
     def specialized(self, height: int, width: int) -> onnx.ModelProto:
         """The model with its spatial input dims fixed (batch kept dynamic), shapes re-inferred."""

@@ -24,6 +24,7 @@ OPT_LEVELS = {
     "all": "ORT_ENABLE_ALL",
 }
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the rest of the message
+SHAPE_VARIANTS = 2  # shape-specialized sessions kept per graph: a batch size and the last, smaller chunk
 
 
 def onnxruntime():
@@ -99,18 +100,31 @@ class Runtime:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
-    def session(self, model: onnx.ModelProto, key: Optional[str] = None):
-        """The session for ``model``, created once per key (default: a hash of the graph)."""
+    def session(self, model: onnx.ModelProto, key: Optional[str] = None,
+                fixed: Optional[Mapping[str, np.ndarray]] = None):
+        """The session for ``model``, created once per key (default: a hash of the graph).
+
+        ``fixed``: feeds whose shapes the session is specialized to (every symbolic input dim
+        set to its size there), one session per distinct set of sizes, the
+        :data:`SHAPE_VARIANTS` most recent kept. For gradient graphs: onnxruntime keeps an
+        element-wise op of two tensors in its blocked NCHWc layout only when it can prove
+        their shapes equal, and the forward and backward halves share no symbolic dim it can
+        trace, so with a symbolic batch every mask product leaves the layout and comes back.
+        """
         if key is None:
             key = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest() if model.ByteSize() < _TWO_GB else str(id(model))
-        sess = self._sessions.get(key)
+        sizes = _symbolic_sizes(model, fixed) if fixed is not None else ()
+        variants = self._sessions.setdefault(key, {})
+        sess = variants.pop(sizes, None)
         if sess is None:
-            sess = self._create(model)
-            self._sessions[key] = sess
+            sess = self._create(model, sizes=sizes) if sizes else self._create(model)
+            while len(variants) >= SHAPE_VARIANTS:
+                variants.pop(next(iter(variants)))
+        variants[sizes] = sess  # most recently used last
         return sess
 
     def forget(self, key: str):
-        """Drop a cached session (its graph changed)."""
+        """Drop a cached session (its graph changed), with its shape-specialized variants."""
         self._sessions.pop(key, None)
 
     def run_once(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict:
@@ -125,9 +139,11 @@ class Runtime:
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, self._run(sess, names, feeds)))
 
-    def _create(self, model: onnx.ModelProto, early: bool = False):
+    def _create(self, model: onnx.ModelProto, early: bool = False, sizes: tuple = ()):
         ort = onnxruntime()
         options = self._options()
+        for name, size in sizes:
+            options.add_free_dimension_override_by_name(name, size)
         if early and hasattr(ort, "ExecutionOrder"):
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         try:
@@ -150,17 +166,24 @@ class Runtime:
         progress: bool = False,
         key: Optional[str] = None,
         desc: str = "running",
+        fixed_shapes: bool = False,
     ) -> dict:
-        """Run ``model`` on ``feeds``, in chunks of ``batch_size`` along axis 0 when given."""
-        sess = self.session(model, key)
-        names = list(outputs) if outputs else [o.name for o in sess.get_outputs()]
+        """Run ``model`` on ``feeds``, in chunks of ``batch_size`` along axis 0 when given.
+
+        ``fixed_shapes``: run each chunk on a session specialized to its input shapes (see
+        :meth:`session`).
+        """
+        def session_for(part):
+            return self.session(model, key, fixed=part if fixed_shapes else None)
+
+        names = list(outputs) if outputs else [o.name for o in model.graph.output]
         n = _batch_len(feeds)
         if not batch_size or n is None or n <= batch_size:
-            return dict(zip(names, self._run(sess, names, feeds)))
+            return dict(zip(names, self._run(session_for(feeds), names, feeds)))
         chunks: list[list[np.ndarray]] = []
         for start in _progress(range(0, n, batch_size), progress, desc, unit_scale=batch_size):
             part = {k: v[start:start + batch_size] if _batched(v, n) else v for k, v in feeds.items()}
-            chunks.append(self._run(sess, names, part))
+            chunks.append(self._run(session_for(part), names, part))
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
     @staticmethod
@@ -171,6 +194,23 @@ class Runtime:
             return sess.run(names, dict(feeds), options)
         except Exception as exc:
             raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
+
+
+def _symbolic_sizes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple:
+    """((dim name, size), ...) for the symbolic input dims of ``model`` as ``feeds`` fill them.
+
+    A name given two different sizes (a broadcast input) is left symbolic.
+    """
+    sizes: dict = {}
+    clashes = set()
+    for vi in model.graph.input:
+        if vi.name not in feeds or not vi.type.HasField("tensor_type"):
+            continue
+        shape = np.shape(feeds[vi.name])
+        for dim, size in zip(vi.type.tensor_type.shape.dim, shape):
+            if dim.dim_param and sizes.setdefault(dim.dim_param, size) != size:
+                clashes.add(dim.dim_param)
+    return tuple(sorted((k, int(v)) for k, v in sizes.items() if k not in clashes))
 
 
 def _batched(v: np.ndarray, n: int) -> bool:

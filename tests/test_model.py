@@ -211,3 +211,29 @@ def test_derived_graphs_are_built_once_and_run_on_their_own_session(tmp_path):
         model.run_graph(graph, model.feeds(x))
     assert model.derived(("mine", "relu1"), build) is not graph and len(builds) == 2
     np.testing.assert_array_equal(model.run(x)["prob"], real(model.proto, model.feeds(x))["prob"])
+
+
+def test_fixed_shape_sessions_are_specialized_per_chunk_size(tmp_path):
+    """A derived graph marked fixed_shapes runs each chunk on a session whose symbolic dims are
+    set to that chunk's sizes (a batch of 3 in chunks of 2: sizes 2 and 1), keeps at most
+    SHAPE_VARIANTS of them, and gives the same numbers as the dynamic session."""
+    from onnxviz.graph.surgery import expose
+    from onnxviz.runtime import SHAPE_VARIANTS
+
+    model = load(save(tiny_cnn(), tmp_path / "tiny.onnx"), device="cpu")
+    graph = model.derived(("fixed", "relu1"), lambda: expose(model.proto, ["relu1"], keep_outputs=False),
+                          fixed_shapes=True)
+    created = []
+    real = model.runtime._create
+    model.runtime._create = lambda m, early=False, sizes=(): (m is graph and created.append(dict(sizes))) or real(
+        m, early, sizes)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    got = model.run_graph(graph, model.feeds(x), outputs=["relu1"], batch_size=2)["relu1"]
+    np.testing.assert_allclose(got, model.activations(x, ["relu1"])["relu1"], rtol=1e-6, atol=1e-6)
+    batch = model.proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert [c[batch] for c in created] == [2, 1]
+    model.run_graph(graph, model.feeds(x), outputs=["relu1"], batch_size=2)
+    assert len(created) == 2  # both sizes cached
+    model.run_graph(graph, model.feeds(x[:1].repeat(5, axis=0)), outputs=["relu1"])
+    assert [c[batch] for c in created] == [2, 1, 5]
+    assert len(model.runtime._sessions["fixed|relu1"]) == SHAPE_VARIANTS

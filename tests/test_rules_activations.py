@@ -34,11 +34,11 @@ def ref_relu_deconvnet(seed, x):
 
 
 def ref_clip_guided(seed, x, lo, hi):
-    return {"x": np.where((x >= lo) & (x <= hi), _relu(seed), 0)}
+    return {"x": np.where((x > lo) & (x < hi), _relu(seed), 0)}
 
 
 def ref_clip_deconvnet(seed, x, lo, hi):
-    return {"x": np.where(x <= hi, _relu(seed), 0)}
+    return {"x": np.where(x < hi, _relu(seed), 0)}
 
 
 def ref_leaky_guided(seed, x):
@@ -169,19 +169,24 @@ def test_guided_and_deconvnet_by_hand():
     relu6 = Case("Clip", {"x": np.array([[7.0, -1.0], [0.0, 6.0]], f32).reshape(1, 1, 2, 2)},
                  consts={"lo": np.array(0, f32), "hi": np.array(6, f32)})
     dy6 = np.array([[0.5, 0.7], [0.3, 0.2]], f32).reshape(1, 1, 2, 2)
-    assert np.allclose(_grad(relu6, dy6), [[0.0, 0.0], [0.3, 0.2]])  # inclusive bounds
+    assert np.allclose(_grad(relu6, dy6), 0.0)  # strict bounds, as torch's ReLU6
     assert np.allclose(_grad(relu6, -dy6, GUIDED), 0.0)
-    assert np.allclose(_grad(relu6, dy6, DECONVNET), [[0.0, 0.7], [0.3, 0.2]])  # upper mask stays
+    assert np.allclose(_grad(relu6, dy6, DECONVNET), [[0.0, 0.7], [0.3, 0.0]])  # upper mask stays
     leaky = Case("LeakyRelu", {"x": x}, attrs={"alpha": 0.1})
     assert np.allclose(_grad(leaky, dy), [[0.5, 0.07], [0.03, -0.4]])
     assert np.allclose(_grad(leaky, dy, GUIDED), [[0.5, 0.07], [0.03, 0.0]])
     assert np.allclose(_grad(leaky, dy, DECONVNET), [[0.5, 0.7], [0.3, 0.0]])
 
 
-def test_clip_boundaries_pass_the_gradient():
-    x = np.array([0.0, 6.0, -1e-3, 6.001, 3.0], f32)
-    case = Case("Clip", {"x": x}, attrs={"min": 0.0, "max": 6.0}, opset=10)
-    assert np.allclose(_grad(case, np.ones(5, f32)), [1, 1, 0, 0, 1])
+@pytest.mark.parametrize("opset", [10, 13])
+@pytest.mark.parametrize("shape", [(5,), (1, 5, 1, 1)])
+def test_clip_boundaries_block_the_gradient(opset, shape):
+    """Strictly inside (min, max), as torch's ReLU6/hardtanh and TF's relu6; in 4-D float32 the
+    mask is the blocked-layout Conv spelling, in 1-D the comparisons: both must agree."""
+    x = np.array([0.0, 6.0, -1e-3, 6.001, 3.0], f32).reshape(shape)
+    bounds = {"attrs": {"min": 0.0, "max": 6.0}} if opset < 11 else {"consts": RELU6}
+    case = Case("Clip", {"x": x}, opset=opset, **bounds)
+    assert np.array_equal(_grad(case, np.ones(shape, f32)).ravel(), [0, 0, 0, 0, 1])
 
 
 def test_softmax13_rule_on_opset11_model_fails_the_check():

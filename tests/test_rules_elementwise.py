@@ -140,3 +140,44 @@ def test_silu_requested_sigmoid_output_keeps_its_own_gradient():
     s = 1 / (1 + np.exp(-x))
     np.testing.assert_allclose(got["s"], seed * x, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got["x"], seed * (s + x * s * (1 - s)), rtol=1e-10, atol=1e-12)
+
+
+# ---- the blocked-layout masks (above / below) ----------------------------------------------
+def _mask_values(bound):
+    """Every float32 that could go wrong next to ``bound``: subnormals, signed zeros, infinities,
+    the neighbours of the bound and of the overflow limit of the 2^23 pre-scale."""
+    f32 = np.float32
+    tiny = np.finfo(f32).smallest_subnormal
+    b = f32(bound)
+    edge = [b, np.nextafter(b, f32(np.inf)), np.nextafter(b, f32(-np.inf)), b + tiny, b - tiny]
+    special = [0.0, -0.0, tiny, -tiny, 1e-40, -1e-40, 1e-38, np.inf, -np.inf, 3e38, -3e38, 2.0 ** 104, 1.0, -1.0]
+    return np.array(edge + special, f32)
+
+
+@pytest.mark.parametrize("bound", [0.0, 6.0, -0.5, 1e-30, -3e-39, 2.0 ** 90])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_blocked_masks_are_exact(bound, channels):
+    """above/below equal t > b and t < b bit for bit (the Conv + HardSigmoid spelling is used
+    for 4-D float32, with onnxruntime's full optimizations, i.e. its blocked layout)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxviz.autodiff.rules.elementwise import above, below
+    from onnxviz.graph.emitter import Emitter
+    from onnxviz.runtime import Runtime
+
+    values = _mask_values(bound)
+    x = np.resize(values, (2, channels, 3, 5)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    rng.shuffle(x.reshape(-1))
+    e = Emitter({"t": (TensorProto.FLOAT, list(x.shape))}, {}, 13)
+    outs = [above(e, "t", bound), below(e, "t", bound)]
+    assert any(n.op_type == "HardSigmoid" for n in e.nodes)  # the spelling under test, not the fallback
+    graph = helper.make_graph(e.nodes, "masks", [helper.make_tensor_value_info("t", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, x.shape) for o in outs],
+                              e.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    got_above, got_below = Runtime("cpu").run_once(model, {"t": x}).values()
+    assert np.array_equal(got_above, (x > np.float32(bound)).astype(np.float32))
+    assert np.array_equal(got_below, (x < np.float32(bound)).astype(np.float32))

@@ -104,9 +104,9 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
     runtime = model.runtime
     original = runtime._create
 
-    def counting(p):
+    def counting(p, **options):
         created.append(1)
-        return original(p)
+        return original(p, **options)
 
     runtime._create = counting
     monkeypatch.setattr(sanity, "SESSIONS", 2)

@@ -110,8 +110,15 @@ class Emitter:
         return self._shape_cache[x]
 
     def reshape_like(self, g: str, x: str) -> str:
-        s = self.static_shape(x)
-        return self.op("Reshape", g, self.ints(s) if s is not None else self.shape_of(x))
+        """Reshape ``g`` (as many elements as ``x``) to x's shape.
+
+        A constant target shape where at most one dim is unknown (it becomes -1): onnxruntime
+        then knows the result's shape statically, which its blocked-layout rewrites need.
+        """
+        s = self.shape(x)
+        if s is not None and sum(not isinstance(d, int) for d in s) <= 1 and 0 not in s:
+            return self.op("Reshape", g, self.ints([d if isinstance(d, int) else -1 for d in s]))
+        return self.op("Reshape", g, self.shape_of(x))
 
     def zeros_like(self, x: str) -> str:
         s = self.static_shape(x)

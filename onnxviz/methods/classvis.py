@@ -269,7 +269,7 @@ def gradient_model(model, height: int, width: int, tensor: str, rules=STANDARD):
         check_differentiable(proto)
         return gradient_graph(proto, tensor, [model.input.name], rules, extra_outputs=[tensor])
 
-    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), build)
+    return model.derived(("classvis", height, width, tensor, rules.name, id(rules)), build, fixed_shapes=True)
 
 
 def _size(model, pre: Preprocess, size) -> tuple[int, int]:

@@ -196,7 +196,8 @@ class WeightFeeds:
         return self.model.derived(("weights-as-inputs", self.tag, key if key is not None else id(proto)),
                                   lambda: _weights_as_inputs(proto, self.names))
 
-    def run(self, model, feeds, outputs=None, batch_size=None, progress=False, key=None, desc="running"):
+    def run(self, model, feeds, outputs=None, batch_size=None, progress=False, key=None, desc="running",
+            fixed_shapes=False):
         graph, names = self.rewritten(model, key)
         if key is not None:
             key = f"weights-as-inputs:{self.tag}:{key}"
@@ -204,9 +205,10 @@ class WeightFeeds:
         n = _batch_len(feeds)
         # chunk here, not in Runtime.run: it would also slice a weight whose first dim equals the batch
         if not batch_size or n is None or n <= batch_size:
-            return self.runtime.run(graph, {**feeds, **weights}, outputs, None, progress, key, desc)
+            return self.runtime.run(graph, {**feeds, **weights}, outputs, None, progress, key, desc, fixed_shapes)
         parts = [self.runtime.run(graph, {**{k: v[s:s + batch_size] if _batched(v, n) else v
-                                              for k, v in feeds.items()}, **weights}, outputs, None, False, key, desc)
+                                              for k, v in feeds.items()}, **weights}, outputs, None, False, key, desc,
+                                    fixed_shapes)
                  for s in range(0, n, batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

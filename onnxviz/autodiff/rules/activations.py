@@ -6,8 +6,11 @@ Tanh: 1-y², Softmax, Exp-like branches of Elu/Selu/Celu).
 Boundaries (measure-zero, but they occur: clipped values feed later Clips):
 
 * Relu passes the gradient where y > 0 (strict), HardSigmoid strictly inside (0, 1).
-* Clip passes it where min <= x <= max (inclusive, as torch.clamp and tf.clip_by_value);
-  so Clip(0, 6) as ReLU6 passes it at x = 0 where Relu does not.
+* Clip passes it strictly inside (min, max), read from its output y: as torch's ReLU6 and
+  hardtanh and TF's relu6 do, and consistent with Relu (Clip(0) is Relu). torch.clamp and
+  tf.clip_by_value pass it at the bounds too; the two differ only where x equals a bound
+  exactly (e.g. a conv output of exactly 0 over an all-zero region). Reading the mask from y
+  alone also lets onnxruntime fuse the Clip into the Conv before it.
 * HardSwish follows torch: 0 for x < -3, (2x + 3)/6 for -3 <= x <= 3, 1 above.
 
 Guided backprop and deconvnet (rule sets ``GUIDED`` and ``DECONVNET``). Captum only
@@ -19,7 +22,7 @@ as *relu(dy), ignoring the forward pass's rectification*:
 op            guided                                  deconvnet
 ============  ======================================  ======================================
 Relu          relu(dy) where y > 0                    relu(dy)
-Clip          relu(dy) where min <= x <= max          relu(dy) where x <= max (the upper
+Clip          relu(dy) where min < y < max            relu(dy) where y < max (the upper
               (the standard Clip mask)                saturation is not a rectification, so
                                                       its forward mask stays)
 LeakyRelu     relu(dy) · (1 if x > 0 else alpha)      relu(dy)
@@ -36,20 +39,20 @@ from typing import Optional
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import not_greater, not_less, positive, select, where_zero, zero_grad
+from .elementwise import above, below, not_less, positive, select, where_zero, zero_grad
 
 
 # ---- ReLU family --------------------------------------------------------------
 def relu(e: Emitter, node: Node, dys):
     """dx = dy where y > 0 (the output's sign is the mask: no extra forward value needed)."""
     y, dy = node.outputs[0], dys[0]
-    return [where_zero(e, positive(e, y), dy, like=y)]
+    return [e.op("Mul", dy, above(e, y))]
 
 
 def relu_guided(e: Emitter, node: Node, dys):
     """Guided backprop (Springenberg et al.): pass only positive gradients where the input was positive."""
     y, dy = node.outputs[0], dys[0]
-    return [where_zero(e, positive(e, y), e.op("Relu", dy), like=y)]
+    return [e.op("Mul", e.op("Relu", dy), above(e, y))]
 
 
 def relu_deconvnet(e: Emitter, node: Node, dys):
@@ -112,23 +115,32 @@ def _clip_bounds(e: Emitter, node: Node):
     return node.input(1), node.input(2)
 
 
-def _clip_mask(e: Emitter, x: str, lo, hi, y: Optional[str] = None):
-    """min <= x <= max as a bool tensor (None when Clip has no bounds).
+def _clip_bound_value(e: Emitter, node: Node, i: int) -> Optional[float]:
+    """Bound ``i`` (1: min, 2: max) as a number when it is known at build time."""
+    if "min" in node.attrs or "max" in node.attrs or node.opset < 11:
+        v = node.attr("min" if i == 1 else "max")
+        return None if v is None else float(v)
+    value = e.value(node.input(i))
+    return float(value.reshape(())) if value is not None and value.size == 1 else None
 
-    Given Clip's output y, the mask is x == y: one comparison where the bounds took four
-    passes (Less, Not, Greater, Not, And), with the same inclusive ends. Equal takes floats
-    from opset 11.
+
+def _clip_mask(e: Emitter, node: Node, lower: bool = True):
+    """1.0 strictly inside (min, max), read from Clip's output y (None when Clip has no bounds).
+
+    Known bounds use the blocked-layout masks (:func:`above`, :func:`below`); computed
+    bounds compare y with the bound tensors. ``lower=False`` leaves out the min.
     """
-    if y is not None and e.opset >= 11 and (lo is not None or hi is not None):
-        return e.op("Equal", x, y)
+    y = node.outputs[0]
+    lo, hi = _clip_bounds(e, node)
     parts = []
-    if lo is not None:
-        parts.append(not_less(e, x, lo))
-    if hi is not None:
-        parts.append(not_greater(e, x, hi))
+    for i, bound, const_mask, op in [(1, lo if lower else None, above, "Greater"), (2, hi, below, "Less")]:
+        if bound is None:
+            continue
+        value = _clip_bound_value(e, node, i)
+        parts.append(const_mask(e, y, value) if value is not None else e.cast_like(e.op(op, y, bound), y))
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else e.op("And", *parts)
+    return parts[0] if len(parts) == 1 else e.op("Mul", *parts)
 
 
 def _clip(e: Emitter, node: Node, dys, dx_from: str, mask):
@@ -138,7 +150,7 @@ def _clip(e: Emitter, node: Node, dys, dx_from: str, mask):
     lo, hi = _clip_bounds(e, node)
     grads = [None] * len(node.inputs)
     if node.needs[0]:
-        grads[0] = dx_from if mask is None else where_zero(e, mask, dx_from, like=x)
+        grads[0] = dx_from if mask is None else e.op("Mul", dx_from, mask)
     for i, (bound, outside) in enumerate([(lo, "Less"), (hi, "Greater")], start=1):
         if i < len(node.inputs) and node.needs[i]:
             total = e.op("ReduceSum", where_zero(e, e.op(outside, x, bound), dy, like=x), keepdims=0)
@@ -147,19 +159,16 @@ def _clip(e: Emitter, node: Node, dys, dx_from: str, mask):
 
 
 def clip(e: Emitter, node: Node, dys):
-    """dx = dy where min <= x <= max (inclusive); ReLU6 is Clip(0, 6)."""
-    lo, hi = _clip_bounds(e, node)
-    return _clip(e, node, dys, dys[0], _clip_mask(e, node.inputs[0], lo, hi, node.outputs[0]))
+    """dx = dy where min < y < max (strict, see the module docstring); ReLU6 is Clip(0, 6)."""
+    return _clip(e, node, dys, dys[0], _clip_mask(e, node))
 
 
 def clip_guided(e: Emitter, node: Node, dys):
-    lo, hi = _clip_bounds(e, node)
-    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], lo, hi, node.outputs[0]))
+    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node))
 
 
 def clip_deconvnet(e: Emitter, node: Node, dys):
-    _, hi = _clip_bounds(e, node)
-    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node.inputs[0], None, hi))
+    return _clip(e, node, dys, e.op("Relu", dys[0]), _clip_mask(e, node, lower=False))
 
 
 def thresholded_relu(e: Emitter, node: Node, dys):

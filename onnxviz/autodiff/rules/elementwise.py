@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+from onnx import TensorProto
+
 from ...graph.emitter import Emitter
 from ..ruleset import Node
 
@@ -54,6 +57,52 @@ def as_float(e: Emitter, cond: str, like: str) -> str:
 
 def positive(e: Emitter, t: str) -> str:
     return e.op("Greater", t, e.scalar(0, like=t))
+
+
+# ---- exact 0/1 masks in onnxruntime's blocked layout ----------------------------------
+# 2^23 * 2^126 = 2^149 maps the smallest float32 subnormal (2^-149) to 1, so
+# HardSigmoid(2^126 * (2^23 * (t - b))) is exactly 1 where t > b and 0 elsewhere; the first
+# factor is a 1x1 depthwise Conv (whose bias subtracts b), the second HardSigmoid's alpha.
+MASK_SCALE_IN = 2.0 ** 23
+MASK_SCALE_OUT = 2.0 ** 126
+MASK_BOUND_LIMIT = 2.0 ** 100  # 2^23 * b stays finite, so t - b keeps its sign
+
+
+def _blocked_channels(e: Emitter, t: str, bound: float) -> Optional[int]:
+    """Channel count of a float32 NCHW tensor that the Conv spelling applies to, else None."""
+    s = e.shape(t)
+    if (e.elem_type(t) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int)
+            or not abs(bound) <= MASK_BOUND_LIMIT):
+        return None
+    return s[1]
+
+
+def _compare_mask(e: Emitter, t: str, bound: float, sign: float) -> str:
+    channels = _blocked_channels(e, t, bound)
+    if channels is None:
+        op = "Greater" if sign > 0 else "Less"
+        return as_float(e, e.op(op, t, e.scalar(bound, like=t)), like=t)
+    w = e.const(np.full((channels, 1, 1, 1), sign * MASK_SCALE_IN, np.float32))
+    shift = np.float32(-sign * MASK_SCALE_IN) * np.float32(bound)  # exact: a power of two times a float32
+    b = e.const(np.full(channels, shift, np.float32)) if bound else None
+    scaled = e.op("Conv", t, w, b, group=channels, kernel_shape=[1, 1])
+    return e.op("HardSigmoid", scaled, alpha=MASK_SCALE_OUT, beta=0.0)
+
+
+def above(e: Emitter, t: str, bound: float = 0.0) -> str:
+    """1.0 where t > bound, else 0.0, in t's type: the masks of ReLU-like backward rules.
+
+    A Greater and a Cast make onnxruntime leave its blocked NCHWc layout twice per
+    activation (measured 5x slower, reorders included); for 4-D float32 tensors the same
+    mask is one Conv fused with HardSigmoid, which stays blocked. Exact for every float32,
+    subnormals included (see MASK_SCALE_IN); NaN gives NaN, so it is not hidden.
+    """
+    return _compare_mask(e, t, bound, 1.0)
+
+
+def below(e: Emitter, t: str, bound: float) -> str:
+    """1.0 where t < bound, else 0.0 (the spelling of :func:`above`)."""
+    return _compare_mask(e, t, bound, -1.0)
 
 
 def zero_grad(e: Emitter, node: Node, dys):

@@ -68,19 +68,37 @@ def _sum_kept(e: Emitter, t: str, axes: Axes) -> str:
     return e.reduce_sum(t, axes, keepdims=True)
 
 
-def _expand(e: Emitter, g: str, x: str) -> str:
-    """Broadcast ``g`` to the shape of ``x`` (Tile before Expand existed, opset 8)."""
-    s = e.static_shape(x)
+def _expand(e: Emitter, g: str, x: str, axes: Axes = None) -> str:
+    """Broadcast ``g`` (x's shape with the reduced ``axes`` as 1s) to the shape of ``x``.
+
+    Where only kept axes are unknown (a symbolic batch), the target shape is a constant
+    with 1 there, since g already has that size: onnxruntime then knows the result's shape
+    statically, which its blocked-layout (NCHWc) rewrites of the backward pass need.
+    Tile before Expand existed (opset 8).
+    """
     if e.opset >= 8:
-        return e.op("Expand", g, e.ints(s) if s is not None else e.shape_of(x))
+        return e.op("Expand", g, _broadcast_shape(e, x, axes))
     return e.op("Tile", g, e.op("Div", e.shape_of(x), e.op("Shape", g)))
 
 
-def _count(e: Emitter, x: str, y: str) -> str:
+def _broadcast_shape(e: Emitter, x: str, axes: Axes) -> str:
+    s = e.static_shape(x)
+    if s is not None:
+        return e.ints(s)
+    s = e.shape(x)
+    if s is not None and isinstance(axes, list) and all(isinstance(s[a], int) for a in axes):
+        return e.ints([d if isinstance(d, int) else 1 for d in s])
+    return e.shape_of(x)
+
+
+def _count(e: Emitter, x: str, y: str, axes: Axes = None) -> str:
     """How many input elements went into each output element: size(x) / size(y)."""
     xs, ys = e.static_shape(x), e.static_shape(y)
     if xs is not None and ys is not None:
         return e.scalar(math.prod(xs) // max(math.prod(ys), 1), like=x)
+    s = e.shape(x)
+    if s is not None and isinstance(axes, list) and all(isinstance(s[a], int) for a in axes):
+        return e.scalar(math.prod(s[a] for a in axes), like=x)
     return e.cast_like(e.op("Div", e.op("Size", x), e.op("Size", y)), x)
 
 
@@ -97,13 +115,13 @@ def _grads(node: Node, dx: Optional[str]) -> list:
 def reduce_sum(e: Emitter, node: Node, dys):
     """dx = dy broadcast back over the reduced axes."""
     x, y, axes, g = _prepare(e, node, dys)
-    return _grads(node, _expand(e, g, x))
+    return _grads(node, _expand(e, g, x, axes))
 
 
 def reduce_mean(e: Emitter, node: Node, dys):
     """dx = dy / count, broadcast back (also GlobalAveragePool)."""
     x, y, axes, g = _prepare(e, node, dys)
-    return _grads(node, _expand(e, e.op("Div", g, _count(e, x, y)), x))
+    return _grads(node, _expand(e, e.op("Div", g, _count(e, x, y, axes)), x, axes))
 
 
 def _extremum(e: Emitter, node: Node, dys, attains):
