@@ -6,8 +6,11 @@
 * Random logit: the map for a random other class against the map for the predicted one.
 
 The randomized weights are fed to the graphs as inputs: onnxruntime lets a graph input override
-an initializer of the same name, so every step runs in the SAME sessions as the first (no graph
-is rebuilt, no session created per layer), and the model itself is never modified.
+an initializer of the same name, so the L steps share a few sessions (:data:`SESSIONS`, kept with
+the model; no graph is rebuilt, no session created per layer), and the model itself is never
+modified. A session feeds only the layers randomized by its last step: fed weights lose
+onnxruntime's constant-weight optimizations. The steps' maps are compared with the original in
+a few large batches.
 
 >>> s = onnxviz.sanity_check(model, x, method="gradcam")
 >>> s.layers[0], s.spearman.shape        # the classifier first; (layers, images)
@@ -35,11 +38,12 @@ ORDERS = ("top-down", "bottom-up")
 PASS_BELOW = 0.5
 TOP_FRACTION = 0.1
 SIMILARITIES = ("spearman", "spearman_abs", "ssim", "topk")
-BATCH_PIXELS = 1 << 21
-# Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out constant
-# weights, and fuses Conv+BatchNormalization only then), so the steps are split among a few
-# sessions: the one for steps (a, b] feeds layers[0..b] and keeps the rest constant.
-SESSIONS = 4  # map pixels compared at once: the steps' maps in a few large arrays, not L small ones
+BATCH_PIXELS = 1 << 21  # map pixels compared at once: the steps' maps in a few large arrays, not L small ones
+# Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out only constant
+# weights, and fuses Conv+BatchNormalization only then: fed, a Grad-CAM run took 1.2-1.9x as
+# long), so the steps are split among a few sessions, each feeding only the layers randomized
+# by its last step and keeping the rest constant.
+SESSIONS = 4
 
 Method = Union[str, Callable]
 
@@ -152,25 +156,25 @@ def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0, spre
 
 def weight_spreads(proto: onnx.ModelProto, layers: list) -> dict:
     """name -> (shape, dtype, std) of each layer's weight and bias: all the draws need of the originals."""
-    names = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
-    out = {}
-    for init in proto.graph.initializer:
-        if init.name in names:
-            w = numpy_helper.to_array(init)
-            out[init.name] = (w.shape, w.dtype, float(np.std(w, dtype=np.float64)))
-    return out
+    return {k: _spread(v) for k, v in _layer_values(proto, layers).items()}
 
 
 def original_weights(model) -> tuple:
     """(values, spreads) of the model's weighted layers' initializers, read once per model."""
     def read():
-        layers = weighted_layers(model.proto)
-        names = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
-        values = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer if i.name in names}
-        spreads = {k: (v.shape, v.dtype, float(np.std(v, dtype=np.float64))) for k, v in values.items()}
-        return values, spreads
+        values = _layer_values(model.proto, weighted_layers(model.proto))
+        return values, {k: _spread(v) for k, v in values.items()}
 
     return model.derived(("sanity-weights",), read)
+
+
+def _layer_values(proto: onnx.ModelProto, layers: list) -> dict:
+    names = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.name in names}
+
+
+def _spread(w: np.ndarray) -> tuple:
+    return w.shape, w.dtype, float(np.std(w, dtype=np.float64))
 
 
 class WeightFeeds:
@@ -464,8 +468,8 @@ def views_of(signed: np.ndarray, absolute: np.ndarray) -> Views:
 
 
 def compare(a: Views, b: Views) -> Similarity:
-    """Similarity of b's maps to a's, image by image; ``b`` may hold k·N maps, k steps against a's N
-    (the results then run step by step)."""
+    """Similarity of b's maps to a's, image by image; ``b`` may hold k·N maps (k steps against a's
+    N), and the results then list them step by step."""
     return Similarity(spearman(a.signed, b.signed), spearman(a.absolute, b.absolute), ssim_of(a.unit, b.unit),
                       top_overlap(a.absolute, b.absolute))
 
@@ -530,11 +534,11 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
     steps = _progress(range(len(layers)), progress, f"randomizing ({name})")
     reference = views(first, model.input)
     parts, maps, pending = [], [], []
-    j = -1
+    session = -1
     for i in steps:
-        if j < 0 or i > ends[j]:  # the next session: it takes every layer randomized so far
-            j += 1
-            view = reweights[j]
+        if session < 0 or i > ends[session]:  # the next session: it takes every layer randomized so far
+            session += 1
+            view = reweights[session]
             view.runtime.values.update({n: v for d in draws[:i] for n, v in d.items()})
         view.runtime.values.update(draws[i])
         pending.append(fn(view, x, chosen))
