@@ -120,6 +120,28 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
     assert not np.allclose(again.maps, s.maps)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "vanilla"])
+def test_batched_similarities_equal_one_pair_at_a_time(tiny, method, monkeypatch):
+    """Maps compared in one batch (k steps against the original) give what each pair alone gives,
+    and the randomization test's numbers do not depend on how its steps are batched."""
+    model, _, x, _ = tiny
+    fn = sanity.method_function(method)[1]
+    first = fn(model, x, None)
+    others = [fn(model, x + 0.3 * k, (first.target + k) % 4) for k in range(1, 4)]
+    batched = sanity.compare_steps(sanity.views(first, model.input), others, model.input)
+    for k, other in enumerate(others):
+        alone = sanity.similarity(first, other, model.input)
+        for f, got in zip(sanity.SIMILARITIES, batched):
+            np.testing.assert_allclose(got[k], getattr(alone, f), rtol=0, atol=1e-12)
+    results = []
+    for pixels in (1, 1 << 30):  # every step its own batch; all steps in one
+        monkeypatch.setattr(sanity, "BATCH_PIXELS", pixels)
+        results.append(onnxviz.sanity_check(model, x, method=method, original=first, seed=2))
+    np.testing.assert_array_equal(results[0].maps, results[1].maps)
+    for f in sanity.SIMILARITIES:
+        np.testing.assert_allclose(getattr(results[0], f), getattr(results[1], f), rtol=0, atol=1e-12)
+
+
 def test_reweighted_view_leaves_the_model_alone(tiny):
     model, proto, x, _ = tiny
     before = model.run(x)["prob"]
@@ -146,6 +168,42 @@ def test_similarity_measures():
     skimage = pytest.importorskip("skimage.metrics", reason="scikit-image referee not installed")
     ref = [skimage.structural_similarity(a[i], b[i], data_range=1.0) for i in range(3)]
     np.testing.assert_allclose(ssim(a, b), ref, atol=1e-9)
+
+
+def test_ssim_equals_the_filtered_formula():
+    """SSIM from per-map window statistics (the reference's reused for k steps) equals the formula
+    written out with scipy's uniform filter and skimage's crop (the referee when skimage is absent)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(4)
+    a, b = rng.random((3, 20, 17)), rng.random((6, 20, 17))
+    b[4] = a[1]
+
+    def formula(a, b, win=7):
+        mu_a, mu_b = uniform_filter(a, (1, win, win)), uniform_filter(b, (1, win, win))
+        cov = win * win / (win * win - 1)
+        va = cov * (uniform_filter(a * a, (1, win, win)) - mu_a * mu_a)
+        vb = cov * (uniform_filter(b * b, (1, win, win)) - mu_b * mu_b)
+        vab = cov * (uniform_filter(a * b, (1, win, win)) - mu_a * mu_b)
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        s = ((2 * mu_a * mu_b + c1) * (2 * vab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
+        return s[:, 3:-3, 3:-3].mean(axis=(1, 2))
+
+    want = formula(np.concatenate([a, a]), b)
+    np.testing.assert_allclose(sanity.ssim_of(sanity.local_stats(a), sanity.local_stats(b)), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ssim(a, b[:3]), want[:3], rtol=0, atol=1e-12)
+    assert abs(want[4] - 1) < 1e-12
+
+
+def test_top_pixels_from_the_sort_equal_the_definition():
+    """The top mask read off the rank sort equals top_mask's, with and without ties at the cut."""
+    rng = np.random.default_rng(6)
+    maps = rng.random((4, 10, 10))
+    maps[1] = np.round(maps[1] * 3)  # ties straddle the cut: raster order decides
+    maps[2, :5] = maps[2].max()      # a tie above the cut only
+    for m in (maps, maps[[0, 3]]):  # the fallback for all rows; the sort alone
+        flat = m.reshape(len(m), -1)
+        np.testing.assert_array_equal(sanity.ranked(m).top, sanity.top_mask(flat, 0.1))
 
 
 def test_top_overlap_by_hand():

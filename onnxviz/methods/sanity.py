@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -38,7 +39,7 @@ ORDERS = ("top-down", "bottom-up")
 PASS_BELOW = 0.5
 TOP_FRACTION = 0.1
 SIMILARITIES = ("spearman", "spearman_abs", "ssim", "topk")
-BATCH_PIXELS = 1 << 21  # map pixels compared at once: the steps' maps in a few large arrays, not L small ones
+BATCH_PIXELS = 1 << 16  # map pixels compared at once: a step at 224x224 or a few small ones per batch
 # Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out only constant
 # weights, and fuses Conv+BatchNormalization only then: fed, a Grad-CAM run took 1.2-1.9x as
 # long), so the steps are split among a few sessions, each feeding only the layers randomized
@@ -535,17 +536,23 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
     reference = views(first, model.input)
     parts, maps, pending = [], [], []
     session = -1
-    for i in steps:
-        if session < 0 or i > ends[session]:  # the next session: it takes every layer randomized so far
-            session += 1
-            view = reweights[session]
-            view.runtime.values.update({n: v for d in draws[:i] for n, v in d.items()})
-        view.runtime.values.update(draws[i])
-        pending.append(fn(view, x, chosen))
-        maps.append(pending[-1].map)
-        if i == len(layers) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
-            parts.append(compare_steps(reference, pending, model.input))
-            pending = []
+    # the comparisons run on a worker thread while the next steps run (numpy and onnxruntime
+    # release the GIL); at most two batches wait, so the results held stay bounded
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxviz-sanity") as pool:
+        for i in steps:
+            if session < 0 or i > ends[session]:  # the next session: it takes every layer randomized so far
+                session += 1
+                view = reweights[session]
+                view.runtime.values.update({n: v for d in draws[:i] for n, v in d.items()})
+            view.runtime.values.update(draws[i])
+            pending.append(fn(view, x, chosen))
+            maps.append(pending[-1].map)
+            if i == len(layers) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
+                if len(parts) >= 2:
+                    parts[-2].result()
+                parts.append(pool.submit(compare_steps, reference, pending, model.input))
+                pending = []
+        parts = [p.result() for p in parts]
     stack = {f: np.concatenate([p[j] for p in parts]) for j, f in enumerate(SIMILARITIES)}
     return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
                         maps=np.stack(maps), order=order, **stack)
