@@ -219,17 +219,24 @@ class WeightFeeds:
 
 
 def _weights_as_inputs(proto: onnx.ModelProto, names) -> tuple:
-    """A copy of ``proto`` whose initializers in ``names`` are also graph inputs (overridable)."""
+    """A copy of ``proto`` whose initializers in ``names`` are graph inputs instead: every run
+    feeds them, so the copy (kept per session, a few per model) does not hold their values."""
     wanted = set(names)
     inputs = {i.name for i in proto.graph.input}
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    taken = []
+    taken, kept = [], []
     for init in out.graph.initializer:
-        if init.name in wanted:
-            taken.append(init.name)
-            if init.name not in inputs:
-                out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        if init.name not in wanted:
+            kept.append(init)
+            continue
+        taken.append(init.name)
+        if init.name not in inputs:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    if len(kept) < len(out.graph.initializer):
+        kept = [onnx.TensorProto.FromString(t.SerializeToString()) for t in kept]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(kept)
     return out, taken
 
 
