@@ -89,6 +89,22 @@ def _compare_mask(e: Emitter, t: str, bound: float, sign: float) -> str:
     return e.op("HardSigmoid", scaled, alpha=MASK_SCALE_OUT, beta=0.0)
 
 
+def scale_channels(e: Emitter, g: str, factor: np.ndarray, like: str) -> str:
+    """g (shaped like the forward tensor ``like``) times a constant per-channel ``factor`` ([C]) along axis 1.
+
+    For 4-D float32 tensors a 1x1 depthwise Conv, which onnxruntime keeps in its NCHWc
+    layout; a Mul by a [C, 1, 1] constant would leave it (see :func:`above`).
+    """
+    factor = np.asarray(factor).reshape(-1)
+    s = e.shape(like)
+    if e.elem_type(like) == TensorProto.FLOAT and s is not None and len(s) == 4 and s[1] == factor.size:
+        w = e.const(factor.astype(np.float32).reshape(-1, 1, 1, 1))
+        return e.op("Conv", g, w, group=factor.size, kernel_shape=[1, 1])
+    rank = len(s) if s is not None else None
+    shape = [-1] + [1] * (rank - 2) if rank and rank > 2 else [-1]
+    return e.op("Mul", g, e.const(factor.astype(e.dtype(like)).reshape(shape)))
+
+
 def above(e: Emitter, t: str, bound: float = 0.0) -> str:
     """1.0 where t > bound, else 0.0, in t's type: the masks of ReLU-like backward rules.
 
