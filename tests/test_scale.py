@@ -239,3 +239,23 @@ def test_without_ray_engine_ray_names_the_extra_to_install(tmp_path, monkeypatch
 def test_ray_only_options_need_the_ray_engine(tmp_path):
     result = CliRunner().invoke(main, ["embed", MODEL, str(shapes(tmp_path / "d", 2)), "--actors", "2"])
     assert result.exit_code == 1 and "--engine ray" in result.output
+
+
+@pytest.mark.parametrize("flag, value", [("--method", "gradcam,nope"), ("--metrics", "deletion,nope")])
+def test_an_unknown_method_or_metric_fails_in_the_driver_as_on_the_local_engine(tmp_path, monkeypatch, flag, value):
+    """The same one-line error as the local engine, before any Ray runtime starts (not from inside a worker)."""
+    pytest.importorskip("ray")
+    from onnxviz.distributed import jobs
+
+    def no_ray(*_args, **_kwargs):
+        raise AssertionError("a Ray runtime was started for a command that cannot run")
+
+    monkeypatch.setattr(jobs, "init_ray", no_ray)
+    image = str(Path(MODEL).parent / "images" / "star_0.png")
+    args = ["evaluate", MODEL, image, flag, value]
+    local = cli(*args, "--out", tmp_path / "local")
+    remote = cli(*args, "--out", tmp_path / "ray", "--engine", "ray")
+    error = [line for line in local.output.splitlines() if line.startswith("Error:")]
+    assert local.exit_code == remote.exit_code == 1 and len(error) == 1 and "unknown" in error[0]
+    assert [line for line in remote.output.splitlines() if line.startswith("Error:")] == error
+    assert "Traceback" not in remote.output and not (tmp_path / "ray").exists()

@@ -218,6 +218,18 @@ class BatchExplainer(_BatchCallable):
         return out
 
 
+def _check_names(methods, metrics) -> None:
+    """Unknown method or metric names, refused where the callable is made (the driver), with the
+    local engine's message: inside a worker they would surface as a failed Ray run."""
+    from ..methods.sanity import method_function
+    from ..methods.trust import check_metrics
+
+    check_metrics(metrics, have_regions=True)  # names only: whether boxes came is the caller's check
+    for method in methods:
+        if method not in explainers() and not callable(method):
+            method_function(method)  # raises "unknown method ...: choose from ..."
+
+
 class BatchEvaluator(_BatchCallable):
     """Trust metrics (``onnxviz evaluate``) of ``methods`` for a batch of images, one record per image.
 
@@ -232,6 +244,7 @@ class BatchEvaluator(_BatchCallable):
                  steps: int = 50, score: str = "prob", seed: int = 0, pre: Optional[Preprocess] = None,
                  device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
                  load_options: Optional[dict] = None):
+        _check_names(methods, metrics)
         super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
                          **(load_options or {}))
         self.methods, self.metrics = list(methods), list(metrics)
