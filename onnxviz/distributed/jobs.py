@@ -382,13 +382,14 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
                        chosen=targets is not None)
     entries, failures = {}, {}
     results = out / (f"results.{shard.name}.json" if shard else "results.json")
-    summary = {"model": os.path.abspath(model_path), "method": method, "images": []}
+    summary = {"model": os.path.abspath(model_path), "method": method,
+               "explained": _explained(session.model, options, targets), "images": []}
     last = [time.monotonic()]
 
     def collect(batch):
         for i, ok, entry, reason in zip(batch["index"], batch["ok"], batch["entry"], batch["error"]):
             if ok:
-                entries[int(i)] = json.loads(str(entry))
+                entries[int(i)] = _as_given(json.loads(str(entry)), dirs[int(i)])
             else:
                 failures[int(i)] = str(reason)
         if time.monotonic() - last[0] > 1.0:  # results.json stays current without rewriting it per batch
@@ -405,6 +406,25 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     save_json(summary, results)
     return ExplainRun(summary["images"], [Skipped(Path(paths[i]), r) for i, r in sorted(failures.items())],
                       stats, results)
+
+
+def _as_given(entry: dict, folder) -> dict:
+    """A results.json entry with the image's folder and files as the caller named them (relative
+    when ``--out`` was), as the local engine writes them; workers were given absolute ones, since
+    they may start in other folders or on other nodes."""
+    maps = [{**m, "files": {kind: str(Path(folder) / Path(p).name) for kind, p in m["files"].items()}}
+            for m in entry["maps"]]
+    return {**entry, "dir": str(folder), "maps": maps}
+
+
+def _explained(model, options: dict, targets) -> dict:
+    """results.json's "explained": what the maps explain, as the local engine records it."""
+    from ..targets import describe, normalize, objective
+
+    score = options.get("score") or "logit"
+    obj = objective(model, options.get("output"), score)
+    target = targets if targets is not None else normalize(model, obj, None, 1)
+    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 @dataclass
