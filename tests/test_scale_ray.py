@@ -88,6 +88,22 @@ def test_cam_on_ray_equals_the_local_engine(tmp_path, local_ray, monkeypatch):
     _same_maps(local, remote, 24)
 
 
+def test_ray_workers_running_exported_gradient_files_equal_the_local_engine(tmp_path, local_ray):
+    """--grad-model: the actors run export-grad files instead of building graphs (gradcam; guided saliency)."""
+    data = tmp_path / "data"
+    save_folder(make_shapes(4, 64, seed=16), data)
+    layer = "/features/features.14/Relu_output_0"
+    for command, method, rules, wrt in (("cam", "gradcam", "standard", layer), ("saliency", "guided", "guided", "input")):
+        grad = tmp_path / f"{rules}.onnx"
+        cli("export-grad", MODEL, "--wrt", wrt, "--rules", rules, "-o", grad)
+        local, remote = tmp_path / f"{method}-local", tmp_path / f"{method}-ray"
+        cli(command, MODEL, data, "--method", method, "--out", local, "--batch-size", 4)
+        out = cli(command, MODEL, data, "--method", method, "--out", remote, "--engine", "ray", "--actors", "1",
+                  "--batch-size", 4, "--grad-model", grad)
+        assert "4 computed, 0 already done, 0 failed" in out
+        _same_maps(local, remote, 4)
+
+
 @pytest.mark.slow
 def test_cam_on_ray_equals_the_local_engine_on_200_images(tmp_path, images, local_ray):
     cli("cam", MODEL, images, "--out", tmp_path / "local")

@@ -161,7 +161,7 @@ class ExplainTask:
         self.suffixed, self.chosen = suffixed, chosen
 
     def warm_up(self):
-        self.explainer.model
+        self.explainer.explaining  # the model, and the exported gradient files (checked) when given
 
     def __call__(self, batch: dict) -> dict:
         from ..images import deprocess
@@ -353,11 +353,14 @@ class ExplainRun:
 def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: str, options: dict,
                     targets: Optional[np.ndarray] = None, pre=None, load_options: Optional[dict] = None,
                     batch_size: int = 16, engine=None, shard: Optional[Shard] = None,
-                    relative: Optional[Sequence[str]] = None, progress: bool = False) -> ExplainRun:
+                    relative: Optional[Sequence[str]] = None, progress: bool = False,
+                    grad_model=None) -> ExplainRun:
     """Maps of ``method`` for every image in ``paths`` (files to ``dirs``), on ``engine``; resumable.
 
     ``relative``: the names ``shard`` splits by (default the paths as given). Writes
     ``out/results.json`` (``results.shard-i-of-n.json`` for a shard) in input order.
+    ``grad_model``: ``export-grad`` file(s) the workers run instead of building gradient graphs
+    (checked against the model and method here, before any worker starts).
     """
     engine = as_engine(engine)
     model_path = os.path.abspath(model_path)  # workers on other nodes start in other folders
@@ -365,7 +368,12 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
     explainer = BatchExplainer(model_path, method, pre=pre or session.pre, device=wl.pop("device"),
-                               threads=wl.pop("threads"), load_options=wl, **options)
+                               threads=wl.pop("threads"), load_options=wl, grad_model=grad_model, **options)
+    if explainer.grad_model:
+        from .exported import check_exported, read_exported
+
+        check_exported([read_exported(p) for p in explainer.grad_model], session.model, method, options,
+                       tuple(_fixed(session.model, explainer.pre).size))
     out = Path(out).absolute()
     names = list(relative) if relative is not None else [str(p) for p in paths]
     keep = [i for i in range(len(paths)) if shard is None or shard.contains(names[i])]
