@@ -34,7 +34,8 @@ def export_grad(model, wrt, output, score, rules, out, **opts):
 
     Inputs: the model's inputs plus `seed`, shaped like the differentiated tensor. Outputs: the
     model's outputs, the wrt tensors, and d(seed . tensor)/d(wrt) for each. Models over 2 GB are
-    written with external data beside the file.
+    written with external data beside the file. The file's metadata says what it computes, so
+    `cam`/`saliency --grad-model` can run it instead of building the graph.
 
     \b
     Example:
