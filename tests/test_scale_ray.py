@@ -93,7 +93,8 @@ def test_ray_workers_running_exported_gradient_files_equal_the_local_engine(tmp_
     data = tmp_path / "data"
     save_folder(make_shapes(4, 64, seed=16), data)
     layer = "/features/features.14/Relu_output_0"
-    for command, method, rules, wrt in (("cam", "gradcam", "standard", layer), ("saliency", "guided", "guided", "input")):
+    runs = (("cam", "gradcam", "standard", layer), ("saliency", "guided", "guided", "input"))
+    for command, method, rules, wrt in runs:
         grad = tmp_path / f"{rules}.onnx"
         cli("export-grad", MODEL, "--wrt", wrt, "--rules", rules, "-o", grad)
         local, remote = tmp_path / f"{method}-local", tmp_path / f"{method}-ray"
