@@ -140,3 +140,23 @@ def test_the_api_refuses_a_file_of_another_size(exported, tmp_path):
     assert cli("export-grad", MODEL, "--size", "32x32", "-o", sized).exit_code == 0
     with pytest.raises(OnnxvizError, match="exported with --size 32x32; the images are 64x64"):
         BatchExplainer(MODEL, "vanilla", grad_model=sized)({"path": np.array(IMAGES[:1])})
+
+
+def test_general_targets_seed_the_exported_graph_as_the_built_one(exported, builds):
+    """Several classes, a negated class, a raw seed array: the numpy seed matches the in-graph one."""
+    from onnxviz.distributed.exported import ExportedGradients, read_exported
+    from onnxviz.methods.saliency import saliency
+    from onnxviz.session import open_session
+    from onnxviz.targets import Target
+
+    session = open_session(MODEL)
+    x, _, _ = session.batch(IMAGES[:3])
+    loaded = ExportedGradients(session.model, [read_exported(exported["standard"])])
+    seed = np.random.default_rng(0).normal(size=(1, 6))
+    for target in (Target([1, 2]), Target(3, negate=True), seed):
+        got = saliency(loaded, x, target=target)
+        assert builds == []
+        want = saliency(session.model, x, target=target)
+        np.testing.assert_allclose(got.raw, want.raw, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.score, want.score, rtol=1e-6, atol=1e-6)
+        builds.clear()
