@@ -162,16 +162,56 @@ class ExportedGradients:
         # The seed needs the targets, and a predicted target the output: one forward run first.
         y = model.activations(x, [obj.tensor], batch_size=batch_size)[obj.tensor]
         seed, chosen = seed_array(obj, y, t, hw)
-        graph = model.derived(("exported-grad", f.path), lambda: onnx.load(f.path))
+        fetch = list(dict.fromkeys([*model.outputs, *names, *(f.grads[n] for n in names)]))
+        graph = model.derived(("exported-grad", f.path, tuple(fetch)), lambda: _pruned(f.path, fetch))
         feeds = model.feeds(x)
         feeds[f.seed] = np.ascontiguousarray(seed, _input_dtype(graph, f.seed))
-        fetch = list(dict.fromkeys([*model.outputs, *names, *(f.grads[n] for n in names)]))
         values = model.run_graph(graph, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
                                  progress=progress, desc="gradients")
         explained = np.sum(seed * y, axis=tuple(range(1, y.ndim))).astype(y.dtype)
         return Gradients({w: values[f.grads[n]] for w, n in zip(wrt, names)},
                          outputs={o: values[o] for o in model.outputs}, activations={n: values[n] for n in names},
                          target=chosen, score=explained, objective=obj, explained=describe(t))
+
+
+def _pruned(path: str, outputs: Sequence[str]) -> onnx.ModelProto:
+    """The file's graph cut down to ``outputs``: onnxruntime runs every node of a graph, so the
+    gradients a file holds for other tensors (an input gradient beside a layer's) would cost as
+    much as the ones asked for. Dropping nodes is one pass over the graph, not a gradient build."""
+    from ..graph.surgery import prune
+
+    proto = onnx.load(path)
+    keep = [o for o in proto.graph.output if o.name in outputs]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    return _without_unread_outputs(prune(proto))
+
+
+def _without_unread_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop trailing optional node outputs that nothing reads any more (in place).
+
+    Backward rules give forward nodes outputs for their own use (MaxPool's Indices); once the
+    nodes reading them are pruned, onnxruntime would still compute them, and a MaxPool asked
+    for indices runs a kernel three times slower than one that is not.
+    """
+    graph = proto.graph
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    for node in graph.node:
+        if len(node.output) < 2:
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain or "", 1), node.domain or "")
+        except onnx.defs.SchemaError:
+            continue
+        while len(node.output) > 1 and node.output[-1] not in read and _optional(schema, len(node.output) - 1):
+            node.output.pop()
+    return proto
+
+
+def _optional(schema, index: int) -> bool:
+    return index < len(schema.outputs) and \
+        schema.outputs[index].option == onnx.defs.OpSchema.FormalParameterOption.Optional
 
 
 def _input_dtype(graph: onnx.ModelProto, name: str):
