@@ -8,7 +8,6 @@ import onnx
 
 from ..autodiff import RULESETS, gradient_graph, ruleset
 from ..checkgrad import check_gradients, format_rows, verdict
-from ..errors import OnnxvizError
 from ..gradients import check_differentiable
 from ..graph.analysis import gradcam_candidates
 from ..io import ensure_out_dir, save_model
