@@ -181,3 +181,26 @@ def test_blocked_masks_are_exact(bound, channels):
     got_above, got_below = Runtime("cpu").run_once(model, {"t": x}).values()
     assert np.array_equal(got_above, (x > np.float32(bound)).astype(np.float32))
     assert np.array_equal(got_below, (x < np.float32(bound)).astype(np.float32))
+
+
+def test_silu_4d_float32_uses_the_blocked_spelling_and_stays_exact():
+    """In 4-D float32 the 1 - s factor is a Conv (onnxruntime keeps it in NCHWc); the gradient
+    still equals SiLU's derivative σ(x)(1 + x(1 - σ(x))), evaluated here in float64."""
+    from onnx import TensorProto, helper, shape_inference
+
+    from onnxviz.autodiff import STANDARD
+    from onnxviz.autodiff.backward import gradient_graph
+
+    shape = [2, 3, 4, 5]
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["m"])],
+                              "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, shape)])
+    model = shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    ops = [n.op_type for n in gradient_graph(model, "m", ["x"], STANDARD).proto.graph.node]
+    assert "Sub" not in ops and "Conv" in ops
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    seed = rng.standard_normal(shape).astype(np.float32)
+    got = gradients(model, {"x": x}, "m", ["x"], seed)["x"]
+    x64 = x.astype(np.float64)
+    sig = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(got, seed * sig * (1 + x64 * (1 - sig)), rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from onnx import helper
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
+from .elementwise import blocked
 
 
 def _refuse_weight_grad(node: Node):
@@ -229,7 +230,7 @@ def conv(e: Emitter, node: Node, dys):
         ]
         dx = e.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, group=group,
                   pads=pads, kernel_shape=kernel, output_padding=out_pad if any(out_pad) else None)
-        return _grads(node, dx)
+        return _grads(node, blocked(e, dx, like=x))
     begin = pads[:n] if pads is not None else runtime_pads(e, node, x, kernel, strides, dilations)[0]
     return _grads(node, transpose_conv_to(e, dy, w, x, kernel, strides, dilations, group, begin))
 

@@ -89,20 +89,41 @@ def _compare_mask(e: Emitter, t: str, bound: float, sign: float) -> str:
     return e.op("HardSigmoid", scaled, alpha=MASK_SCALE_OUT, beta=0.0)
 
 
-def scale_channels(e: Emitter, g: str, factor: np.ndarray, like: str) -> str:
-    """g (shaped like the forward tensor ``like``) times a constant per-channel ``factor`` ([C]) along axis 1.
+def scale_channels(e: Emitter, g: str, factor: np.ndarray, like: str, shift: Optional[float] = None) -> str:
+    """g (shaped like the forward tensor ``like``) times a constant per-channel ``factor`` ([C])
+    along axis 1, plus a constant ``shift``.
 
     For 4-D float32 tensors a 1x1 depthwise Conv, which onnxruntime keeps in its NCHWc
-    layout; a Mul by a [C, 1, 1] constant would leave it (see :func:`above`).
+    layout; a Mul (or Sub) with a constant would leave it (see :func:`above`).
     """
     factor = np.asarray(factor).reshape(-1)
     s = e.shape(like)
     if e.elem_type(like) == TensorProto.FLOAT and s is not None and len(s) == 4 and s[1] == factor.size:
         w = e.const(factor.astype(np.float32).reshape(-1, 1, 1, 1))
-        return e.op("Conv", g, w, group=factor.size, kernel_shape=[1, 1])
+        b = None if shift is None else e.const(np.full(factor.size, shift, np.float32))
+        return e.op("Conv", g, w, b, group=factor.size, kernel_shape=[1, 1])
     rank = len(s) if s is not None else None
     shape = [-1] + [1] * (rank - 2) if rank and rank > 2 else [-1]
-    return e.op("Mul", g, e.const(factor.astype(e.dtype(like)).reshape(shape)))
+    out = e.op("Mul", g, e.const(factor.astype(e.dtype(like)).reshape(shape)))
+    return out if shift is None else e.op("Add", out, e.scalar(shift, like=like))
+
+
+def _channels(e: Emitter, t: str) -> Optional[int]:
+    s = e.shape(t)
+    return s[1] if s is not None and len(s) == 4 and isinstance(s[1], int) else None
+
+
+def blocked(e: Emitter, g: str, like: str) -> str:
+    """g unchanged, passed through a 1x1 depthwise Conv with unit weights (exact) for 4-D float32.
+
+    After an op onnxruntime runs in plain NCHW (ConvTranspose): the element-wise masks and
+    sums downstream stay in whatever layout their inputs arrive in, so without this every
+    one of them would pay a reorder; the Conv moves the gradient back into NCHWc once.
+    """
+    s = e.shape(like)
+    if e.elem_type(like) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int):
+        return g
+    return scale_channels(e, g, np.ones(s[1], np.float32), like)
 
 
 def above(e: Emitter, t: str, bound: float = 0.0) -> str:
@@ -159,7 +180,12 @@ def silu(e: Emitter, node: Node, dy: str, i: int) -> list:
     Exact: d(x·σ(x))/dx = σ + x·σ(1-σ) = σ + y(1-σ).
     """
     s, y = node.inputs[1 - i], node.outputs[0]
-    dx = e.op("Mul", dy, e.op("Add", s, e.op("Mul", y, e.op("Sub", e.scalar(1, like=y), s))))
+    channels = _channels(e, y)
+    if channels is not None and e.shape(s) == e.shape(y):  # 1 - s as a Conv: stays in NCHWc
+        one_minus_s = scale_channels(e, s, np.full(channels, -1.0), like=y, shift=1.0)
+    else:
+        one_minus_s = e.op("Sub", e.scalar(1, like=y), s)
+    dx = e.op("Mul", dy, e.op("Add", s, e.op("Mul", y, one_minus_s)))
     return [dx, None] if i == 0 else [None, dx]
 
 
