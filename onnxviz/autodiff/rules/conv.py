@@ -195,6 +195,29 @@ def _strided_depthwise(e: Emitter, node: Node, dy: str, kernel, strides, dilatio
     return e.op("Conv", spread, flipped, kernel_shape=list(kernel), dilations=list(dilations), group=group, pads=back)
 
 
+def _strided_pointwise(e: Emitter, node: Node, dy: str, kernel, strides, pads) -> Optional[str]:
+    """dX of a strided 1x1 Conv without pads (ResNet's downsampling shortcuts): the 1x1 adjoint
+    at the output's resolution, then zero insertion (a 1x1 unit ConvTranspose per channel);
+    None where it does not apply. Both halves are cheaper than one dense ConvTranspose, and
+    the Conv stays in onnxruntime's NCHWc layout.
+    """
+    x, w = node.inputs[0], node.inputs[1]
+    xs, ws, ys = e.shape(x), e.static_shape(w), e.shape(node.outputs[0])
+    if (len(kernel) != 2 or any(k != 1 for k in kernel) or any(pads) or ws is None or xs is None or ys is None
+            or not all(isinstance(d, int) for d in [*xs[1:], *ys[1:]])):
+        return None
+    channels = xs[1]
+    extra = [h - (o - 1) * s - 1 for h, o, s in zip(xs[2:], ys[2:], strides)]
+    if not all(0 <= v < s for v, s in zip(extra, strides)):
+        return None
+    flipped = emit_flipped_kernel(e, w, ws, 1)
+    low = e.op("Conv", dy, flipped, kernel_shape=[1, 1])
+    unit = e.const(np.ones((channels, 1, 1, 1), e.dtype(x)))
+    spread = e.op("ConvTranspose", low, unit, group=channels, strides=list(strides), kernel_shape=[1, 1],
+                  output_padding=extra if any(extra) else None)
+    return blocked(e, spread, like=x)
+
+
 def conv(e: Emitter, node: Node, dys):
     """dX = ConvTranspose(dY, W) with the forward's strides, dilations, group and explicit pads.
 
@@ -221,6 +244,10 @@ def conv(e: Emitter, node: Node, dys):
             return _grads(node, dx)
     if pads is not None and group > 1 and any(s > 1 for s in strides):
         dx = _strided_depthwise(e, node, dy, kernel, strides, dilations, group, pads)
+        if dx is not None:
+            return _grads(node, dx)
+    if pads is not None and group == 1 and any(s > 1 for s in strides):
+        dx = _strided_pointwise(e, node, dy, kernel, strides, pads)
         if dx is not None:
             return _grads(node, dx)
     if pads is not None and all(isinstance(h, int) for h in sizes):
