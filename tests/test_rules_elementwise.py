@@ -49,6 +49,15 @@ CASES = [
     Case("Ceil", {"x": off_grid(2, 3)}),
     Case("Round", {"x": off_grid(2, 3, offset=0.5)}),
     Case("Sign", {"x": away_from_zero(rng, (2, 3), dtype=f64)}),
+    # per-channel products in 4-D float32: squeeze-excite gates and constant scales (NCHWc spellings)
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(2, 3, 1, 1, dtype=f32)}, opset=13, id="Mul-se-gate"),
+    Case("Mul", {"a": r(2, 3, 1, 1, dtype=f32), "b": r(2, 3, 4, 5, dtype=f32)}, opset=13, id="Mul-se-gate-first"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(1, 3, 1, 1, dtype=f32)}, opset=13,
+         id="Mul-batch-broadcast-gate"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32)}, consts={"b": r(1, 3, 1, 1, dtype=f32)}, opset=13,
+         id="Mul-constant-scale"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(2, 3, 1, 1, dtype=f32)}, opset=11, id="Mul-se-gate-opset11"),
+    Case("ReduceMean", {"x": r(2, 3, 4, 5, dtype=f32)}, attrs={"axes": [2, 3]}, opset=13, id="ReduceMean-spatial-f32"),
     # symbolic dims: unbroadcast and shapes are worked out at run time
     Case("Div", {"a": r(2, 3, 4), "b": pos(3, 1)}, dynamic=(0, 1), id="Div-dynamic"),
     Case("Pow", {"a": pos(2, 3), "b": r(3)}, dynamic=(0,), id="Pow-dynamic"),

@@ -189,12 +189,61 @@ def silu(e: Emitter, node: Node, dy: str, i: int) -> list:
     return [dx, None] if i == 0 else [None, dx]
 
 
+def _per_channel_mul(e: Emitter, node: Node, dy: str) -> Optional[list]:
+    """Gradients of a 4-D float32 x · g with g shaped [N or 1, C, 1, 1] (a squeeze-excite gate, or
+    a constant per-channel scale), spelled in ops onnxruntime keeps in its NCHWc layout; None
+    where the pattern does not apply.
+
+    dx = dy · upsample(g) (nearest, asymmetric/floor: the NCHWc Upsample; a broadcasting Mul
+    would leave the layout) or, for a constant g, a depthwise Conv; dg = H·W · mean_HW(dy · x)
+    (GlobalAveragePool, also NCHWc).
+    """
+    out = node.outputs[0]
+    so = e.shape(out)
+    if e.elem_type(out) != TensorProto.FLOAT or so is None or len(so) != 4 or not all(
+            isinstance(d, int) for d in so[1:]):
+        return None
+    channels, height, width = so[1:]
+    for i in (0, 1):
+        x, g = node.inputs[i], node.inputs[1 - i]
+        sx, sg = e.shape(x), e.shape(g)
+        if sx is None or sg is None or len(sx) != 4 or len(sg) != 4 or list(sx[1:]) != [channels, height, width]:
+            continue
+        if list(sg[1:]) != [channels, 1, 1] or (height, width) == (1, 1):
+            continue
+        grads = [None, None]
+        value = e.value(g)
+        if node.needs[i]:
+            if value is not None:
+                grads[i] = scale_channels(e, dy, value.reshape(-1), like=x)
+            elif e.opset >= 13:
+                scales = e.const(np.array([1, 1, height, width], np.float32))
+                spread = e.op("Resize", g, None, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                              nearest_mode="floor")
+                grads[i] = e.op("Mul", dy, spread)
+            else:
+                return None
+        if node.needs[1 - i]:
+            if not isinstance(sg[0], int) and sg[0] != sx[0]:
+                return None  # g's batch may broadcast: the generic rule sums it
+            if isinstance(sg[0], int) and sg[0] == 1 and sx[0] != 1:
+                return None
+            pooled = e.op("GlobalAveragePool", e.op("Mul", dy, x))
+            grads[1 - i] = scale_channels(e, pooled, np.full(channels, float(height * width)), like=g)
+        return grads
+    return None
+
+
 def mul(e: Emitter, node: Node, dys):
     dy, out = dys[0], node.outputs[0]
     a, b = node.inputs
     i = _silu_input(node)
     if i is not None and a != b and node.needs[i]:
         return silu(e, node, dy, i)
+    if a != b:
+        grads = _per_channel_mul(e, node, dy)
+        if grads is not None:
+            return grads
     return [
         e.unbroadcast(e.op("Mul", dy, b), a, out) if node.needs[0] else None,
         e.unbroadcast(e.op("Mul", dy, a), b, out) if node.needs[1] else None,

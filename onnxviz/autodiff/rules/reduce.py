@@ -132,7 +132,12 @@ def reduce_mean(e: Emitter, node: Node, dys):
     s = e.shape(x)
     if axes == [2, 3] and s is not None and len(s) == 4 and all(isinstance(d, int) for d in s[1:]):
         count = s[2] * s[3]
-        return _grads(node, scale_channels(e, _expand(e, g, x, axes), np.full(s[1], 1.0 / count), like=x))
+        if e.opset >= 13 and e.dtype(x) == np.float32:  # nearest upsampling from 1x1 is the broadcast, in NCHWc
+            spread = e.op("Resize", g, None, e.const(np.array([1, 1, s[2], s[3]], np.float32)), mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        else:
+            spread = _expand(e, g, x, axes)
+        return _grads(node, scale_channels(e, spread, np.full(s[1], 1.0 / count), like=x))
     return _grads(node, _expand(e, e.op("Div", g, _count(e, x, y, axes)), x, axes))
 
 
