@@ -110,6 +110,10 @@ class Runtime:
         element-wise op of two tensors in its blocked NCHWc layout only when it can prove
         their shapes equal, and the forward and backward halves share no symbolic dim it can
         trace, so with a symbolic batch every mask product leaves the layout and comes back.
+        These sessions also allocate tensor by tensor instead of from onnxruntime's
+        precomputed memory pattern: a gradient graph keeps activations alive across the
+        whole run, and the planned block held 1.3-1.7x more (peak growth over the loaded
+        model, B=8: ResNet-50 1604 -> 1233 MB, DenseNet-121 2063 -> 1181 MB) at the same speed.
         """
         if key is None:
             key = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest() if model.ByteSize() < _TWO_GB else str(id(model))
@@ -117,7 +121,7 @@ class Runtime:
         variants = self._sessions.setdefault(key, {})
         sess = variants.pop(sizes, None)
         if sess is None:
-            sess = self._create(model, sizes=sizes) if sizes else self._create(model)
+            sess = self._create(model, sizes=sizes, planned=False) if fixed is not None else self._create(model)
             while len(variants) >= SHAPE_VARIANTS:
                 variants.pop(next(iter(variants)))
         variants[sizes] = sess  # most recently used last
@@ -139,9 +143,10 @@ class Runtime:
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, self._run(sess, names, feeds)))
 
-    def _create(self, model: onnx.ModelProto, early: bool = False, sizes: tuple = ()):
+    def _create(self, model: onnx.ModelProto, early: bool = False, sizes: tuple = (), planned: bool = True):
         ort = onnxruntime()
         options = self._options()
+        options.enable_mem_pattern = planned
         for name, size in sizes:
             options.add_free_dimension_override_by_name(name, size)
         if early and hasattr(ort, "ExecutionOrder"):

@@ -16,7 +16,9 @@ start and model load excluded; "startup" is the time until the first batch start
 per image per actor: the time one worker spends per image (actors / steady) against the
 single-threaded reference's, for two references: local-1t (the plain local engine) and
 parts-1t (the very same task in this process, so the difference is Ray's own cost). On a
-machine with fewer free cores than actors it includes their contention.
+machine with fewer free cores than actors it includes their contention. "idle" is the share of
+each worker's steady time spent between its batches: Ray's per-batch cost proper; "driver CPU"
+the driver process's CPU time over the run's wall time (for Ray, cores taken from the workers).
 """
 from __future__ import annotations
 
@@ -61,14 +63,26 @@ class TimedEngine(Engine):
     def map(self, rows, task, batch_size):
         self.spans = []
         for out in super().map(rows, task, batch_size):
-            self.spans.append((out["t0"][0], out["t1"][0], len(out["index"])))
+            self.spans.append((out["t0"][0], out["t1"][0], len(out["index"]), str(out["worker"][0])))
             yield out
+
+
+def idle_share(spans: list) -> float:
+    """Share of each worker's steady time spent between batches (waiting on the engine), averaged over
+    workers: what Ray's per-batch scheduling and transfers cost, apart from the batches themselves."""
+    shares = []
+    for worker in {w for *_, w in spans}:
+        mine = sorted((t0, t1) for t0, t1, _, w in spans if w == worker)
+        busy = sum(t1 - t0 for t0, t1 in mine)
+        total = mine[-1][1] - mine[0][0]
+        shares.append(1 - busy / total if total > 0 else 0.0)
+    return float(np.mean(shares))
 
 
 def run_dataset(args, folder: Path, out: Path, engine: TimedEngine) -> dict:
     jobs.EmbedTask, jobs.ExplainTask = TimedEmbed, TimedExplain
     load = {"threads": 1, "size": args.size}
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     if args.task == "embed":
         embed_dataset(args.model, folder, out, load_options=load, batch_size=args.batch, engine=engine)
     else:
@@ -76,11 +90,12 @@ def run_dataset(args, folder: Path, out: Path, engine: TimedEngine) -> dict:
         dirs = [out / f"img{i:06d}" for i in range(len(paths))]
         explain_dataset(args.model, paths, dirs, out, args.task, {}, load_options=load, batch_size=args.batch,
                         engine=engine)
-    wall = time.time() - start
-    first = min(t0 for t0, _, _ in engine.spans)
-    last = max(t1 for _, t1, _ in engine.spans)
-    total = sum(n for _, _, n in engine.spans)
-    return {"wall_s": wall, "startup_s": first - start, "steady_img_s": total / (last - first), "images": total}
+    wall, cpu = time.time() - start, time.process_time() - cpu
+    first = min(t0 for t0, *_ in engine.spans)
+    last = max(t1 for _, t1, *_ in engine.spans)
+    total = sum(n for _, _, n, _ in engine.spans)
+    return {"wall_s": wall, "startup_s": first - start, "steady_img_s": total / (last - first), "images": total,
+            "idle": idle_share(engine.spans), "driver_cpu": cpu / wall}
 
 
 def run_local(args, folder: Path, out: Path, threads: int) -> dict:
@@ -111,7 +126,7 @@ def run_local(args, folder: Path, out: Path, threads: int) -> dict:
                 write_image(session, result, [i], shown[i], p, dirs[start + i], args.task, False, False)
         wall = time.perf_counter() - t
         n = len(paths)
-    return {"wall_s": wall, "startup_s": 0.0, "steady_img_s": n / wall, "images": n}
+    return {"wall_s": wall, "startup_s": 0.0, "steady_img_s": n / wall, "images": n, "idle": 0.0, "driver_cpu": 1.0}
 
 
 def main():
@@ -158,14 +173,15 @@ def main():
     print(f"{args.task}: {args.images} images of {args.image_size}x{args.image_size} (model input "
           f"{args.input_size or 'default'}), batch {args.batch}; "
           f"ray.init {ray_init:.1f} s (not counted)")
-    print(f"{'run':10s} {'img/s':>8s} {'steady':>8s} {'startup':>8s}   overhead/img/actor vs local-1t, parts-1t")
+    print(f"{'run':10s} {'img/s':>8s} {'steady':>8s} {'startup':>8s}   overhead/img/actor vs local-1t, parts-1t"
+          "   idle between batches, driver CPU")
     for name, r in rows.items():
         actors = int(name.split("-")[1]) if name.startswith("ray") else 1
         overhead = (actors / r["steady_img_s"]) / per_image_local - 1
         ray_own = (actors / r["steady_img_s"]) / per_image_parts - 1
         r["overhead_vs_local"], r["overhead_vs_parts"] = overhead, ray_own
         print(f"{name:10s} {r['images'] / r['wall_s']:8.1f} {r['steady_img_s']:8.1f} {r['startup_s']:7.1f}s "
-              f"{overhead:12.1%} {ray_own:10.1%}")
+              f"{overhead:12.1%} {ray_own:10.1%} {r['idle']:12.1%} {r['driver_cpu']:8.0%}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "ray_init_s": ray_init, "runs": rows}, indent=1))
 

@@ -10,6 +10,7 @@ Prints the seconds each takes and how many float tensors each leaves with an unk
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -79,4 +80,6 @@ def main(names) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="light model names (default: all)")
+    main(parser.parse_args().models)

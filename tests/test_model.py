@@ -225,8 +225,8 @@ def test_fixed_shape_sessions_are_specialized_per_chunk_size(tmp_path):
                           fixed_shapes=True)
     created = []
     real = model.runtime._create
-    model.runtime._create = lambda m, early=False, sizes=(): (m is graph and created.append(dict(sizes))) or real(
-        m, early, sizes)
+    model.runtime._create = lambda m, early=False, sizes=(), planned=True: (
+        m is graph and created.append(dict(sizes))) or real(m, early, sizes, planned)
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
     got = model.run_graph(graph, model.feeds(x), outputs=["relu1"], batch_size=2)["relu1"]
     np.testing.assert_allclose(got, model.activations(x, ["relu1"])["relu1"], rtol=1e-6, atol=1e-6)

@@ -62,6 +62,29 @@ FLIPPED = [
 for c in FLIPPED:
     CASES.append(Case("Conv", {"x": r(*c["x"])}, consts={"w": r(*c["w"]), "b": r(c["w"][0])}, attrs=c["attrs"],
                       check="adjoint", id="Conv-s1-" + c["id"], rtol=1e-4))
+# Strided depthwise: zero insertion, then the stride-1 flipped-kernel Conv (rules/conv.py)
+STRIDED = [
+    dict(id="s2-pad1", x=(2, 4, 8, 8), w=(4, 1, 3, 3), attrs={"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(id="s2-odd", x=(1, 3, 7, 9), w=(3, 1, 3, 3), attrs={"group": 3, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(id="s2-k5-multiplier", x=(1, 2, 9, 8), w=(6, 1, 5, 5), attrs={"group": 2, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
+    dict(id="s3-2-asym", x=(1, 3, 10, 9), w=(3, 1, 3, 2), attrs={"group": 3, "strides": [3, 2], "pads": [0, 1, 2, 0]}),
+    dict(id="s2-dilated", x=(1, 2, 11, 10), w=(2, 1, 3, 3),
+         attrs={"group": 2, "strides": [2, 2], "dilations": [2, 2], "pads": [2, 1, 1, 2]}),
+    dict(id="s2-same-upper", x=(1, 4, 7, 6), w=(4, 1, 3, 3), attrs={"group": 4, "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    dict(id="s2-same-lower-even", x=(1, 4, 8, 6), w=(4, 1, 4, 4), attrs={"group": 4, "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    dict(id="s2-no-pads", x=(2, 3, 9, 8), w=(3, 1, 3, 3), attrs={"group": 3, "strides": [2, 2]}),
+    dict(id="s2-pads-beyond-kernel", x=(1, 2, 6, 6), w=(2, 1, 2, 2), attrs={"group": 2, "strides": [2, 2], "pads": [2, 0, 0, 3]}),
+]
+# Strided 1x1 without pads: the 1x1 adjoint, then zero insertion (rules/conv.py)
+STRIDED += [
+    dict(id="pointwise-s2-even", x=(2, 4, 8, 8), w=(6, 4, 1, 1), attrs={"strides": [2, 2]}),
+    dict(id="pointwise-s2-odd", x=(1, 3, 7, 9), w=(5, 3, 1, 1), attrs={"strides": [2, 2]}),
+    dict(id="pointwise-s3-2", x=(1, 2, 10, 7), w=(3, 2, 1, 1), attrs={"strides": [3, 2]}),
+    dict(id="pointwise-s2-same", x=(1, 2, 7, 6), w=(3, 2, 1, 1), attrs={"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+]
+for c in STRIDED:
+    CASES.append(Case("Conv", {"x": r(*c["x"])}, consts={"w": r(*c["w"]), "b": r(c["w"][0])}, attrs=c["attrs"],
+                      check="adjoint", id="Conv-strided-" + c["id"], rtol=1e-4))
 CASES += [
     Case("Conv", {"x": r(2, 2, 7, 8)}, consts={"w": r(3, 2, 3, 4)}, attrs={"strides": [2, 3], "auto_pad": "SAME_UPPER"},
          dynamic=(0, 2, 3), check="adjoint", rtol=1e-4, id="Conv-same-upper-dynamic"),

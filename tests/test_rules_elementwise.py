@@ -49,6 +49,15 @@ CASES = [
     Case("Ceil", {"x": off_grid(2, 3)}),
     Case("Round", {"x": off_grid(2, 3, offset=0.5)}),
     Case("Sign", {"x": away_from_zero(rng, (2, 3), dtype=f64)}),
+    # per-channel products in 4-D float32: squeeze-excite gates and constant scales (NCHWc spellings)
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(2, 3, 1, 1, dtype=f32)}, opset=13, id="Mul-se-gate"),
+    Case("Mul", {"a": r(2, 3, 1, 1, dtype=f32), "b": r(2, 3, 4, 5, dtype=f32)}, opset=13, id="Mul-se-gate-first"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(1, 3, 1, 1, dtype=f32)}, opset=13,
+         id="Mul-batch-broadcast-gate"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32)}, consts={"b": r(1, 3, 1, 1, dtype=f32)}, opset=13,
+         id="Mul-constant-scale"),
+    Case("Mul", {"a": r(2, 3, 4, 5, dtype=f32), "b": r(2, 3, 1, 1, dtype=f32)}, opset=11, id="Mul-se-gate-opset11"),
+    Case("ReduceMean", {"x": r(2, 3, 4, 5, dtype=f32)}, attrs={"axes": [2, 3]}, opset=13, id="ReduceMean-spatial-f32"),
     # symbolic dims: unbroadcast and shapes are worked out at run time
     Case("Div", {"a": r(2, 3, 4), "b": pos(3, 1)}, dynamic=(0, 1), id="Div-dynamic"),
     Case("Pow", {"a": pos(2, 3), "b": r(3)}, dynamic=(0,), id="Pow-dynamic"),
@@ -181,3 +190,26 @@ def test_blocked_masks_are_exact(bound, channels):
     got_above, got_below = Runtime("cpu").run_once(model, {"t": x}).values()
     assert np.array_equal(got_above, (x > np.float32(bound)).astype(np.float32))
     assert np.array_equal(got_below, (x < np.float32(bound)).astype(np.float32))
+
+
+def test_silu_4d_float32_uses_the_blocked_spelling_and_stays_exact():
+    """In 4-D float32 the 1 - s factor is a Conv (onnxruntime keeps it in NCHWc); the gradient
+    still equals SiLU's derivative σ(x)(1 + x(1 - σ(x))), evaluated here in float64."""
+    from onnx import TensorProto, helper, shape_inference
+
+    from onnxviz.autodiff import STANDARD
+    from onnxviz.autodiff.backward import gradient_graph
+
+    shape = [2, 3, 4, 5]
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["m"])],
+                              "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, shape)])
+    model = shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    ops = [n.op_type for n in gradient_graph(model, "m", ["x"], STANDARD).proto.graph.node]
+    assert "Sub" not in ops and "Conv" in ops
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    seed = rng.standard_normal(shape).astype(np.float32)
+    got = gradients(model, {"x": x}, "m", ["x"], seed)["x"]
+    x64 = x.astype(np.float64)
+    sig = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(got, seed * sig * (1 + x64 * (1 - sig)), rtol=1e-5, atol=1e-6)

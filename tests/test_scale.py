@@ -112,17 +112,17 @@ def test_sharded_cam_runs_together_equal_the_whole(tmp_path):
             assert Path(mb["files"]["png"]).is_file()
 
 
-def same_metrics(a, b, where=""):
-    """Two metrics.json trees equal, numbers to 1e-6 (output file paths aside)."""
+def same_metrics(a, b, where="", skip=("files",)):
+    """Two metrics.json (or results.json) trees equal, numbers to 1e-6 (keys in ``skip`` aside)."""
     if isinstance(a, dict):
         assert set(a) == set(b), (where, set(a) ^ set(b))
         for key in a:
-            if key != "files":
-                same_metrics(a[key], b[key], f"{where}/{key}")
+            if key not in skip:
+                same_metrics(a[key], b[key], f"{where}/{key}", skip)
     elif isinstance(a, list):
         assert len(a) == len(b), where
         for i, (u, v) in enumerate(zip(a, b)):
-            same_metrics(u, v, f"{where}/{i}")
+            same_metrics(u, v, f"{where}/{i}", skip)
     elif isinstance(a, float):
         assert abs(a - b) <= 1e-6, (where, a, b)
     else:
@@ -239,3 +239,40 @@ def test_without_ray_engine_ray_names_the_extra_to_install(tmp_path, monkeypatch
 def test_ray_only_options_need_the_ray_engine(tmp_path):
     result = CliRunner().invoke(main, ["embed", MODEL, str(shapes(tmp_path / "d", 2)), "--actors", "2"])
     assert result.exit_code == 1 and "--engine ray" in result.output
+
+
+@pytest.mark.parametrize("flag, value", [("--method", "gradcam,nope"), ("--metrics", "deletion,nope")])
+def test_an_unknown_method_or_metric_fails_in_the_driver_as_on_the_local_engine(tmp_path, monkeypatch, flag, value):
+    """The same one-line error as the local engine, before any Ray runtime starts (not from inside a worker)."""
+    pytest.importorskip("ray")
+    from onnxviz.distributed import jobs
+
+    def no_ray(*_args, **_kwargs):
+        raise AssertionError("a Ray runtime was started for a command that cannot run")
+
+    monkeypatch.setattr(jobs, "init_ray", no_ray)
+    image = str(Path(MODEL).parent / "images" / "star_0.png")
+    args = ["evaluate", MODEL, image, flag, value]
+    local = cli(*args, "--out", tmp_path / "local")
+    remote = cli(*args, "--out", tmp_path / "ray", "--engine", "ray")
+    error = [line for line in local.output.splitlines() if line.startswith("Error:")]
+    assert local.exit_code == remote.exit_code == 1 and len(error) == 1 and "unknown" in error[0]
+    assert [line for line in remote.output.splitlines() if line.startswith("Error:")] == error
+    assert "Traceback" not in remote.output and not (tmp_path / "ray").exists()
+
+
+def test_the_dataset_engines_write_results_json_as_the_local_engine_does(tmp_path, monkeypatch):
+    """Same keys, same relative "dir" and file paths for a relative --out, same numbers (to 1e-6)."""
+    data = shapes(tmp_path / "data", 4)
+    for where in ("plain", "sharded"):
+        (tmp_path / where).mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    assert cli("cam", MODEL, data, "--out", "out").exit_code == 0
+    plain = json.loads(Path("out/results.json").read_text())
+    assert plain["images"][0]["dir"] == "out/" + Path(plain["images"][0]["image"]).stem
+    monkeypatch.chdir(tmp_path / "sharded")
+    assert cli("cam", MODEL, data, "--out", "out", "--shard", "0/1").exit_code == 0
+    same_metrics(plain, json.loads(Path("out/results.shard-0-of-1.json").read_text()), skip=())
+    r = cli("cam", MODEL, data, "--out", "out")  # the local engine over the parts assembles the same file
+    assert "0 computed, 4 already done" in r.output, r.output
+    same_metrics(plain, json.loads(Path("out/results.json").read_text()), skip=())

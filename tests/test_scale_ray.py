@@ -66,18 +66,43 @@ def _same_maps(local: Path, remote: Path, n: int):
         for p, q in zip(x["maps"], y["maps"]):
             assert (p["target"], p["label"], p["layer"]) == (q["target"], q["label"], q["layer"])
             assert abs(p["score"] - q["score"]) <= 1e-6 * max(1.0, abs(p["score"]))
-            for kind in ("map", "raw"):
-                np.testing.assert_allclose(np.load(q["files"][kind]), np.load(p["files"][kind]), rtol=0, atol=1e-6)
-            assert Path(q["files"]["png"]).stat().st_size > 0
+            for kind in ("map", "raw"):  # relative file paths are relative to the folder above --out
+                np.testing.assert_allclose(np.load(remote.parent / q["files"][kind]),
+                                           np.load(local.parent / p["files"][kind]), rtol=0, atol=1e-6)
+            assert (remote.parent / q["files"]["png"]).stat().st_size > 0
 
 
-def test_cam_on_ray_equals_the_local_engine(tmp_path, local_ray):
+def test_cam_on_ray_equals_the_local_engine(tmp_path, local_ray, monkeypatch):
     data = tmp_path / "data"
     save_folder(make_shapes(24, 64, seed=12), data)
-    cli("cam", MODEL, data, "--out", tmp_path / "local", "--batch-size", 8)
-    out = cli("cam", MODEL, data, "--out", tmp_path / "ray", "--engine", "ray", "--actors", "2", "--batch-size", "8")
+    for where in ("local", "ray"):  # the same relative --out from two folders
+        (tmp_path / where).mkdir()
+    monkeypatch.chdir(tmp_path / "local")
+    cli("cam", MODEL, data, "--out", "out", "--batch-size", 8)
+    monkeypatch.chdir(tmp_path / "ray")
+    out = cli("cam", MODEL, data, "--out", "out", "--engine", "ray", "--actors", "2", "--batch-size", "8")
     assert "24 computed, 0 already done, 0 failed" in out
-    _same_maps(tmp_path / "local", tmp_path / "ray", 24)
+    local, remote = tmp_path / "local" / "out", tmp_path / "ray" / "out"
+    # results.json alike: same keys, same relative "dir" and file paths, scores to 1e-6
+    same_metrics(*(json.loads((f / "results.json").read_text()) for f in (local, remote)), skip=())
+    _same_maps(local, remote, 24)
+
+
+def test_ray_workers_running_exported_gradient_files_equal_the_local_engine(tmp_path, local_ray):
+    """--grad-model: the actors run export-grad files instead of building graphs (gradcam; guided saliency)."""
+    data = tmp_path / "data"
+    save_folder(make_shapes(4, 64, seed=16), data)
+    layer = "/features/features.14/Relu_output_0"
+    runs = (("cam", "gradcam", "standard", layer), ("saliency", "guided", "guided", "input"))
+    for command, method, rules, wrt in runs:
+        grad = tmp_path / f"{rules}.onnx"
+        cli("export-grad", MODEL, "--wrt", wrt, "--rules", rules, "-o", grad)
+        local, remote = tmp_path / f"{method}-local", tmp_path / f"{method}-ray"
+        cli(command, MODEL, data, "--method", method, "--out", local, "--batch-size", 4)
+        out = cli(command, MODEL, data, "--method", method, "--out", remote, "--engine", "ray", "--actors", "1",
+                  "--batch-size", 4, "--grad-model", grad)
+        assert "4 computed, 0 already done, 0 failed" in out
+        _same_maps(local, remote, 4)
 
 
 @pytest.mark.slow

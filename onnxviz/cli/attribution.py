@@ -65,6 +65,14 @@ def attribution_options(fn):
     return fn
 
 
+def grad_model_option(fn):
+    return click.option(
+        "--grad-model", "grad_model", multiple=True, type=click.Path(exists=True, dir_okay=False),
+        help="An `onnxviz export-grad` file to run instead of building the gradient graph (repeatable: "
+             "guided-gradcam needs one with --rules standard and one with --rules guided); refused when it "
+             "does not fit the model, --layer, --output/--score or the method's rule set.")(fn)
+
+
 _MODEL = click.argument("model", type=click.Path(exists=True, dir_okay=False))
 _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 
@@ -78,6 +86,7 @@ _IMAGES = click.argument("images", nargs=-1, required=True, type=click.Path(exis
               "head; `onnxviz inspect` marks the candidates).")
 @out_option("cam")
 @attribution_options
+@grad_model_option
 @engine_options
 @model_options
 @preprocess_options
@@ -107,6 +116,7 @@ def cam_cmd(model, images, method, layer, **opts):
               help="Integrated Gradients: start from 0 (in model-input units) or a blurred image.")
 @out_option("saliency")
 @attribution_options
+@grad_model_option
 @engine_options
 @model_options
 @preprocess_options
@@ -171,6 +181,7 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
     region = {k: opts.pop(k) for k in ("box", "mask_path", "step", "negate", "seed_path")}
     feeds = opts.pop("feed")
     out, batch_size, grad = opts.pop("out"), opts.pop("batch_size"), opts.pop("grad")
+    grad_model = opts.pop("grad_model", ())  # cam and saliency; occlusion takes no gradient
     engine, shard = pop_engine(opts, out)
     images, relative = expand_images(images)
     session = open_session(model_path, **opts)
@@ -185,8 +196,14 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             raise OnnxvizError("--engine runs class-index targets on image inputs only; drop --engine for "
                                "--box, --mask, --step, --negate, --seed, repeated --target or --feed")
         options = {**(method_options or {}), "top_k": top_k, "output": output, "score": score}
+        if grad == "fd" and method != "occlusion":  # only when asked: the default keeps existing parts' keys
+            options["grad"] = grad
         return _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session,
-                                opts, batch_size, engine, shard)
+                                opts, batch_size, engine, shard, grad_model)
+    model = session.model
+    if grad_model:
+        model = exported_model(model, grad_model, method, {**(method_options or {}), "output": output,
+                                                           "score": score, "grad": grad})
     entries: list = []
     obj = objective(session.model, output, score)
     summary = {"model": os.path.abspath(model_path), "method": method,
@@ -200,7 +217,7 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
             x, _, _ = session.batch(paths)
             t = general if general is not None else None if targets is None else targets[start:start + len(paths)]
             extra = {"grad": grad} if method != "occlusion" else {}  # occlusion takes no gradient
-            result = explain(session.model, x, target=t, top_k=top_k, output=output, score=score,
+            result = explain(model, x, target=t, top_k=top_k, output=output, score=score,
                              batch_size=batch_size, **extra)
             _warn_degenerate(result, paths)
             shown = deprocess(x, session.model.input, session.pre)
@@ -236,8 +253,17 @@ def expand_images(images: Sequence[str]) -> tuple:
     return paths, relative
 
 
+def exported_model(model, paths: Sequence[str], method: str, options: dict):
+    """``model`` answering gradients from the export-grad files ``paths``, once they are checked to fit."""
+    from ..distributed.exported import ExportedGradients, check_exported, read_exported
+
+    files = [read_exported(p) for p in paths]
+    check_exported(files, model, method, options)
+    return ExportedGradients(model, files)
+
+
 def _explain_dataset(model_path, images, relative, dirs, folder, method, options, targets, session, opts,
-                     batch_size, engine, shard) -> None:
+                     batch_size, engine, shard, grad_model) -> None:
     """The dataset-scale path (--engine ray or --shard): resumable, per-image files written by workers."""
     from ..distributed import explain_dataset
     from .dataset import report
@@ -245,7 +271,7 @@ def _explain_dataset(model_path, images, relative, dirs, folder, method, options
     load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
     run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
                           load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
-                          relative=relative, progress=True)
+                          relative=relative, progress=True, grad_model=grad_model or None)
     report(run.failures, [], folder)
     s = run.stats
     where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \

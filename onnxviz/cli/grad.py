@@ -8,7 +8,6 @@ import onnx
 
 from ..autodiff import RULESETS, gradient_graph, ruleset
 from ..checkgrad import check_gradients, format_rows, verdict
-from ..errors import OnnxvizError
 from ..gradients import check_differentiable
 from ..graph.analysis import gradcam_candidates
 from ..io import ensure_out_dir, save_model
@@ -34,7 +33,8 @@ def export_grad(model, wrt, output, score, rules, out, **opts):
 
     Inputs: the model's inputs plus `seed`, shaped like the differentiated tensor. Outputs: the
     model's outputs, the wrt tensors, and d(seed . tensor)/d(wrt) for each. Models over 2 GB are
-    written with external data beside the file.
+    written with external data beside the file. The file's metadata says what it computes, so
+    `cam`/`saliency --grad-model` can run it instead of building the graph.
 
     \b
     Example:
@@ -47,12 +47,28 @@ def export_grad(model, wrt, output, score, rules, out, **opts):
     proto = m.specialized(*opts["size"]) if opts.get("size") else m.proto
     check_differentiable(proto)
     gm = gradient_graph(proto, obj.tensor, names, ruleset(rules))
+    describe_export(gm, m, obj, score, rules, opts.get("size"))
     onnx.checker.check_model(gm.proto) if gm.proto.ByteSize() < 2**31 - 2**26 else None
     ensure_out_dir(Path(out).resolve().parent)
     save_model(gm.proto, out)
     click.echo(f"wrote {out}: seed input {gm.seed!r} (shaped like {obj.tensor!r}); gradient outputs:")
     for t, g in gm.grads.items():
         click.echo(f"  d/d {t} -> {g}")
+
+
+def describe_export(gm, model, obj, score: str, rules: str, size) -> None:
+    """Record in the file what it computes, so a loader (``--grad-model``) can refuse a file that
+    does not fit its model, tensors or rule set instead of returning wrong maps."""
+    import json
+
+    from ..distributed.exported import META_KEY
+    from ..methods.embed import model_digest
+
+    meta = {"model_sha256": model_digest(model), "inputs": [model.input.name, *model.other_inputs],
+            "output": obj.output, "tensor": obj.tensor, "score": score, "rules": rules, "seed": gm.seed,
+            "grads": dict(gm.grads), "size": list(size) if size else None}
+    entry = gm.proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
 
 
 @click.command("check-grad")

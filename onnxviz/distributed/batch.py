@@ -173,6 +173,14 @@ def explainers() -> dict:
     return out
 
 
+def grad_model_paths(grad_model) -> tuple:
+    """None, a path or several, as absolute paths (workers on other nodes start in other folders)."""
+    if grad_model is None:
+        return ()
+    items = [grad_model] if isinstance(grad_model, (str, os.PathLike)) else list(grad_model)
+    return tuple(os.path.abspath(p) for p in items)
+
+
 class BatchExplainer(_BatchCallable):
     """Maps of ``method`` (gradcam, cam, gradcam++, scorecam, layercam, guided-gradcam, vanilla,
     deconvnet, guided, smoothgrad, integrated, occlusion) for a batch of images.
@@ -181,23 +189,47 @@ class BatchExplainer(_BatchCallable):
     ``window``...). A batch may carry a per-image ``"target"`` column. Returns ``map`` (N, H, W)
     in [0, 1], ``raw`` (N, ...), ``target`` and ``score`` (N,), ``layer``; with ``top_k=K``
     each of them gains an axis of K after N.
+
+    ``grad_model``: one or more ``onnxviz export-grad`` files (guided-gradcam runs two: standard
+    rules at the layer, guided at the input). The process then runs them instead of building
+    gradient graphs; a file that does not fit the model or the method is refused on first use.
     """
 
     def __init__(self, model_path, method: str = "gradcam", *, pre: Optional[Preprocess] = None,
                  device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
-                 load_options: Optional[dict] = None, **options):
+                 load_options: Optional[dict] = None, grad_model=None, **options):
         if method not in explainers():
             raise OnnxvizError(f"method {method!r}: expected one of {', '.join(explainers())}")
         super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
                          **(load_options or {}))
         self.method, self.options = method, options
+        self.grad_model = grad_model_paths(grad_model)
+        self._explaining = None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_explaining": None}
+
+    @property
+    def explaining(self):
+        """What the method runs on: the model, or with ``grad_model`` the model answering gradients from it."""
+        if not self.grad_model:
+            return self.model
+        if self._explaining is None:
+            from .exported import ExportedGradients, check_exported, read_exported
+
+            model = self.model  # loaded first: it fixes ``pre``'s size
+            files = [read_exported(p) for p in self.grad_model]
+            check_exported(files, model, self.method, self.options, tuple(self.pre.size))
+            self._explaining = ExportedGradients(model, files)
+        return self._explaining
 
     def explain(self, x: np.ndarray, target=None):
         """The method's result (Heatmap / Attribution) for a preprocessed batch."""
         options = dict(self.options)
         if target is not None:
             options["target"] = target
-        return explainers()[self.method](self.model, x, **options)
+        return explainers()[self.method](self.explaining, x, **options)
+
 
     def __call__(self, batch: dict) -> dict:
         x, ok, error = self.read(batch)
@@ -218,6 +250,18 @@ class BatchExplainer(_BatchCallable):
         return out
 
 
+def _check_names(methods, metrics) -> None:
+    """Unknown method or metric names, refused where the callable is made (the driver), with the
+    local engine's message: inside a worker they would surface as a failed Ray run."""
+    from ..methods.sanity import method_function
+    from ..methods.trust import check_metrics
+
+    check_metrics(metrics, have_regions=True)  # names only: whether boxes came is the caller's check
+    for method in methods:
+        if method not in explainers() and not callable(method):
+            method_function(method)  # raises "unknown method ...: choose from ..."
+
+
 class BatchEvaluator(_BatchCallable):
     """Trust metrics (``onnxviz evaluate``) of ``methods`` for a batch of images, one record per image.
 
@@ -232,6 +276,7 @@ class BatchEvaluator(_BatchCallable):
                  steps: int = 50, score: str = "prob", seed: int = 0, pre: Optional[Preprocess] = None,
                  device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
                  load_options: Optional[dict] = None):
+        _check_names(methods, metrics)
         super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
                          **(load_options or {}))
         self.methods, self.metrics = list(methods), list(metrics)

@@ -161,7 +161,7 @@ class ExplainTask:
         self.suffixed, self.chosen = suffixed, chosen
 
     def warm_up(self):
-        self.explainer.model
+        self.explainer.explaining  # the model, and the exported gradient files (checked) when given
 
     def __call__(self, batch: dict) -> dict:
         from ..images import deprocess
@@ -353,11 +353,14 @@ class ExplainRun:
 def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: str, options: dict,
                     targets: Optional[np.ndarray] = None, pre=None, load_options: Optional[dict] = None,
                     batch_size: int = 16, engine=None, shard: Optional[Shard] = None,
-                    relative: Optional[Sequence[str]] = None, progress: bool = False) -> ExplainRun:
+                    relative: Optional[Sequence[str]] = None, progress: bool = False,
+                    grad_model=None) -> ExplainRun:
     """Maps of ``method`` for every image in ``paths`` (files to ``dirs``), on ``engine``; resumable.
 
     ``relative``: the names ``shard`` splits by (default the paths as given). Writes
     ``out/results.json`` (``results.shard-i-of-n.json`` for a shard) in input order.
+    ``grad_model``: ``export-grad`` file(s) the workers run instead of building gradient graphs
+    (checked against the model and method here, before any worker starts).
     """
     engine = as_engine(engine)
     model_path = os.path.abspath(model_path)  # workers on other nodes start in other folders
@@ -365,7 +368,12 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
     explainer = BatchExplainer(model_path, method, pre=pre or session.pre, device=wl.pop("device"),
-                               threads=wl.pop("threads"), load_options=wl, **options)
+                               threads=wl.pop("threads"), load_options=wl, grad_model=grad_model, **options)
+    if explainer.grad_model:
+        from .exported import check_exported, read_exported
+
+        check_exported([read_exported(p) for p in explainer.grad_model], session.model, method, options,
+                       tuple(_fixed(session.model, explainer.pre).size))
     out = Path(out).absolute()
     names = list(relative) if relative is not None else [str(p) for p in paths]
     keep = [i for i in range(len(paths)) if shard is None or shard.contains(names[i])]
@@ -382,13 +390,14 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
                        chosen=targets is not None)
     entries, failures = {}, {}
     results = out / (f"results.{shard.name}.json" if shard else "results.json")
-    summary = {"model": os.path.abspath(model_path), "method": method, "images": []}
+    summary = {"model": os.path.abspath(model_path), "method": method,
+               "explained": _explained(session.model, options, targets), "images": []}
     last = [time.monotonic()]
 
     def collect(batch):
         for i, ok, entry, reason in zip(batch["index"], batch["ok"], batch["entry"], batch["error"]):
             if ok:
-                entries[int(i)] = json.loads(str(entry))
+                entries[int(i)] = _as_given(json.loads(str(entry)), dirs[int(i)])
             else:
                 failures[int(i)] = str(reason)
         if time.monotonic() - last[0] > 1.0:  # results.json stays current without rewriting it per batch
@@ -405,6 +414,25 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     save_json(summary, results)
     return ExplainRun(summary["images"], [Skipped(Path(paths[i]), r) for i, r in sorted(failures.items())],
                       stats, results)
+
+
+def _as_given(entry: dict, folder) -> dict:
+    """A results.json entry with the image's folder and files as the caller named them (relative
+    when ``--out`` was), as the local engine writes them; workers were given absolute ones, since
+    they may start in other folders or on other nodes."""
+    maps = [{**m, "files": {kind: str(Path(folder) / Path(p).name) for kind, p in m["files"].items()}}
+            for m in entry["maps"]]
+    return {**entry, "dir": str(folder), "maps": maps}
+
+
+def _explained(model, options: dict, targets) -> dict:
+    """results.json's "explained": what the maps explain, as the local engine records it."""
+    from ..targets import describe, normalize, objective
+
+    score = options.get("score") or "logit"
+    obj = objective(model, options.get("output"), score)
+    target = targets if targets is not None else normalize(model, obj, None, 1)
+    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 @dataclass

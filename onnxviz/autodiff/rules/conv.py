@@ -15,6 +15,7 @@ from onnx import helper
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
+from .elementwise import blocked
 
 
 def _refuse_weight_grad(node: Node):
@@ -161,6 +162,62 @@ def _conv_by_flipped_kernel(e: Emitter, node: Node, dy: str, kernel, dilations, 
     return e.op("Conv", dy, flipped, kernel_shape=list(kernel), dilations=list(dilations), group=group, pads=back)
 
 
+def _strided_depthwise(e: Emitter, node: Node, dy: str, kernel, strides, dilations, group, pads) -> Optional[str]:
+    """dX of a strided depthwise 2-D Conv: dY with zeros inserted between its pixels, then the
+    stride-1 adjoint (a Conv with the flipped kernel); None where it does not apply.
+
+    onnxruntime's grouped ConvTranspose with a spatial kernel runs one small GEMM and col2im
+    per channel (MobileNetV2's 96-channel stride-2 layer, B=8: 50 ms); with a 1x1 unit kernel
+    it is a plain zero insertion (11 ms), and the stride-1 Conv stays in its NCHWc layout.
+    Dense strided Convs keep ConvTranspose: there zero insertion multiplies the work by s^2.
+    """
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    xs, ws, ys = e.shape(x), e.static_shape(w), e.shape(y)
+    if (e.opset < 11 or len(kernel) != 2 or ws is None or ws[1] != 1 or xs is None or xs[1] != group
+            or ys is None or not all(isinstance(d, int) for d in [*xs[1:], *ys[1:]])):
+        return None
+    (ho, wo), (sh, sw) = ys[2:], strides
+    eff = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    back = [eff[0] - pads[0], eff[1] - pads[1], xs[2] + pads[0] - ho * sh, xs[3] + pads[1] - wo * sw]
+    # a negative end pad crops the trailing zeros that the insertion added after the last pixel
+    if any(p < 0 for p in back[:2]) or back[2] < 1 - sh or back[3] < 1 - sw:
+        return None
+    channels = ys[1]
+    # zero insertion as a 1x1 ConvTranspose with unit weights: 4x faster than Pad/Reshape of a 6-D view
+    unit = e.const(np.ones((channels, 1, 1, 1), e.dtype(x)))
+    spread = e.op("ConvTranspose", dy, unit, group=channels, strides=list(strides), kernel_shape=[1, 1],
+                  output_padding=[sh - 1, sw - 1])
+    if back[2] < 0 or back[3] < 0:
+        ends = [ho * sh + min(back[2], 0), wo * sw + min(back[3], 0)]
+        spread = e.op("Slice", spread, e.ints([0, 0]), e.ints(ends), e.ints([2, 3]))
+        back[2:] = [max(back[2], 0), max(back[3], 0)]
+    flipped = emit_flipped_kernel(e, w, ws, group)
+    return e.op("Conv", spread, flipped, kernel_shape=list(kernel), dilations=list(dilations), group=group, pads=back)
+
+
+def _strided_pointwise(e: Emitter, node: Node, dy: str, kernel, strides, pads) -> Optional[str]:
+    """dX of a strided 1x1 Conv without pads (ResNet's downsampling shortcuts): the 1x1 adjoint
+    at the output's resolution, then zero insertion (a 1x1 unit ConvTranspose per channel);
+    None where it does not apply. Both halves are cheaper than one dense ConvTranspose, and
+    the Conv stays in onnxruntime's NCHWc layout.
+    """
+    x, w = node.inputs[0], node.inputs[1]
+    xs, ws, ys = e.shape(x), e.static_shape(w), e.shape(node.outputs[0])
+    if (len(kernel) != 2 or any(k != 1 for k in kernel) or any(pads) or ws is None or xs is None or ys is None
+            or not all(isinstance(d, int) for d in [*xs[1:], *ys[1:]])):
+        return None
+    channels = xs[1]
+    extra = [h - (o - 1) * s - 1 for h, o, s in zip(xs[2:], ys[2:], strides)]
+    if not all(0 <= v < s for v, s in zip(extra, strides)):
+        return None
+    flipped = emit_flipped_kernel(e, w, ws, 1)
+    low = e.op("Conv", dy, flipped, kernel_shape=[1, 1])
+    unit = e.const(np.ones((channels, 1, 1, 1), e.dtype(x)))
+    spread = e.op("ConvTranspose", low, unit, group=channels, strides=list(strides), kernel_shape=[1, 1],
+                  output_padding=extra if any(extra) else None)
+    return blocked(e, spread, like=x)
+
+
 def conv(e: Emitter, node: Node, dys):
     """dX = ConvTranspose(dY, W) with the forward's strides, dilations, group and explicit pads.
 
@@ -185,6 +242,14 @@ def conv(e: Emitter, node: Node, dys):
         dx = _conv_by_flipped_kernel(e, node, dy, kernel, dilations, group, pads)
         if dx is not None:
             return _grads(node, dx)
+    if pads is not None and group > 1 and any(s > 1 for s in strides):
+        dx = _strided_depthwise(e, node, dy, kernel, strides, dilations, group, pads)
+        if dx is not None:
+            return _grads(node, dx)
+    if pads is not None and group == 1 and any(s > 1 for s in strides):
+        dx = _strided_pointwise(e, node, dy, kernel, strides, pads)
+        if dx is not None:
+            return _grads(node, dx)
     if pads is not None and all(isinstance(h, int) for h in sizes):
         out_pad = [
             (h + pads[i] + pads[i + n] - ((k - 1) * d + 1)) % s
@@ -192,7 +257,7 @@ def conv(e: Emitter, node: Node, dys):
         ]
         dx = e.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, group=group,
                   pads=pads, kernel_shape=kernel, output_padding=out_pad if any(out_pad) else None)
-        return _grads(node, dx)
+        return _grads(node, blocked(e, dx, like=x))
     begin = pads[:n] if pads is not None else runtime_pads(e, node, x, kernel, strides, dilations)[0]
     return _grads(node, transpose_conv_to(e, dy, w, x, kernel, strides, dilations, group, begin))
 

@@ -89,6 +89,43 @@ def _compare_mask(e: Emitter, t: str, bound: float, sign: float) -> str:
     return e.op("HardSigmoid", scaled, alpha=MASK_SCALE_OUT, beta=0.0)
 
 
+def scale_channels(e: Emitter, g: str, factor: np.ndarray, like: str, shift: Optional[float] = None) -> str:
+    """g (shaped like the forward tensor ``like``) times a constant per-channel ``factor`` ([C])
+    along axis 1, plus a constant ``shift``.
+
+    For 4-D float32 tensors a 1x1 depthwise Conv, which onnxruntime keeps in its NCHWc
+    layout; a Mul (or Sub) with a constant would leave it (see :func:`above`).
+    """
+    factor = np.asarray(factor).reshape(-1)
+    s = e.shape(like)
+    if e.elem_type(like) == TensorProto.FLOAT and s is not None and len(s) == 4 and s[1] == factor.size:
+        w = e.const(factor.astype(np.float32).reshape(-1, 1, 1, 1))
+        b = None if shift is None else e.const(np.full(factor.size, shift, np.float32))
+        return e.op("Conv", g, w, b, group=factor.size, kernel_shape=[1, 1])
+    rank = len(s) if s is not None else None
+    shape = [-1] + [1] * (rank - 2) if rank and rank > 2 else [-1]
+    out = e.op("Mul", g, e.const(factor.astype(e.dtype(like)).reshape(shape)))
+    return out if shift is None else e.op("Add", out, e.scalar(shift, like=like))
+
+
+def _channels(e: Emitter, t: str) -> Optional[int]:
+    s = e.shape(t)
+    return s[1] if s is not None and len(s) == 4 and isinstance(s[1], int) else None
+
+
+def blocked(e: Emitter, g: str, like: str) -> str:
+    """g unchanged, passed through a 1x1 depthwise Conv with unit weights (exact) for 4-D float32.
+
+    After an op onnxruntime runs in plain NCHW (ConvTranspose): the element-wise masks and
+    sums downstream stay in whatever layout their inputs arrive in, so without this every
+    one of them would pay a reorder; the Conv moves the gradient back into NCHWc once.
+    """
+    s = e.shape(like)
+    if e.elem_type(like) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int):
+        return g
+    return scale_channels(e, g, np.ones(s[1], np.float32), like)
+
+
 def above(e: Emitter, t: str, bound: float = 0.0) -> str:
     """1.0 where t > bound, else 0.0, in t's type: the masks of ReLU-like backward rules.
 
@@ -143,8 +180,58 @@ def silu(e: Emitter, node: Node, dy: str, i: int) -> list:
     Exact: d(x·σ(x))/dx = σ + x·σ(1-σ) = σ + y(1-σ).
     """
     s, y = node.inputs[1 - i], node.outputs[0]
-    dx = e.op("Mul", dy, e.op("Add", s, e.op("Mul", y, e.op("Sub", e.scalar(1, like=y), s))))
+    channels = _channels(e, y)
+    if channels is not None and e.shape(s) == e.shape(y):  # 1 - s as a Conv: stays in NCHWc
+        one_minus_s = scale_channels(e, s, np.full(channels, -1.0), like=y, shift=1.0)
+    else:
+        one_minus_s = e.op("Sub", e.scalar(1, like=y), s)
+    dx = e.op("Mul", dy, e.op("Add", s, e.op("Mul", y, one_minus_s)))
     return [dx, None] if i == 0 else [None, dx]
+
+
+def _per_channel_mul(e: Emitter, node: Node, dy: str) -> Optional[list]:
+    """Gradients of a 4-D float32 x · g with g shaped [N or 1, C, 1, 1] (a squeeze-excite gate, or
+    a constant per-channel scale), spelled in ops onnxruntime keeps in its NCHWc layout; None
+    where the pattern does not apply.
+
+    dx = dy · upsample(g) (nearest, asymmetric/floor: the NCHWc Upsample; a broadcasting Mul
+    would leave the layout) or, for a constant g, a depthwise Conv; dg = H·W · mean_HW(dy · x)
+    (GlobalAveragePool, also NCHWc).
+    """
+    out = node.outputs[0]
+    so = e.shape(out)
+    if e.elem_type(out) != TensorProto.FLOAT or so is None or len(so) != 4 or not all(
+            isinstance(d, int) for d in so[1:]):
+        return None
+    channels, height, width = so[1:]
+    for i in (0, 1):
+        x, g = node.inputs[i], node.inputs[1 - i]
+        sx, sg = e.shape(x), e.shape(g)
+        if sx is None or sg is None or len(sx) != 4 or len(sg) != 4 or list(sx[1:]) != [channels, height, width]:
+            continue
+        if list(sg[1:]) != [channels, 1, 1] or (height, width) == (1, 1):
+            continue
+        grads = [None, None]
+        value = e.value(g)
+        if node.needs[i]:
+            if value is not None:
+                grads[i] = scale_channels(e, dy, value.reshape(-1), like=x)
+            elif e.opset >= 13:
+                scales = e.const(np.array([1, 1, height, width], np.float32))
+                spread = e.op("Resize", g, None, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                              nearest_mode="floor")
+                grads[i] = e.op("Mul", dy, spread)
+            else:
+                return None
+        if node.needs[1 - i]:
+            if not isinstance(sg[0], int) and sg[0] != sx[0]:
+                return None  # g's batch may broadcast: the generic rule sums it
+            if isinstance(sg[0], int) and sg[0] == 1 and sx[0] != 1:
+                return None
+            pooled = e.op("GlobalAveragePool", e.op("Mul", dy, x))
+            grads[1 - i] = scale_channels(e, pooled, np.full(channels, float(height * width)), like=g)
+        return grads
+    return None
 
 
 def mul(e: Emitter, node: Node, dys):
@@ -153,6 +240,10 @@ def mul(e: Emitter, node: Node, dys):
     i = _silu_input(node)
     if i is not None and a != b and node.needs[i]:
         return silu(e, node, dy, i)
+    if a != b:
+        grads = _per_channel_mul(e, node, dy)
+        if grads is not None:
+            return grads
     return [
         e.unbroadcast(e.op("Mul", dy, b), a, out) if node.needs[0] else None,
         e.unbroadcast(e.op("Mul", dy, a), b, out) if node.needs[1] else None,

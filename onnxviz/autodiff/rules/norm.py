@@ -20,6 +20,7 @@ import numpy as np
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
+from .elementwise import scale_channels
 
 
 def _rank(e: Emitter, node: Node) -> int:
@@ -90,6 +91,15 @@ def batch_normalization(e: Emitter, node: Node, dys):
             grads[2] = _sum_to(e, dy, other_axes, bias)
         return grads  # the running mean and variance do not reach Y
 
+    known = [e.value(p) for p in (scale, var)]
+    if node.needs[0] and per_channel and rank > 2 and all(v is not None for v in known) and not any(node.needs[1:]):
+        # constant parameters (the usual case): the per-channel factor folded now, applied by
+        # a Conv that onnxruntime keeps in its blocked layout
+        dtype = e.dtype(x)
+        v_scale, v_var = (np.asarray(v, dtype).reshape(-1) for v in known)
+        factor = v_scale * (dtype.type(1) / np.sqrt(v_var + dtype.type(eps)))
+        grads[0] = scale_channels(e, dy, factor, like=x)
+        return grads
     inv = e.op("Reciprocal", e.op("Sqrt", e.op("Add", bcast(var), e.scalar(eps, like=x))))
     scaled = e.op("Mul", dy, e.op("Mul", bcast(scale), inv))  # dL/d(x - mean)
     if node.needs[0]:

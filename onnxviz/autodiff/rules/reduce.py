@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+import numpy as np
+
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import as_float, not_greater, not_less, select, sign, where_zero
+from .elementwise import as_float, not_greater, not_less, scale_channels, select, sign, where_zero
 
 # A reduction's axes: sorted ints ([] when nothing is reduced), None for "all axes" of an
 # input whose rank is unknown, or the name of a run-time axes tensor.
@@ -119,8 +121,23 @@ def reduce_sum(e: Emitter, node: Node, dys):
 
 
 def reduce_mean(e: Emitter, node: Node, dys):
-    """dx = dy / count, broadcast back (also GlobalAveragePool)."""
+    """dx = dy / count, broadcast back (also GlobalAveragePool).
+
+    Over the spatial axes of a 4-D float32 tensor (a CNN's pooling head, where the backward
+    pass enters the feature maps), the division is a 1x1 depthwise Conv after the
+    broadcast: onnxruntime moves the gradient into its NCHWc layout there, and the mask
+    products and residual sums that follow stay in it (they never enter it on their own).
+    """
     x, y, axes, g = _prepare(e, node, dys)
+    s = e.shape(x)
+    if axes == [2, 3] and s is not None and len(s) == 4 and all(isinstance(d, int) for d in s[1:]):
+        count = s[2] * s[3]
+        if e.opset >= 13 and e.dtype(x) == np.float32:  # nearest upsampling from 1x1 is the broadcast, in NCHWc
+            spread = e.op("Resize", g, None, e.const(np.array([1, 1, s[2], s[3]], np.float32)), mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        else:
+            spread = _expand(e, g, x, axes)
+        return _grads(node, scale_channels(e, spread, np.full(s[1], 1.0 / count), like=x))
     return _grads(node, _expand(e, e.op("Div", g, _count(e, x, y, axes)), x, axes))
 
 
