@@ -78,8 +78,9 @@ def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common)
     def points(image: np.ndarray, _step: np.ndarray) -> np.ndarray:
         # Rows come in (image, sample) order, so drawing chunk by chunk gives the noise one draw
         # of all rows would: the same maps for any batch size. Drawn in NCHW: the same for any layout.
-        draws = rng.standard_normal(spec.to_nchw(x[image]).shape)
-        return x[image].astype(np.float64) + spec.from_nchw(draws) * spread[image, None, None, None]
+        # float32 draws: half the time of float64 ones, and the points are cast to float32 anyway
+        draws = rng.standard_normal(spec.to_nchw(x[image]).shape, dtype=np.float32)
+        return x[image] + spec.from_nchw(draws) * spread[image, None, None, None].astype(np.float32)
 
     weights = np.full(samples, 1.0 / samples)
     return _weighted_gradients(model, x, target, points, weights, common)
@@ -130,5 +131,7 @@ def _weighted_gradients(model, x, target, points, weights: np.ndarray, common) -
         image, step = row // steps, row % steps
         g = model.gradients(points(image, step).astype(x.dtype), target=target[image], wrt=["input"],
                             **{**common, "batch_size": None})
-        np.add.at(total, image, g["input"].astype(np.float64) * weights[step, None, None, None])
+        weighted = g["input"].astype(np.float64) * weights[step, None, None, None]
+        for i in np.unique(image):  # rows come grouped by image; np.add.at was 10x slower
+            total[i] += weighted[image == i].sum(axis=0)
     return total
