@@ -6,7 +6,7 @@ the *head* after it is re-run (the whole model when residual paths bypass the te
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

@@ -10,7 +10,6 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-from onnx import helper
 
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter

@@ -13,7 +13,6 @@ import itertools
 import math
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from ...errors import OnnxvizError

@@ -359,7 +359,7 @@ def _eye_basis(e: Emitter, x: str, a: int, b: int, r: int):
         shape[a] = shape[b] = n
         return e.const(np.eye(n, dtype=e.dtype(x)).reshape(shape)), e.ints(shape)
     if e.opset < 9:
-        raise OnnxvizError(f"resizing a dynamic axis needs opset >= 9 for its gradient")
+        raise OnnxvizError("resizing a dynamic axis needs opset >= 9 for its gradient")
     nn = _slice(e, e.shape_of(x), [a], [a + 1], [0])
     zero = helper.make_tensor("zero", e.elem_type(x), [1], [0])
     eye = e.op("EyeLike", e.op("ConstantOfShape", e.op("Concat", nn, nn, axis=0), value=zero))
@@ -395,7 +395,7 @@ def _axis_matrix(e: Emitter, node: Node, a: int) -> tuple:
         listed = node.attr("axes")
         listed = list(range(r)) if listed is None else [ax % r for ax in listed]
         pos = listed.index(a)
-        roi_in, scales_in, sizes_in = node.input(1), node.input(2), node.input(3)
+        roi_in, scales_in = node.input(1), node.input(2)
         attrs["extrapolation_value"] = 0.0
         if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and roi_in:
             k = len(listed)
