@@ -117,7 +117,7 @@ class Runtime:
         """
         if key is None:
             key = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest() if model.ByteSize() < _TWO_GB else str(id(model))
-        sizes = _symbolic_sizes(model, fixed) if fixed is not None else ()
+        sizes = symbolic_sizes(model, fixed) if fixed is not None else ()
         variants = self._sessions.setdefault(key, {})
         sess = variants.pop(sizes, None)
         if sess is None:
@@ -201,7 +201,7 @@ class Runtime:
             raise OnnxvizError(f"onnxruntime failed: {_first_line(exc)}") from exc
 
 
-def _symbolic_sizes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple:
+def symbolic_sizes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple:
     """((dim name, size), ...) for the symbolic input dims of ``model`` as ``feeds`` fill them.
 
     A name given two different sizes (a broadcast input) is left symbolic.

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import onnxviz  # noqa: E402
 from onnxviz.autodiff import ruleset  # noqa: E402
 from onnxviz.gradients import TARGET_INPUT, gradient_model, objective  # noqa: E402
+from onnxviz.runtime import symbolic_sizes  # noqa: E402
 
 import bench_nets  # noqa: E402
 
@@ -58,6 +59,9 @@ def profile(proto, feeds: dict, threads: int, runs: int, folder: str, providers=
     opts.log_severity_level = 3
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(folder, "prof")
+    # as onnxviz runs gradient graphs: specialized to the fed shapes (see Runtime.session)
+    for name, size in symbolic_sizes(proto, feeds):
+        opts.add_free_dimension_override_by_name(name, size)
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=list(providers))
     sess.run(None, feeds)  # warm-up, excluded below
     for _ in range(runs):
