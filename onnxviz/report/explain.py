@@ -12,8 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..graph.analysis import cam_head
-from ..methods.cam import cam, grad_cam, guided_grad_cam
+from ..methods.cam import cam, find_cam_head, grad_cam, guided_grad_cam
 from ..methods.features import activations
 from ..methods.layers import resolve_layer
 from ..methods.occlusion import occlusion
@@ -202,9 +201,8 @@ def _occlusion(model, x, layer):
 
 
 def _cam(model, x, layer):
-
-    spec = model.input
-    if cam_head(model.proto, spec.name, spec.layout, shapes=model.shapes_at()) is None:
+    # the cached lookup cam() itself makes: the head is found once, not walked for again here
+    if find_cam_head(model) is None:
         raise NotApplicable("the model has no global-average-pool → fully-connected head, which CAM needs "
                             "(Grad-CAM above works on any layer)")
     h = cam(model, x, batch_size=BATCH)
