@@ -132,7 +132,6 @@ def test_every_command_has_help_with_an_example(command):
 
 def _slow_cnn(path):
     """About 0.25 GMAC per 128x128 image: slow enough to interrupt a run of a couple hundred images."""
-    import onnx
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)

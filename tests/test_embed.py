@@ -4,7 +4,6 @@ import os
 import tracemalloc
 
 import numpy as np
-import onnx
 import pytest
 from onnx import helper, numpy_helper
 from PIL import Image

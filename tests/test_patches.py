@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import helper, numpy_helper
 from PIL import Image
@@ -16,7 +15,7 @@ from onnxviz.images import Geometry, Preprocess, preprocess, read_image
 from onnxviz.methods.layers import layer_axes, to_nchw
 from onnxviz.methods.patches import RunningTopK, layer_field, selectivity, to_json, top_patches
 from onnxviz.render.dataset import patches_grid, patches_overview
-from onnxviz.synthetic import make_shapes, save_folder
+from onnxviz.synthetic import make_shapes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "models" / "shapes_cnn.onnx"
 

@@ -1,6 +1,5 @@
 """2-D maps: deterministic with a seed, PCA exact, small sets handled, CSV and pictures written."""
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest

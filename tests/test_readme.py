@@ -1,5 +1,4 @@
 """The README's examples run as written, so the docs cannot rot."""
-import os
 import re
 import shlex
 from pathlib import Path

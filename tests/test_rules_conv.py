@@ -152,7 +152,7 @@ def test_attention_like_product_gets_both_gradients():
     """softmax-free attention core: Q K^T then V, all three activations depending on x."""
     from onnx import helper, TensorProto
     import onnx
-    from gradcheck import forward, gradients
+    from gradcheck import gradients
 
     nodes = [
         helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
@@ -200,7 +200,6 @@ def test_conv_transpose_wrong_pad_split_would_fail():
 
 def test_conv_transpose_same_with_output_padding_follows_ort():
     """SAME + output_padding: onnx shape inference and ORT disagree on the size; the rule follows ORT."""
-    import onnx
     from gradcheck import node_model, session
     from onnxviz.autodiff import gradient_graph
 

@@ -48,11 +48,10 @@ def test_rule(case):
 
 def test_conv_output_shape_variant_would_fail():
     """Dropping output_padding (a known-wrong variant) must be caught by the same check."""
-    import onnxviz.autodiff.rules.conv as conv_rules
     from onnxviz.autodiff import STANDARD
 
     def conv_no_output_padding(e, node, dys):
-        x, w = node.inputs[0], node.inputs[1]
+        w = node.inputs[1]
         pads = node.attr("pads", [0, 0, 0, 0])
         return [e.op("ConvTranspose", dys[0], w, strides=node.attr("strides"), pads=pads), None, None]
 

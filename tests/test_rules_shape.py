@@ -9,7 +9,6 @@ from onnx import TensorProto
 
 from gradcheck import Case, Draw, assert_case, check_case
 
-from onnxviz.autodiff import STANDARD
 
 f32, f64 = np.float32, np.float64
 i64 = np.int64
