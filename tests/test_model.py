@@ -237,3 +237,29 @@ def test_fixed_shape_sessions_are_specialized_per_chunk_size(tmp_path):
     model.run_graph(graph, model.feeds(x[:1].repeat(5, axis=0)), outputs=["relu1"])
     assert [c[batch] for c in created] == [2, 1, 5]
     assert len(model.runtime._sessions["fixed|relu1"]) == SHAPE_VARIANTS
+
+
+@pytest.mark.parametrize("attr, value", [("value_float", 0.5), ("value_floats", [0.5, 2.0, 1.0])])
+def test_constant_number_attributes_fold_as_float32(tmp_path, attr, value):
+    """Constant(value_float[s]) is a float32 tensor by the operator's definition; folded as
+    float64 (numpy's default) it made every such model fail to load with a Mul type error."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Constant", [], ["c"], **{attr: value}),
+             helper.make_node("Reshape", ["c", "shp"], ["c4"]),
+             helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["z", "c4"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["y"])]
+    shape = [1, 3, 1, 1] if attr == "value_floats" else [1]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.array(shape, np.int64), "shp"),
+         numpy_helper.from_array(rng.random((3, 3, 3, 3), np.float32), "w"),
+         numpy_helper.from_array(rng.random((3, 4), np.float32), "fw")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "c.onnx")
+    model = load(path, device="cpu")
+    x = rng.random((2, 3, 16, 16), np.float32)
+    assert model.run(x)["y"].dtype == np.float32
+    from onnxviz.graph.view import constant_values
+    assert constant_values(onnx.load(path).graph)["c"].dtype == np.float32

@@ -53,9 +53,17 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
             attr = node.attribute[0]
             if attr.name == "value":
                 values[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                values[node.output[0]] = np.array(helper.get_attribute_value(attr))
+            elif attr.name in SCALAR_CONSTANT_ATTRS:
+                values[node.output[0]] = scalar_constant(attr.name, helper.get_attribute_value(attr))
     return values
+
+
+# Constant's number attributes: float32 and int64 tensors by the operator's definition
+SCALAR_CONSTANT_ATTRS = ("value_float", "value_floats", "value_int", "value_ints")
+
+
+def scalar_constant(attr_name: str, value) -> np.ndarray:
+    return np.asarray(value, np.float32 if "float" in attr_name else np.int64)
 
 
 def walk_back(name: str, producer: Callable, ops, data_input: Optional[Callable] = None) -> tuple:
@@ -141,9 +149,9 @@ def const_value(g: GraphView, name: str) -> Optional[np.ndarray]:
         a = attrs(node)
         if "value" in a:
             return numpy_helper.to_array(a["value"])
-        for key in ("value_float", "value_floats", "value_int", "value_ints"):
+        for key in SCALAR_CONSTANT_ATTRS:
             if key in a:
-                return np.asarray(a[key], np.float32 if "float" in key else np.int64)
+                return scalar_constant(key, a[key])
         return None
     return _evaluate_constant(g, name)
 
