@@ -12,8 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import NonFiniteError
-
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+from .graph.view import FLOAT_TYPES
 
 
 def describe_nonfinite(a) -> Optional[str]:
@@ -42,7 +41,7 @@ def check_finite(a, what: str) -> None:
 def nonfinite_weights(model: onnx.ModelProto) -> Optional[str]:
     """The first float initializer or Constant holding NaN/inf, described; None when all are finite."""
     for t in _tensors(model.graph):
-        if t.data_type in _FLOATS:
+        if t.data_type in FLOAT_TYPES:
             found = describe_nonfinite(numpy_helper.to_array(t))
             if found:
                 return f"weight {t.name!r} has {found}"
