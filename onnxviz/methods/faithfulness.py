@@ -79,7 +79,7 @@ class Scorer:
             y = self.model.activations(batch, [self.obj.tensor])[self.obj.tensor]
             scores = self.transform(class_scores(self.obj, y))
             if chosen[row].max() >= scores.shape[1]:
-                raise OnnxvizError(f"target {int(chosen.max())} is out of range: the model has "
+                raise OnnxvizError(f"target {int(chosen[row].max())} is out of range: the model has "
                                    f"{scores.shape[1]} classes")
             return scores[np.arange(len(row)), chosen[row]]
 
