@@ -23,9 +23,9 @@ from ..io import deferred_interrupts, ensure_out_dir, save_json
 from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
-from ..outputs import image_dirs, title, write_image
+from ..outputs import explained, image_dirs, title, write_image
 from ..session import Session, open_session
-from ..targets import SCORES, Target, describe, normalize, objective
+from ..targets import SCORES, Target
 from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
 from .options import out_option
 
@@ -205,10 +205,8 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
         model = exported_model(model, grad_model, method, {**(method_options or {}), "output": output,
                                                            "score": score, "grad": grad})
     entries: list = []
-    obj = objective(session.model, output, score)
     summary = {"model": os.path.abspath(model_path), "method": method,
-               "explained": {"output": obj.output, "tensor": obj.tensor, "score": score,
-                             "target": explained(session.model, obj, general, targets)},
+               "explained": explained(session.model, output, score, general if general is not None else targets),
                "images": entries}
     chosen = targets is not None or general is not None
     with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
@@ -297,14 +295,6 @@ def general_target(target: Sequence[str], region: dict, session: Session):
         classes = classes[0]
     return Target(classes, box=parse_box(region["box"]), mask=load_mask(region["mask_path"]),
                   step=parse_step(region["step"]), negate=region["negate"])
-
-
-def explained(model, obj, general, targets) -> str:
-    if general is not None:
-        return describe(general)
-    if targets is None:
-        return describe(normalize(model, obj, None, 1))
-    return describe(targets)
 
 
 def parse_box(text: Optional[str]):

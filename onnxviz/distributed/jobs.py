@@ -390,8 +390,12 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
                        chosen=targets is not None)
     entries, failures = {}, {}
     results = out / (f"results.{shard.name}.json" if shard else "results.json")
+    from ..outputs import explained, title
+
     summary = {"model": os.path.abspath(model_path), "method": method,
-               "explained": _explained(session.model, options, targets), "images": []}
+               "explained": explained(session.model, options.get("output"), options.get("score") or "logit",
+                                      targets),
+               "images": []}
     last = [time.monotonic()]
 
     def collect(batch):
@@ -404,8 +408,6 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
             summary["images"] = [entries[i] for i in sorted(entries)]
             save_json(summary, results)
             last[0] = time.monotonic()
-
-    from ..outputs import title
 
     stats = _drive(rows, task, engine, batch_size, progress, title(method), collect)
     summary["images"] = [entries[i] for i in sorted(entries)]
@@ -423,16 +425,6 @@ def _as_given(entry: dict, folder) -> dict:
     maps = [{**m, "files": {kind: str(Path(folder) / Path(p).name) for kind, p in m["files"].items()}}
             for m in entry["maps"]]
     return {**entry, "dir": str(folder), "maps": maps}
-
-
-def _explained(model, options: dict, targets) -> dict:
-    """results.json's "explained": what the maps explain, as the local engine records it."""
-    from ..targets import describe, normalize, objective
-
-    score = options.get("score") or "logit"
-    obj = objective(model, options.get("output"), score)
-    target = targets if targets is not None else normalize(model, obj, None, 1)
-    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 @dataclass
