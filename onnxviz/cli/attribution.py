@@ -26,7 +26,8 @@ from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
 from ..outputs import explained, image_dirs, title, write_image
 from ..session import Session, open_session
 from ..targets import SCORES, Target
-from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .common import (engine_options, handle_errors, load_options, model_options, pop_engine, preprocess_options,
+                     restarts_note)
 from .options import out_option
 
 
@@ -266,16 +267,15 @@ def _explain_dataset(model_path, images, relative, dirs, folder, method, options
     from ..distributed import explain_dataset
     from .dataset import report
 
-    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
     run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
-                          load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                          load_options=load_options(opts), batch_size=batch_size, engine=engine, shard=shard,
                           relative=relative, progress=True, grad_model=grad_model or None)
     report(run.failures, [], folder)
     s = run.stats
     where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \
         f"{len(run.entries)} images"
     click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
-               f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+               f"{s.failed} failed" + restarts_note(s))
     click.echo(f"wrote {run.results}")
 
 

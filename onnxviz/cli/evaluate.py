@@ -21,7 +21,8 @@ from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evalua
 from ..outputs import TITLES
 from ..session import open_session
 from .attribution import parse_targets
-from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .common import (engine_options, handle_errors, load_options, model_options, pop_engine, preprocess_options,
+                     restarts_note)
 from .options import out_option
 
 
@@ -125,16 +126,15 @@ def _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, 
 
     check_metrics(chosen, boxes is not None)
     per_image = read_box_lists(boxes, images) if boxes else None
-    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
     run = evaluate_dataset(model, images, folder, methods, chosen, per_image, targets, pre=session.pre,
-                           load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                           load_options=load_options(opts), batch_size=batch_size, engine=engine, shard=shard,
                            relative=[Path(p).name for p in images], progress=True, **settings)
     report_failures(run.failures, [], folder)
     if run.failures:
         report["failures"] = [{"image": os.path.abspath(str(f.path)), "reason": f.reason} for f in run.failures]
     s = run.stats
     click.echo(f"evaluate: {s.computed} computed, {s.from_parts} already done, {s.failed} failed"
-               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+               + restarts_note(s))
     records, metas = {}, {}
     for method in methods:
         error = next((r["errors"][method] for r in run.results if method in r["errors"]), None)
