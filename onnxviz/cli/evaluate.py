@@ -18,7 +18,7 @@ from ..errors import OnnxvizError
 from ..io import check_not_input, ensure_out_dir, save_figure, save_json
 from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
                              run_meta, summary, verdict_line)
-from ..outputs import TITLES
+from ..outputs import title
 from ..session import open_session
 from .attribution import parse_targets
 from .common import (engine_options, handle_errors, load_options, model_options, pop_engine, preprocess_options,
@@ -87,7 +87,7 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     masks = read_boxes(boxes, images, geoms, size) if boxes else None
     records, metas = {}, {}
     for method in methods:
-        click.echo(f"{TITLES.get(method, method)}: {', '.join(chosen)} ...", err=True)
+        click.echo(f"{title(method)}: {', '.join(chosen)} ...", err=True)
         try:
             ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, **settings)
         except OnnxvizError as exc:
