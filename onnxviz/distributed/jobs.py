@@ -30,7 +30,7 @@ from ..graph.heads import penultimate_layer
 from ..methods.embed import Embedding, FeatureStore, cache_header, fixed_size, model_digest, stored_embedding
 from ..session import Session
 from .batch import BatchEmbedder, BatchEvaluator, BatchExplainer, process_session
-from .engine import init_ray, map_batches, require_ray
+from .engine import default_actors, init_ray, map_batches, require_ray
 from .shard import Shard
 from .store import PartStore, file_digest, options_digest, part_key, worker_id
 
@@ -52,9 +52,7 @@ class Engine:
             return False
         started = init_ray(self.address)
         if self.actors is None:
-            resources = require_ray().cluster_resources()
-            per = self.gpus or self.cpus
-            self.actors = max(1, int(resources.get("GPU" if self.gpus else "CPU", 1) // per))
+            self.actors = default_actors(require_ray(), self.cpus, self.gpus)
         return started
 
     def map(self, rows: list, task, batch_size: int):
