@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..io import check_not_input, ensure_out_dir, save_figure, save_json
+from ..io import check_output, ensure_out_dir, save_figure, save_json
 from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
                              run_meta, summary, verdict_line)
 from ..outputs import title
@@ -73,7 +73,7 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder = ensure_out_dir(out)
-    check_not_input(folder / "metrics.json", [model, *images, *([boxes] if boxes else [])])
+    check_output(folder / "metrics.json")  # before the long run; handle_errors already protected every input
     targets = parse_targets(target, len(images), session)
     report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
               "images": [], "summary": {}, "errors": {}}
