@@ -86,8 +86,8 @@ class Model:
         self._types = tensor_types(proto.graph)
         self._producers = producers(proto.graph)
         self._derived: dict = {}
-        self._session_keys: dict[int, str] = {id(proto): FORWARD}
-        self._fixed_shapes: set[int] = set()  # ids of derived graphs run on shape-specialized sessions
+        # id(graph) -> (session key, whether its sessions are specialized to each run's shapes)
+        self._session_keys: dict[int, tuple[str, bool]] = {id(proto): (FORWARD, False)}
         self._extra: dict = {}
         # (height, width) that analyses use when the input itself has none (a dynamic-size model):
         # the sidecar's size, set by open_session; --size is in the input spec already
@@ -277,28 +277,26 @@ class Model:
         for part in value if isinstance(value, tuple) else (value,):  # (graph, flag) pairs too
             graph = getattr(part, "proto", part)
             if isinstance(graph, onnx.ModelProto):
-                self._session_keys.setdefault(id(graph), key if isinstance(key, str) else "|".join(map(str, key)))
-                if fixed_shapes:
-                    self._fixed_shapes.add(id(graph))
+                name = key if isinstance(key, str) else "|".join(map(str, key))
+                self._session_keys.setdefault(id(graph), (name, fixed_shapes))
         return value
 
     def forget(self) -> None:
         """Drop every derived graph and its session (rebuilt on next use), to free their memory."""
-        for key in set(self._session_keys.values()) - {FORWARD}:
+        for key, _ in set(self._session_keys.values()) - {(FORWARD, False)}:
             self.runtime.forget(key)
         self._derived.clear()
-        self._session_keys = {id(self.proto): FORWARD}
-        self._fixed_shapes.clear()
+        self._session_keys = {id(self.proto): (FORWARD, False)}
 
     def run_graph(self, graph: onnx.ModelProto, feeds: dict, outputs: Optional[Sequence[str]] = None,
                   batch_size: Optional[int] = None, progress: bool = False, desc: str = "running") -> dict:
         """Run this model's graph or one derived from it (see :meth:`derived`) on its own session."""
-        key = self._session_keys.get(id(graph))
+        key, fixed = self._session_keys.get(id(graph), (None, False))
         if key is None:
             raise OnnxvizError("run_graph runs the model's graph or one made with Model.derived; "
                                "run other graphs with model.runtime.run")
         return self.runtime.run(graph, feeds, outputs=outputs, batch_size=batch_size, progress=progress, key=key,
-                                desc=desc, fixed_shapes=id(graph) in self._fixed_shapes)
+                                desc=desc, fixed_shapes=fixed)
 
     def specialized(self, height: int, width: int) -> onnx.ModelProto:
         """The model with its spatial input dims fixed (batch kept dynamic), shapes re-inferred."""

@@ -143,10 +143,7 @@ def seed_array(obj: Objective, y: np.ndarray, target, size: Optional[tuple] = No
         seed = w * predicted_onehot(obj, y) if predicted else w
         return np.broadcast_to(seed, y.shape), reported(target, len(y))
     chosen, _ = chosen_targets(obj, y, target_array(target, len(y)))
-    shape = [1] * y.ndim
-    shape[obj.class_axis] = -1
-    iota = np.arange(y.shape[obj.class_axis]).reshape(shape)
-    seed = (iota == chosen.reshape([-1] + [1] * (y.ndim - 1))).astype(np.float64)
+    seed = _onehot(chosen.reshape([-1] + [1] * (y.ndim - 1)), y.shape[obj.class_axis], obj.class_axis)
     return np.broadcast_to(seed, y.shape), chosen
 
 
@@ -387,11 +384,15 @@ def _mask(mask, shape, other, size) -> np.ndarray:
 
 def predicted_onehot(obj: Objective, y: np.ndarray) -> np.ndarray:
     """One-hot of each position's argmax along the class axis."""
-    best = np.argmax(y, axis=obj.class_axis)
-    shape = [1] * y.ndim
-    shape[obj.class_axis] = -1
-    return (np.arange(y.shape[obj.class_axis]).reshape(shape) == np.expand_dims(best, obj.class_axis)).astype(
-        np.float64)
+    best = np.expand_dims(np.argmax(y, axis=obj.class_axis), obj.class_axis)
+    return _onehot(best, y.shape[obj.class_axis], obj.class_axis)
+
+
+def _onehot(index: np.ndarray, n_classes: int, axis: int) -> np.ndarray:
+    """float64 one-hot along ``axis`` of ``index`` (size 1 on that axis, the class there)."""
+    shape = [1] * index.ndim
+    shape[axis] = -1
+    return (np.arange(n_classes).reshape(shape) == index).astype(np.float64)
 
 
 def reported(target, n: int) -> np.ndarray:

@@ -4,11 +4,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import onnxviz
+from builders import make_model, save
 from onnxviz.errors import OnnxvizError
 from onnxviz.methods.faithfulness import (box_masks, energy_pointing, impute, pointing_game, road,
                                           step_counts)
@@ -24,18 +24,11 @@ def linear(tmp_path_factory):
     rng = np.random.default_rng(5)
     w = rng.standard_normal((K, C, H, W)).astype(np.float32)
     b = rng.standard_normal(K).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w", "b"], ["conv"]),
-         helper.make_node("Flatten", ["conv"], ["logits"])],
-        "linear",
-        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", C, H, W])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", K])],
-        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
-    onnx.save(proto, str(path))
-    return onnxviz.load(str(path), device="cpu"), w.astype(np.float64), b.astype(np.float64)
+    proto = make_model([helper.make_node("Conv", ["image", "w", "b"], ["conv"]),
+                        helper.make_node("Flatten", ["conv"], ["logits"])],
+                       {"w": w, "b": b}, ["N", C, H, W], "logits", K, name="linear")
+    path = save(proto, tmp_path_factory.mktemp("linear") / "linear.onnx")
+    return onnxviz.load(path, device="cpu"), w.astype(np.float64), b.astype(np.float64)
 
 
 def by_hand(w, b, x, m, start, end, steps, score, target):
@@ -220,7 +213,7 @@ def test_target_out_of_range(linear):
 
 def test_channels_last_models_score_the_same(tmp_path):
     """The NHWC twin of a model (a Transpose in front, same weights) gives the same curves and ROAD."""
-    from builders import save, tiny_cnn
+    from builders import tiny_cnn
 
     nchw = onnxviz.load(save(tiny_cnn(size=12), tmp_path / "a.onnx"), device="cpu")
     nhwc = onnxviz.load(save(tiny_cnn(layout="NHWC", size=12), tmp_path / "b.onnx"), device="cpu")

@@ -34,6 +34,11 @@ def test_trust_section_scores_every_method(inputs):
     want = onnxviz.deletion(inputs.model, inputs.x, cam.map, target=cam.target, steps=trust_mod.STEPS).auc.mean()
     assert abs(view.rows[0].deletion - want) < 1e-9
     row = view.rows[0]
+    # the similarity columns are the public tests' numbers, recomputed here on the same maps' classes
+    sanity = onnxviz.sanity_check(inputs.model, inputs.x, method="gradcam", target=cam.target)
+    assert abs(row.randomized - sanity.spearman_abs[-1].mean()) < 1e-9
+    other, _, _ = onnxviz.random_logit_test(inputs.model, inputs.x, "gradcam")
+    assert abs(row.random_class - other.spearman_abs.mean()) < 1e-9
     assert row.layers == 5 and row.passes == (row.randomized < 0.5)  # 3 images: too few to expect a side
     assert row.verdict == ("passes the randomization test" if row.passes else
                            "does not depend on the model's weights (similarity stays above 0.5 with all "

@@ -363,3 +363,22 @@ def test_fed_weights_reach_the_flipped_adjoint():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     stale = sess.run([gm.grads["x"]], feeds)[0]  # the initializer's own weights give another answer
     assert np.abs(stale - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if str(c).startswith("Conv-strided")], ids=str)
+def test_strided_cases_take_the_zero_insertion_spelling(case):
+    """The adjoint cases above pass with any correct spelling; this one fails if a strided
+    depthwise or 1x1 Conv falls back to the spatial ConvTranspose (onnxruntime's slow path).
+    The one exception is the case whose pads reach past the kernel (no stride-1 Conv fits)."""
+    import onnx
+
+    from gradcheck import node_model
+    from onnxviz.autodiff import gradient_graph
+
+    model = onnx.shape_inference.infer_shapes(node_model(case))
+    graph = gradient_graph(model, "y0", ["x"], STANDARD).proto.graph
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    weights = [consts.get(n.input[1]) for n in graph.node if n.op_type == "ConvTranspose"]
+    zero_insertion = [w is not None and w.shape[2:] == (1, 1) and (w == 1).all() for w in weights]
+    assert len(weights) == 1
+    assert zero_insertion[0] != ("pads-beyond-kernel" in str(case))

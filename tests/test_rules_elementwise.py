@@ -213,3 +213,22 @@ def test_silu_4d_float32_uses_the_blocked_spelling_and_stays_exact():
     x64 = x.astype(np.float64)
     sig = 1 / (1 + np.exp(-x64))
     np.testing.assert_allclose(got, seed * sig * (1 + x64 * (1 - sig)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case_id, spelled", [("Mul-se-gate", True), ("Mul-se-gate-first", True),
+                                              ("Mul-batch-broadcast-gate", False), ("Mul-se-gate-opset11", False),
+                                              ("ReduceMean-spatial-f32", True)])
+def test_per_channel_broadcasts_take_the_upsample_spelling(case_id, spelled):
+    """The cases above pass with any correct spelling; this fails if a squeeze-excite gate or a
+    spatial mean stops using the nearest Upsample (the NCHWc spelling) where it applies, or uses
+    it where the gate's batch broadcasts (its gradient must then be summed over the batch)."""
+    import onnx
+
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD
+    from onnxviz.autodiff.backward import gradient_graph
+
+    case = next(c for c in CASES if str(c) == case_id)
+    model = onnx.shape_inference.infer_shapes(node_model(case))
+    ops = [n.op_type for n in gradient_graph(model, "y0", list(case.inputs), STANDARD).proto.graph.node]
+    assert ("Resize" in ops) == spelled

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .receptive_fields import ReceptiveField, field_of, track_axes
-from .view import GraphView, attrs, const_value
+from .view import GraphView, attrs, const_value, walk_back
 
 __all__ = ["LayerInfo", "layer_table", "summarize"]
 
@@ -52,11 +52,7 @@ _PARAM_INPUTS = {"QLinearConv": (3, 8), "QLinearMatMul": (3,), "ConvInteger": (1
 
 def _param_root(g: GraphView, name: str) -> str:
     """The stored tensor behind a constant input, through Identity/Cast/Reshape/DequantizeLinear..."""
-    node = g.node_of(name)
-    while node is not None and node.op_type in _PASS_THROUGH and node.input[0] in g.const:
-        name = node.input[0]
-        node = g.node_of(name)
-    return name
+    return walk_back(name, g.node_of, _PASS_THROUGH, lambda n: n.input[0] if n.input[0] in g.const else None)[0]
 
 
 def _numel(g: GraphView, name: str) -> int:

@@ -192,6 +192,13 @@ def score_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, 
     return class_activation_map(model, x, scorecam_weights, "scorecam", target, layer, **options)
 
 
+def find_cam_head(model, output: Optional[str] = None):
+    """The model's GAP → fully-connected head (:func:`~onnxviz.graph.analysis.cam_head`) or None, found once per model."""
+    spec = model.input
+    return model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output,
+                                                                  shapes=model.shapes_at()))
+
+
 def cam(model, x, target: TargetLike = None, layer: Optional[str] = None, output: Optional[str] = None,
         **options) -> Heatmap:
     """CAM: ``ReLU(Σ_k w^c_k A^k)`` for a global-average-pool → fully-connected head (read from the graph).
@@ -199,9 +206,7 @@ def cam(model, x, target: TargetLike = None, layer: Optional[str] = None, output
     The layer is the tensor the head pools. On a GAP+FC network, CAM's raw map is Grad-CAM's
     times h·w. A model without such a head raises an error pointing to :func:`grad_cam`.
     """
-    spec = model.input
-    head_ = model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output,
-                                                                   shapes=model.shapes_at()))
+    head_ = find_cam_head(model, output)
     if head_ is None:
         raise OnnxvizError(
             "CAM needs a global-average-pool → fully-connected (Gemm, MatMul or 1x1 Conv) head before the "

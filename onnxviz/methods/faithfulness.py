@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import OnnxvizError
 from ..targets import TargetLike, check_targets, class_scores, objective, target_array
 from .occlusion import baseline_batch
-from .perturb import BATCH, image_rng, perturbed_scores, pixel_order, ranked_filler, step_counts
+from .perturb import BATCH, blurred, image_rng, perturbed_scores, pixel_order, ranked_filler, step_counts
 from .results import Curve, Road
 
 Baseline = Union[float, str, np.ndarray]
@@ -131,13 +131,7 @@ def _curve(model, x, maps, target, steps, baseline, metric, score, output, batch
 def reference(x: np.ndarray, spec, baseline: Baseline) -> np.ndarray:
     """The deleted/inserted-from image per row: "blur" is Gaussian σ = 5 px truncated at 5 px."""
     if isinstance(baseline, str) and baseline == "blur":
-        from scipy.ndimage import gaussian_filter
-
-        sig = [0.0] * x.ndim
-        for a in spec.spatial_axes:
-            sig[a] = BLUR_SIGMA
-        return gaussian_filter(x.astype(np.float64), sig, mode="nearest",
-                               truncate=BLUR_RADIUS / BLUR_SIGMA).astype(x.dtype)
+        return blurred(x, spec.spatial_axes, BLUR_SIGMA, truncate=BLUR_RADIUS / BLUR_SIGMA)
     return np.ascontiguousarray(baseline_batch(x, spec.spatial_axes, baseline, BLUR_SIGMA))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..graph.analysis import best_gradcam_layer, gradcam_candidates, spatial_axes
+from ..targets import fmt_shape
 
 
 # Each analysis is a walk over the whole graph: done once per model (Model.derived), on the shapes
@@ -72,4 +73,4 @@ def from_nchw(a: np.ndarray, axes: tuple[int, int, int]) -> np.ndarray:
 
 
 def _fmt(shape) -> str:
-    return "unknown" if shape is None else "(" + ", ".join(str(d) if d else "?" for d in shape) + ")"
+    return "unknown" if shape is None else fmt_shape(shape)

@@ -64,14 +64,14 @@ def segments(row: np.ndarray):
         yield int(row[a]), a, b
 
 
-def blurred(x: np.ndarray, spatial_axes: tuple, sigma: float) -> np.ndarray:
-    """Gaussian blur of a batch along its two spatial axes."""
+def blurred(x: np.ndarray, spatial_axes: tuple, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Gaussian blur of a batch along its two spatial axes (kernel cut at ``truncate``·σ, scipy's default 4)."""
     from scipy.ndimage import gaussian_filter
 
     sig = [0.0] * x.ndim
     for a in spatial_axes:
         sig[a] = sigma
-    return gaussian_filter(x.astype(np.float64), sig, mode="nearest").astype(x.dtype)
+    return gaussian_filter(x.astype(np.float64), sig, mode="nearest", truncate=truncate).astype(x.dtype)
 
 
 def head_runner(model, x: np.ndarray, layer: str, obj):

@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import OnnxvizError
-from .faithfulness import Curve, Road, deletion, energy_pointing, insertion, pointing_game, road
 from ..targets import TargetLike
-from .results import Curve as _Curve, Road as _Road
+from .faithfulness import deletion, energy_pointing, insertion, pointing_game, road
+from .results import Curve, Road
 from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
@@ -149,13 +149,13 @@ def collect(records: Sequence[dict], meta: dict) -> Evaluation:
     for key in ("deletion", "insertion"):
         if key in meta:
             scores = np.array([r[f"{key}_curve"] for r in records], np.float64)
-            setattr(ev, key, _Curve(scores, np.asarray(meta[key]["fractions"], np.float64), target, key,
-                                    meta[key]["score"]))
+            setattr(ev, key, Curve(scores, np.asarray(meta[key]["fractions"], np.float64), target, key,
+                                   meta[key]["score"]))
     if "road" in meta:
         morf = np.array([r["road"]["morf"] for r in records], np.float64)
         lerf = np.array([r["road"]["lerf"] for r in records], np.float64)
-        ev.road = _Road(np.asarray(meta["road"]["percentiles"]), morf, lerf, np.full(len(records), np.nan), target,
-                        meta["road"]["score"])
+        ev.road = Road(np.asarray(meta["road"]["percentiles"]), morf, lerf, np.full(len(records), np.nan), target,
+                       meta["road"]["score"])
     if records and "pointing" in records[0]:
         ev.pointing = np.array([r["pointing"] for r in records], bool)
         ev.energy = np.array([r["energy_pointing"] for r in records], np.float64)

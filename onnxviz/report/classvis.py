@@ -24,7 +24,6 @@ class ClassVisView:
 
 def predicted_classes(inp: Inputs) -> list:
     """Top-1 classes of the images, each once, in the order the images give them."""
-
     rows, _ = predictions(inp.model, inp.x, 1, inp.label)
     return list(dict.fromkeys(r[0].index for r in rows))
 
@@ -32,7 +31,6 @@ def predicted_classes(inp: Inputs) -> list:
 def class_visualizations(inp: Inputs) -> ClassVisView:
     # Lazy: the section is optional (classvis_available), so the report imports without it.
     from ..methods.classvis import class_visualization
-
 
     if inp.x is None:
         raise NotApplicable("no image could be read, so there are no predicted classes to visualize")

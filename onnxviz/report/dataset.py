@@ -60,7 +60,6 @@ class DatasetView:
 
 
 def dataset_views(inp: Inputs) -> DatasetView:
-
     if inp.dataset is None:
         raise NotApplicable("no dataset folder was given; --dataset DIR adds a t-SNE map, nearest neighbours "
                             "and the top patches of the most selective channels")
@@ -86,7 +85,6 @@ def _tsne(emb, view: DatasetView) -> None:
     import matplotlib
     from matplotlib.colors import to_hex
 
-
     proj = projection(emb, "tsne", seed=0)
     canvas, placed = thumbnail_map(proj, size=MAP_SIDE, limit=MAP_LIMIT, seed=0)
     settings = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
@@ -99,7 +97,6 @@ def _tsne(emb, view: DatasetView) -> None:
 
 
 def _neighbors(inp: Inputs, emb, view: DatasetView) -> None:
-
     for i, path in enumerate(inp.paths):
         found = nearest_neighbors(inp.model, emb, path, k=NEIGHBORS)
         pics = [picture(inp.shown[i], "query", f"query {Path(path).name}", side=THUMB)]
@@ -115,7 +112,6 @@ def _neighbors(inp: Inputs, emb, view: DatasetView) -> None:
 
 
 def _patches(inp: Inputs, data, view: DatasetView) -> None:
-
     layer = resolve_layer(inp.model, inp.layer)
     result = top_patches(inp.model, data, layer, n_channels=PATCH_CHANNELS, top=PATCHES, pre=inp.pre,
                          batch_size=32, workers=2)

@@ -12,8 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..graph.analysis import cam_head
-from ..methods.cam import cam, grad_cam, guided_grad_cam
+from ..methods.cam import cam, find_cam_head, grad_cam, guided_grad_cam
 from ..methods.features import activations
 from ..methods.layers import resolve_layer
 from ..methods.occlusion import occlusion
@@ -65,7 +64,6 @@ class Explanations:
 
 
 def explanations(inp: Inputs) -> Explanations:
-
     if inp.x is None:
         raise NotApplicable("no image could be read" + (
             "; " + "; ".join(f"{Path(p).name}: {r}" for p, r in inp.unreadable[:3]) if inp.unreadable else ""))
@@ -110,7 +108,6 @@ def explanations(inp: Inputs) -> Explanations:
 
 def predictions(model, x: np.ndarray, top: int, label) -> tuple[list, str]:
     """The ``top`` classes of each image with probability (and pre-softmax logit), best first."""
-
     out = objective(model, None, "prob")
     logit = objective(model, None, "logit")
     names = list(dict.fromkeys([out.tensor, logit.tensor]))
@@ -146,7 +143,6 @@ def as_probabilities(scores: np.ndarray) -> tuple[np.ndarray, str]:
 
 def _heatmaps(h, title: str, detail: str):
     """A panel maker for a Heatmap: its map over image i."""
-
     def panel(i: int, base: np.ndarray, inp: Inputs) -> Picture:
         return picture(overlay(base, h.map[i], alpha=0.5), f"{title} · {detail}", f"{title} map")
 
@@ -155,7 +151,6 @@ def _heatmaps(h, title: str, detail: str):
 
 def _gradients(a, title: str, detail: str):
     """A panel maker for an input-space Attribution: the signed gradient as an image."""
-
     def panel(i: int, base: np.ndarray, inp: Inputs) -> Picture:
         raw = a.raw[i]
         hwc = np.moveaxis(raw, 0, -1) if inp.model.input.layout == "NCHW" else raw
@@ -171,19 +166,16 @@ def _size(h) -> str:
 
 
 def _grad_cam(model, x, layer):
-
     h = grad_cam(model, x, layer=layer, batch_size=BATCH)
     return _heatmaps(h, "Grad-CAM", f"{h.layer} ({_size(h)})")
 
 
 def _guided_grad_cam(model, x, layer):
-
     a = guided_grad_cam(model, x, layer=layer, batch_size=BATCH)
     return _gradients(a, "Guided Grad-CAM", f"guided backprop × Grad-CAM of {a.layer}")
 
 
 def _guided_backprop(model, x, layer):
-
     a = saliency(model, x, method="guided", batch_size=BATCH)
     return _gradients(a, "Guided backprop", "input gradient, guided ReLUs")
 
@@ -195,16 +187,14 @@ def occlusion_window(height: int, width: int) -> tuple[int, int]:
 
 
 def _occlusion(model, x, layer):
-
     window, stride = occlusion_window(*model.input.hw(x))
     h = occlusion(model, x, window=window, stride=stride, baseline=0.0, batch_size=64)
     return _heatmaps(h, "Occlusion", f"score drop, {window}-px windows, stride {stride}")
 
 
 def _cam(model, x, layer):
-
-    spec = model.input
-    if cam_head(model.proto, spec.name, spec.layout, shapes=model.shapes_at()) is None:
+    # the cached lookup cam() itself makes: the head is found once, not walked for again here
+    if find_cam_head(model) is None:
         raise NotApplicable("the model has no global-average-pool → fully-connected head, which CAM needs "
                             "(Grad-CAM above works on any layer)")
     h = cam(model, x, batch_size=BATCH)
@@ -221,7 +211,6 @@ _METHODS = (
 
 
 def _activations(model, x, layer, chosen: Part):
-
     if layer is None:
         raise NotApplicable(f"no layer to show: {chosen.message}")
     values = activations(model, x, layer).values

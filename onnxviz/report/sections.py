@@ -136,7 +136,6 @@ class ModelCard:
 
 
 def model_card(inp: Inputs) -> ModelCard:
-
     model = inp.model
     size = model.input.hw(inp.x) if inp.x is not None else inp.pre.size
     info = describe(model, size=size)  # a dynamic-size model is described at the size it ran at
@@ -239,7 +238,6 @@ class GradientCheck:
 
 
 def gradient_check(inp: Inputs, tolerance: float = 1e-3) -> GradientCheck:
-
     if not inp.check_grad:
         raise NotApplicable("skipped as asked (--no-check-grad); `onnxviz check-grad` runs it alone")
     if inp.x is None:
@@ -267,7 +265,6 @@ class FilterView:
 
 
 def first_filters(inp: Inputs) -> FilterView:
-
     if not convolutions(inp.model):
         raise NotApplicable("the model has no convolution with constant weights")
     f = filters(inp.model)

@@ -68,17 +68,17 @@ MASK_SCALE_OUT = 2.0 ** 126
 MASK_BOUND_LIMIT = 2.0 ** 100  # 2^23 * b stays finite, so t - b keeps its sign
 
 
-def _blocked_channels(e: Emitter, t: str, bound: float) -> Optional[int]:
-    """Channel count of a float32 NCHW tensor that the Conv spelling applies to, else None."""
+def blocked_channels(e: Emitter, t: str) -> Optional[int]:
+    """Channel count of a 4-D float32 tensor with a known channel count: the tensors onnxruntime
+    runs in its blocked NCHWc layout, where the Conv spellings below apply; else None."""
     s = e.shape(t)
-    if (e.elem_type(t) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int)
-            or not abs(bound) <= MASK_BOUND_LIMIT):
+    if e.elem_type(t) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int):
         return None
     return s[1]
 
 
 def _compare_mask(e: Emitter, t: str, bound: float, sign: float) -> str:
-    channels = _blocked_channels(e, t, bound)
+    channels = blocked_channels(e, t) if abs(bound) <= MASK_BOUND_LIMIT else None
     if channels is None:
         op = "Greater" if sign > 0 else "Less"
         return as_float(e, e.op(op, t, e.scalar(bound, like=t)), like=t)
@@ -97,20 +97,14 @@ def scale_channels(e: Emitter, g: str, factor: np.ndarray, like: str, shift: Opt
     layout; a Mul (or Sub) with a constant would leave it (see :func:`above`).
     """
     factor = np.asarray(factor).reshape(-1)
-    s = e.shape(like)
-    if e.elem_type(like) == TensorProto.FLOAT and s is not None and len(s) == 4 and s[1] == factor.size:
+    if blocked_channels(e, like) == factor.size:
         w = e.const(factor.astype(np.float32).reshape(-1, 1, 1, 1))
         b = None if shift is None else e.const(np.full(factor.size, shift, np.float32))
         return e.op("Conv", g, w, b, group=factor.size, kernel_shape=[1, 1])
-    rank = len(s) if s is not None else None
+    rank = e.rank(like)
     shape = [-1] + [1] * (rank - 2) if rank and rank > 2 else [-1]
     out = e.op("Mul", g, e.const(factor.astype(e.dtype(like)).reshape(shape)))
     return out if shift is None else e.op("Add", out, e.scalar(shift, like=like))
-
-
-def _channels(e: Emitter, t: str) -> Optional[int]:
-    s = e.shape(t)
-    return s[1] if s is not None and len(s) == 4 and isinstance(s[1], int) else None
 
 
 def blocked(e: Emitter, g: str, like: str) -> str:
@@ -120,10 +114,18 @@ def blocked(e: Emitter, g: str, like: str) -> str:
     sums downstream stay in whatever layout their inputs arrive in, so without this every
     one of them would pay a reorder; the Conv moves the gradient back into NCHWc once.
     """
-    s = e.shape(like)
-    if e.elem_type(like) != TensorProto.FLOAT or s is None or len(s) != 4 or not isinstance(s[1], int):
-        return g
-    return scale_channels(e, g, np.ones(s[1], np.float32), like)
+    channels = blocked_channels(e, like)
+    return g if channels is None else scale_channels(e, g, np.ones(channels, np.float32), like)
+
+
+def upsampled_point(e: Emitter, g: str, height: int, width: int) -> str:
+    """g ([N, C, 1, 1], float32) broadcast to [N, C, height, width] as a nearest Resize (opset >= 13).
+
+    The same values as an Expand, but asymmetric/floor nearest upsampling is an op onnxruntime
+    runs in NCHWc (its Upsample), so what follows stays in that layout.
+    """
+    return e.op("Resize", g, None, e.const(np.array([1, 1, height, width], np.float32)), mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
 def above(e: Emitter, t: str, bound: float = 0.0) -> str:
@@ -180,7 +182,7 @@ def silu(e: Emitter, node: Node, dy: str, i: int) -> list:
     Exact: d(x·σ(x))/dx = σ + x·σ(1-σ) = σ + y(1-σ).
     """
     s, y = node.inputs[1 - i], node.outputs[0]
-    channels = _channels(e, y)
+    channels = blocked_channels(e, y)
     if channels is not None and e.shape(s) == e.shape(y):  # 1 - s as a Conv: stays in NCHWc
         one_minus_s = scale_channels(e, s, np.full(channels, -1.0), like=y, shift=1.0)
     else:
@@ -217,17 +219,12 @@ def _per_channel_mul(e: Emitter, node: Node, dy: str) -> Optional[list]:
             if value is not None:
                 grads[i] = scale_channels(e, dy, value.reshape(-1), like=x)
             elif e.opset >= 13:
-                scales = e.const(np.array([1, 1, height, width], np.float32))
-                spread = e.op("Resize", g, None, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
-                              nearest_mode="floor")
-                grads[i] = e.op("Mul", dy, spread)
+                grads[i] = e.op("Mul", dy, upsampled_point(e, g, height, width))
             else:
                 return None
         if node.needs[1 - i]:
-            if not isinstance(sg[0], int) and sg[0] != sx[0]:
+            if sg[0] != sx[0]:
                 return None  # g's batch may broadcast: the generic rule sums it
-            if isinstance(sg[0], int) and sg[0] == 1 and sx[0] != 1:
-                return None
             pooled = e.op("GlobalAveragePool", e.op("Mul", dy, x))
             grads[1 - i] = scale_channels(e, pooled, np.full(channels, float(height * width)), like=g)
         return grads

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import as_float, not_greater, not_less, scale_channels, select, sign, where_zero
+from .elementwise import as_float, not_greater, not_less, scale_channels, select, sign, upsampled_point, where_zero
 
 # A reduction's axes: sorted ints ([] when nothing is reduced), None for "all axes" of an
 # input whose rank is unknown, or the name of a run-time axes tensor.
@@ -132,9 +132,8 @@ def reduce_mean(e: Emitter, node: Node, dys):
     s = e.shape(x)
     if axes == [2, 3] and s is not None and len(s) == 4 and all(isinstance(d, int) for d in s[1:]):
         count = s[2] * s[3]
-        if e.opset >= 13 and e.dtype(x) == np.float32:  # nearest upsampling from 1x1 is the broadcast, in NCHWc
-            spread = e.op("Resize", g, None, e.const(np.array([1, 1, s[2], s[3]], np.float32)), mode="nearest",
-                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        if e.opset >= 13 and e.dtype(x) == np.float32:
+            spread = upsampled_point(e, g, s[2], s[3])
         else:
             spread = _expand(e, g, x, axes)
         return _grads(node, scale_channels(e, spread, np.full(s[1], 1.0 / count), like=x))
