@@ -15,6 +15,7 @@ from .methods.cam import TITLES as CAM_TITLES
 from .methods.saliency import TITLES as SALIENCY_TITLES
 from .render import heatmap_figure
 from .session import Session
+from .targets import describe, normalize, objective
 
 TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each beside its METHODS
 
@@ -22,6 +23,15 @@ TITLES = {**CAM_TITLES, **SALIENCY_TITLES, "occlusion": "occlusion"}  # each bes
 def title(method: str) -> str:
     """The method's title for figures and messages (its name when it has none)."""
     return TITLES.get(method, method)
+
+
+def explained(model, output, score: str, target) -> dict:
+    """results.json's "explained": the output, the tensor explained, the score kind and the target
+    (class indices, a general target, or the predicted class when ``target`` is None)."""
+    obj = objective(model, output, score)
+    if target is None:
+        target = normalize(model, obj, None, 1)
+    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 def write_image(session: Session, result, rows, shown, path: str, folder: Path, method: str, suffixed: bool,

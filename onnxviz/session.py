@@ -89,6 +89,7 @@ class Session:
     model: object
     pre: Preprocess
     labels: Optional[list]
+    nonfinite: Optional[str] = None  # the first NaN/inf weight, described (open_session scans them once)
 
     def label(self, k: int) -> str:
         return label(self.labels, k)
@@ -135,7 +136,7 @@ def open_session(model_path, device="auto", threads=None, layout=None, size=None
         protect(label_path)
         names = load_labels(regular_file(label_path, "label file"))
         _check_label_count(model, names, label_path)
-    return Session(model, pre, names)
+    return Session(model, pre, names, bad)
 
 
 def _side_size(size) -> tuple:

@@ -23,10 +23,11 @@ from ..io import deferred_interrupts, ensure_out_dir, save_json
 from ..methods.cam import METHODS as CAM_METHODS, TITLES as CAM_TITLES
 from ..methods.occlusion import occlusion
 from ..methods.saliency import METHODS as SALIENCY_METHODS, saliency
-from ..outputs import image_dirs, title, write_image
+from ..outputs import explained, image_dirs, title, write_image
 from ..session import Session, open_session
-from ..targets import SCORES, Target, describe, normalize, objective
-from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from ..targets import SCORES, Target
+from .common import (engine_options, handle_errors, load_options, model_options, pop_engine, preprocess_options,
+                     restarts_note)
 from .options import out_option
 
 
@@ -205,10 +206,8 @@ def _explain(model_path: str, images: Sequence[str], method: str, explain: Calla
         model = exported_model(model, grad_model, method, {**(method_options or {}), "output": output,
                                                            "score": score, "grad": grad})
     entries: list = []
-    obj = objective(session.model, output, score)
     summary = {"model": os.path.abspath(model_path), "method": method,
-               "explained": {"output": obj.output, "tensor": obj.tensor, "score": score,
-                             "target": explained(session.model, obj, general, targets)},
+               "explained": explained(session.model, output, score, general if general is not None else targets),
                "images": entries}
     chosen = targets is not None or general is not None
     with click.progressbar(length=len(images), label=title(method), file=sys.stderr) as bar:
@@ -268,16 +267,15 @@ def _explain_dataset(model_path, images, relative, dirs, folder, method, options
     from ..distributed import explain_dataset
     from .dataset import report
 
-    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
     run = explain_dataset(model_path, images, dirs, folder, method, options, targets, pre=session.pre,
-                          load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                          load_options=load_options(opts), batch_size=batch_size, engine=engine, shard=shard,
                           relative=relative, progress=True, grad_model=grad_model or None)
     report(run.failures, [], folder)
     s = run.stats
     where = f"shard {shard} ({len(run.entries) + len(run.failures)} of {len(images)} images)" if shard else \
         f"{len(run.entries)} images"
     click.echo(f"{title(method)} of {where}: {s.computed} computed, {s.from_parts} already done, "
-               f"{s.failed} failed" + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+               f"{s.failed} failed" + restarts_note(s))
     click.echo(f"wrote {run.results}")
 
 
@@ -297,14 +295,6 @@ def general_target(target: Sequence[str], region: dict, session: Session):
         classes = classes[0]
     return Target(classes, box=parse_box(region["box"]), mask=load_mask(region["mask_path"]),
                   step=parse_step(region["step"]), negate=region["negate"])
-
-
-def explained(model, obj, general, targets) -> str:
-    if general is not None:
-        return describe(general)
-    if targets is None:
-        return describe(normalize(model, obj, None, 1))
-    return describe(targets)
 
 
 def parse_box(text: Optional[str]):

@@ -176,6 +176,17 @@ def engine_options(fn):
 
 
 ENGINE_KEYS = ("engine", "address", "actors", "gpus_per_actor", "shard")
+LOAD_KEYS = ("device", "threads", "layout", "size")  # model_options: what a worker needs to load the model
+
+
+def load_options(opts: dict) -> dict:
+    """The model_options values, for workers that load the model as this process did."""
+    return {k: opts.get(k) for k in LOAD_KEYS}
+
+
+def restarts_note(stats) -> str:
+    """The tail of a dataset run's summary line: Ray's worker restarts, when there were any."""
+    return f"; {stats.restarts} worker restart(s) retried by Ray" if stats.restarts else ""
 
 
 def pop_engine(opts: dict, out: Optional[str] = None):

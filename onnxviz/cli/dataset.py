@@ -22,7 +22,8 @@ from ..methods.patches import to_json, top_patches
 from ..methods.projection import METHODS as PROJECTIONS, projection, save_csv
 from ..render.dataset import neighbors_figure, patches_grid, patches_overview, scatter_figure, thumbnail_map
 from ..session import open_session
-from .common import engine_options, handle_errors, model_options, out_dir, pop_engine, preprocess_options
+from .common import (engine_options, handle_errors, load_options, model_options, out_dir, pop_engine,
+                     preprocess_options, restarts_note)
 from .options import out_option
 
 SHOWN_FAILURES = 20
@@ -171,15 +172,14 @@ def _embed_dataset(model, folder, layer, pool, folder_out, batch_size, progress,
     """embed --engine ray / --shard: workers commit content-keyed parts; the same cache files result."""
     from ..distributed import embed_dataset
 
-    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
-    emb = embed_dataset(model, folder, folder_out, layer, pool, pre=session.pre, load_options=load_options,
+    emb = embed_dataset(model, folder, folder_out, layer, pool, pre=session.pre, load_options=load_options(opts),
                         batch_size=batch_size, engine=engine, shard=shard, progress=_progress(progress))
     report(emb.failures, emb.skipped, folder_out)
     s = emb.stats
     where = f"shard {shard}: " if shard else ""
     click.echo(f"{where}{emb.layer}: {len(emb)} images x {emb.features.shape[1]} features ({s.computed} computed, "
                f"{emb.reused} reused) -> {emb.cache / 'features.npy'}, {emb.cache / 'manifest.json'}"
-               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+               + restarts_note(s))
 
 
 @click.command("neighbors")

@@ -11,7 +11,7 @@ from ..checkgrad import check_gradients, format_rows
 from ..graph.analysis import gradcam_candidates
 from ..images import deprocess
 from ..inspection import describe, format_table
-from ..io import atomic_write, ensure_out_dir, safe_name, save_figure, save_json, save_npy
+from ..io import atomic_write, ensure_out_dir, safe_name, save_figure, save_json, save_npy, save_png
 from ..methods.cam import grad_cam
 from ..methods.features import activations, filters
 from ..render import activations_figure, filters_figure, heatmap_figure
@@ -140,8 +140,7 @@ def dense_demo(model_path: str, images, out: Path, device: str = "auto") -> dict
                f"({everywhere.explains['target']})")
     entries = []
     for i, path in enumerate(images):
-        sub = out / Path(path).stem
-        sub.mkdir(parents=True, exist_ok=True)
+        sub = ensure_out_dir(out / Path(path).stem)
         k = int(classes[i])
         mask = predicted[i] == k
         inside = grad_cam(model, x[i:i + 1], target=Target(k, mask=mask))
@@ -165,12 +164,11 @@ def method_folders(model, x, images, shown, session, out: Path) -> dict:
     from ..methods.cam import METHODS as CAMS
     from ..methods.occlusion import occlusion
     from ..methods.saliency import METHODS as SALIENCIES, saliency
-    from ..io import save_png
 
     timings = {}
 
     def save_all(result, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_out_dir(folder)
         for i, path in enumerate(images):
             result.save(folder / f"{path.stem}.png", image=shown[i], index=i)
 
@@ -193,9 +191,9 @@ def method_folders(model, x, images, shown, session, out: Path) -> dict:
     start = time.perf_counter()
     classes = list(dict.fromkeys(int(k) for k in model.run(x)[model.outputs[0]].argmax(axis=1)))
     vis = class_visualization(model, target=classes, pre=session.pre, size=(h, w))
-    (out / "classvis").mkdir(exist_ok=True)
+    folder = ensure_out_dir(out / "classvis")
     for k, image in zip(vis.target, vis.image):
-        save_png(image, out / "classvis" / f"{_stem(session.label(int(k)))}.png")
+        save_png(image, folder / f"{safe_name(session.label(int(k)), 'class')}.png")
     timings["classvis"] = time.perf_counter() - start
     return timings
 
@@ -205,7 +203,6 @@ def dataset_folders(model, session, dataset: Path, images, layer: str, out: Path
     tsne/ (the map coloured by class, its thumbnails, the CSV), neighbors/ (one strip per demo image)
     and patches/ (the overview and one grid per channel, at the Grad-CAM layer). Seconds per folder."""
     from ..datasets import scan_folder
-    from ..io import save_png
     from ..methods.embed import embed, fixed_size
     from ..methods.neighbors import nearest_neighbors
     from ..methods.patches import top_patches
@@ -240,10 +237,6 @@ def dataset_folders(model, session, dataset: Path, images, layer: str, out: Path
         save_png(patches_grid(cp), folder / f"channel_{cp.channel}.png")
     timings["patches"] = time.perf_counter() - start
     return timings
-
-
-def _stem(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def sample_dataset(folder: Path, size, per_class: int = 10):

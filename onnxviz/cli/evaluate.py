@@ -15,13 +15,14 @@ import click
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..io import check_not_input, ensure_out_dir, save_figure, save_json
+from ..io import check_output, ensure_out_dir, save_figure, save_json
 from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
                              run_meta, summary, verdict_line)
-from ..outputs import TITLES
+from ..outputs import title
 from ..session import open_session
 from .attribution import parse_targets
-from .common import engine_options, handle_errors, model_options, pop_engine, preprocess_options
+from .common import (engine_options, handle_errors, load_options, model_options, pop_engine, preprocess_options,
+                     restarts_note)
 from .options import out_option
 
 
@@ -72,7 +73,7 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     engine, shard = pop_engine(opts, out)
     session = open_session(model, **opts)
     folder = ensure_out_dir(out)
-    check_not_input(folder / "metrics.json", [model, *images, *([boxes] if boxes else [])])
+    check_output(folder / "metrics.json")  # before the long run; handle_errors already protected every input
     targets = parse_targets(target, len(images), session)
     report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
               "images": [], "summary": {}, "errors": {}}
@@ -86,7 +87,7 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     masks = read_boxes(boxes, images, geoms, size) if boxes else None
     records, metas = {}, {}
     for method in methods:
-        click.echo(f"{TITLES.get(method, method)}: {', '.join(chosen)} ...", err=True)
+        click.echo(f"{title(method)}: {', '.join(chosen)} ...", err=True)
         try:
             ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, **settings)
         except OnnxvizError as exc:
@@ -125,16 +126,15 @@ def _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, 
 
     check_metrics(chosen, boxes is not None)
     per_image = read_box_lists(boxes, images) if boxes else None
-    load_options = {k: opts.get(k) for k in ("device", "threads", "layout", "size")}
     run = evaluate_dataset(model, images, folder, methods, chosen, per_image, targets, pre=session.pre,
-                           load_options=load_options, batch_size=batch_size, engine=engine, shard=shard,
+                           load_options=load_options(opts), batch_size=batch_size, engine=engine, shard=shard,
                            relative=[Path(p).name for p in images], progress=True, **settings)
     report_failures(run.failures, [], folder)
     if run.failures:
         report["failures"] = [{"image": os.path.abspath(str(f.path)), "reason": f.reason} for f in run.failures]
     s = run.stats
     click.echo(f"evaluate: {s.computed} computed, {s.from_parts} already done, {s.failed} failed"
-               + (f"; {s.restarts} worker restart(s) retried by Ray" if s.restarts else ""))
+               + restarts_note(s))
     records, metas = {}, {}
     for method in methods:
         error = next((r["errors"][method] for r in run.results if method in r["errors"]), None)

@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 
 from ..errors import NonFiniteError
-from ..finite import nonfinite_weights
 from ..io import ensure_out_dir
 from ..report import report
 from ..session import open_session
@@ -63,9 +62,8 @@ def report_cmd(model, images, out, dataset, layer, top, check_grad, classvis_ste
                    err=True)
     size = out.stat().st_size
     click.echo(f"wrote {out.resolve()} ({size / 1e6:.1f} MB, {result.seconds:.1f} s)")
-    bad = nonfinite_weights(session.model.proto)
-    if bad:
-        raise NonFiniteError(f"the model's {bad}: the report marks what it could not compute")
+    if session.nonfinite:
+        raise NonFiniteError(f"the model's {session.nonfinite}: the report marks what it could not compute")
 
 
 COMMANDS = (report_cmd,)

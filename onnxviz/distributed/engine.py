@@ -60,6 +60,11 @@ def init_ray(address: Optional[str] = None) -> bool:
     return True
 
 
+def default_actors(ray, cpus: float, gpus: float) -> int:
+    """Actors the cluster holds at ``cpus`` CPUs (or, when they take GPUs, ``gpus`` GPUs) each."""
+    return max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1) // (gpus or cpus)))
+
+
 class _Actor:
     """Ray Data's class-based callable: one per actor, so the model is loaded once per actor.
 
@@ -88,7 +93,7 @@ def map_ray(rows: list, task, batch_size: int, actors: Optional[int] = None, cpu
     context.enable_progress_bars = False  # the driver shows one bar for the whole dataset
     context.print_on_execution_start = False
     if actors is None:
-        actors = max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1) // (gpus or cpus)))
+        actors = default_actors(ray, cpus, gpus)
     # Blocks of exactly batch_size rows: batches are the ones the local engine would form.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     ds = ds.map_batches(_Actor, fn_constructor_args=(task,), batch_size=batch_size, batch_format="numpy",

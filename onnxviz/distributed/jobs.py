@@ -27,10 +27,10 @@ from ..datasets import Dataset, Skipped, scan_folder
 from ..errors import OnnxvizError
 from ..io import save_json
 from ..graph.heads import penultimate_layer
-from ..methods.embed import Embedding, FeatureStore, cache_header, model_digest, stored_embedding
+from ..methods.embed import Embedding, FeatureStore, cache_header, fixed_size, model_digest, stored_embedding
 from ..session import Session
 from .batch import BatchEmbedder, BatchEvaluator, BatchExplainer, process_session
-from .engine import init_ray, map_batches, require_ray
+from .engine import default_actors, init_ray, map_batches, require_ray
 from .shard import Shard
 from .store import PartStore, file_digest, options_digest, part_key, worker_id
 
@@ -52,9 +52,7 @@ class Engine:
             return False
         started = init_ray(self.address)
         if self.actors is None:
-            resources = require_ray().cluster_resources()
-            per = self.gpus or self.cpus
-            self.actors = max(1, int(resources.get("GPU" if self.gpus else "CPU", 1) // per))
+            self.actors = default_actors(require_ray(), self.cpus, self.gpus)
         return started
 
     def map(self, rows: list, task, batch_size: int):
@@ -83,7 +81,7 @@ class RunStats:
 
 # ---------------------------------------------------------------------------- tasks (run in workers)
 
-def _hash_rows(batch: dict, store: PartStore, digest: str, extra: Sequence[str]):
+def _hash_rows(batch: dict, digest: str, extra: Sequence[str]):
     """Per row: (key or None, size, mtime_ns, error) — the image's bytes are read and hashed here."""
     out = []
     for path, more in zip(batch["path"], extra):
@@ -124,7 +122,7 @@ class EmbedTask:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["index"])
-        hashed = _hash_rows(batch, self.store, self.digest, [""] * n)
+        hashed = _hash_rows(batch, self.digest, [""] * n)
         ok, error = np.zeros(n, bool), np.array([h[3] for h in hashed], dtype=object)
         computed, features = np.zeros(n, bool), np.zeros((n, self.embedder.dim), np.float32)
         todo = []
@@ -170,7 +168,7 @@ class ExplainTask:
         n = len(batch["index"])
         targets = np.asarray(batch["target"]) if "target" in batch else None
         extra = [f"{d}\0{'' if targets is None else int(targets[i])}" for i, d in enumerate(batch["dir"])]
-        hashed = _hash_rows(batch, self.store, self.digest, extra)
+        hashed = _hash_rows(batch, self.digest, extra)
         ok, error, entries, todo = _saved_texts(hashed, self.store)
         computed = np.zeros(n, bool)
         if todo:
@@ -207,7 +205,7 @@ class EvaluateTask:
         n = len(batch["index"])
         extra = [f"{batch['target'][i] if 'target' in batch else ''}\0{batch['boxes'][i] if 'boxes' in batch else ''}"
                  for i in range(n)]
-        hashed = _hash_rows(batch, self.store, self.digest, extra)
+        hashed = _hash_rows(batch, self.digest, extra)
         ok, error, results, todo = _saved_texts(hashed, self.store)
         computed = np.zeros(n, bool)
         if todo:
@@ -297,7 +295,7 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
     embedder = BatchEmbedder(model_path, layer=layer, pool=pool, pre=pre or session.pre,
                              **_worker_load_options(load_options, engine))
     embedder._model, embedder.labels = model, session.labels  # the driver's copy, for the header below
-    embedder.pre = fixed_pre = _fixed(model, embedder.pre)
+    embedder.pre = fixed_pre = fixed_size(model.input, embedder.pre)
     layer = layer or penultimate_layer(model)
     embedder.layer = layer
     header = cache_header(model, layer, pool, fixed_pre, model_digest(model))
@@ -325,12 +323,6 @@ def embed_dataset(model_path, folder, out, layer: Optional[str] = None, pool: st
     emb = stored_embedding(store, part, layer, pool, fixed_pre, stats.computed, store.reused + stats.from_parts)
     emb.stats = stats
     return emb
-
-
-def _fixed(model, pre):
-    from ..methods.embed import fixed_size
-
-    return fixed_size(model.input, pre)
 
 
 def _worker_load_options(load_options: dict, engine: Engine) -> dict:
@@ -369,17 +361,18 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
     wl = _worker_load_options(load_options, engine)
     explainer = BatchExplainer(model_path, method, pre=pre or session.pre, device=wl.pop("device"),
                                threads=wl.pop("threads"), load_options=wl, grad_model=grad_model, **options)
+    fixed = fixed_size(session.model.input, explainer.pre)
     if explainer.grad_model:
         from .exported import check_exported, read_exported
 
         check_exported([read_exported(p) for p in explainer.grad_model], session.model, method, options,
-                       tuple(_fixed(session.model, explainer.pre).size))
+                       tuple(fixed.size))
     out = Path(out).absolute()
     names = list(relative) if relative is not None else [str(p) for p in paths]
     keep = [i for i in range(len(paths)) if shard is None or shard.contains(names[i])]
     header = {"model": model_digest(session.model), "method": method, "options": options,
-              "preprocess": dataclasses.asdict(_fixed(session.model, explainer.pre)),
-              "input": cache_header(session.model, "", "", _fixed(session.model, explainer.pre), "-")["input"]}
+              "preprocess": dataclasses.asdict(fixed),
+              "input": cache_header(session.model, "", "", fixed, "-")["input"]}
     rows = []
     for i in keep:
         row = {"index": i, "path": os.path.abspath(paths[i]), "dir": os.path.abspath(dirs[i])}
@@ -390,8 +383,12 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
                        chosen=targets is not None)
     entries, failures = {}, {}
     results = out / (f"results.{shard.name}.json" if shard else "results.json")
+    from ..outputs import explained, title
+
     summary = {"model": os.path.abspath(model_path), "method": method,
-               "explained": _explained(session.model, options, targets), "images": []}
+               "explained": explained(session.model, options.get("output"), options.get("score") or "logit",
+                                      targets),
+               "images": []}
     last = [time.monotonic()]
 
     def collect(batch):
@@ -404,8 +401,6 @@ def explain_dataset(model_path, paths: Sequence, dirs: Sequence, out, method: st
             summary["images"] = [entries[i] for i in sorted(entries)]
             save_json(summary, results)
             last[0] = time.monotonic()
-
-    from ..outputs import title
 
     stats = _drive(rows, task, engine, batch_size, progress, title(method), collect)
     summary["images"] = [entries[i] for i in sorted(entries)]
@@ -423,16 +418,6 @@ def _as_given(entry: dict, folder) -> dict:
     maps = [{**m, "files": {kind: str(Path(folder) / Path(p).name) for kind, p in m["files"].items()}}
             for m in entry["maps"]]
     return {**entry, "dir": str(folder), "maps": maps}
-
-
-def _explained(model, options: dict, targets) -> dict:
-    """results.json's "explained": what the maps explain, as the local engine records it."""
-    from ..targets import describe, normalize, objective
-
-    score = options.get("score") or "logit"
-    obj = objective(model, options.get("output"), score)
-    target = targets if targets is not None else normalize(model, obj, None, 1)
-    return {"output": obj.output, "tensor": obj.tensor, "score": score, "target": describe(target)}
 
 
 @dataclass
@@ -462,7 +447,7 @@ def evaluate_dataset(model_path, paths: Sequence, out, methods: Sequence[str], m
     evaluator = BatchEvaluator(model_path, methods, metrics, steps=steps, score=score, seed=seed,
                                pre=pre or session.pre, device=wl.pop("device"), threads=wl.pop("threads"),
                                load_options=wl)
-    fixed = _fixed(session.model, evaluator.pre)
+    fixed = fixed_size(session.model.input, evaluator.pre)
     header = {"model": model_digest(session.model), "evaluate": list(methods), "metrics": list(metrics),
               "steps": steps, "score": score, "seed": seed, "preprocess": dataclasses.asdict(fixed),
               "input": cache_header(session.model, "", "", fixed, "-")["input"]}

@@ -49,7 +49,7 @@ def worker_id() -> str:
 
 
 class PartStore:
-    """One ``.npz`` of named arrays per key, under ``folder``; safe for many writers at once."""
+    """One part per key under ``folder``: an ``.npy`` array or a ``.json`` text; safe for many writers at once."""
 
     def __init__(self, out: Union[str, Path]):
         self.folder = Path(out) / PARTS
