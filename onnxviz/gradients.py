@@ -204,7 +204,7 @@ def gradients(
 
 def _gradients_graph(model, x, target, wrt, names, rules, obj, h, w, batch_size, progress) -> Gradients:
     t = normalize(model, obj, target, x.shape[0])
-    feeds = model.feeds(x)
+    feeds = model.feeds(x, checked=True)  # checked by gradients()
     if x.dtype == np.float16:
         feeds[model.input.name] = x.astype(np.float32)  # float16 models: gradients run in float32
     if general(t):

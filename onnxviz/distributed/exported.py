@@ -164,7 +164,7 @@ class ExportedGradients:
         seed, chosen = seed_array(obj, y, t, hw)
         fetch = list(dict.fromkeys([*model.outputs, *names, *(f.grads[n] for n in names)]))
         graph = model.derived(("exported-grad", f.path, tuple(fetch)), lambda: _pruned(f.path, fetch))
-        feeds = model.feeds(x)
+        feeds = model.feeds(x, checked=True)
         feeds[f.seed] = np.ascontiguousarray(seed, _input_dtype(graph, f.seed))
         values = model.run_graph(graph, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
                                  progress=progress, desc="gradients")
