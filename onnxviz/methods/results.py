@@ -144,7 +144,13 @@ def upsampled(raw: np.ndarray, size: tuple) -> np.ndarray:
 
 def channel_map(raw: np.ndarray, spec) -> np.ndarray:
     """(N, H, W) from an input-space attribution: max over channels of |raw|, scaled to [0, 1] per image."""
-    return scaled(np.abs(raw).max(axis=spec.channel_axis))
+    # one np.maximum per channel plane: numpy's max along a short last axis (NHWC, C = 3) took
+    # 19 ms for 8 images at 224x224, the planes take 1 ms in either layout
+    planes = np.moveaxis(np.asarray(raw), spec.channel_axis, 0)
+    peak = np.abs(planes[0])
+    for plane in planes[1:]:
+        np.maximum(peak, np.abs(plane), out=peak)
+    return scaled(peak)
 
 
 @dataclass(frozen=True)
