@@ -13,7 +13,6 @@ from onnxviz.render import (activation_grid, activations_figure, colorize, filte
                             filters_figure, grid, heatmap_figure, normalize01, overlay,
                             rank_channels, strip_figure, upsample)
 from onnxviz.methods.results import scaled, upsampled
-from onnxviz.render.tiles import resize_matrix
 
 
 # ----------------------------------------------------------------------------- grid
@@ -178,14 +177,6 @@ def test_bilinear_matches_torch_interpolate():
         ref = torch.nn.functional.interpolate(torch.from_numpy(m), size=size, mode="bilinear",
                                               align_corners=False).numpy()
         np.testing.assert_allclose(upsample(m, size), ref, atol=1e-5)
-
-
-def test_resize_matrix_rows_are_convex_weights():
-    for n_in, n_out, mode in [(7, 224, "bilinear"), (5, 3, "bilinear"), (4, 9, "nearest"), (1, 6, "bilinear")]:
-        r = resize_matrix(n_in, n_out, mode)
-        assert r.shape == (n_out, n_in) and (r >= 0).all() and not r.flags.writeable
-        np.testing.assert_allclose(r.sum(axis=1), 1, atol=1e-15)
-        assert ((r > 0).sum(axis=1) <= 2).all()
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e4])
