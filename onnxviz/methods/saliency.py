@@ -52,7 +52,7 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
     common = dict(output=obj.output, score=score, class_axis=obj.class_axis, batch_size=batch_size,
                   progress=progress, grad=grad)
     if method in _RULES:
-        g = model.gradients(xr, target=t, wrt=["input"], rules=_RULES[method], **common)
+        g = model.gradients(xr, target=t, wrt=["input"], rules=_RULES[method], checked=True, **common)
         raw, chosen, value = g["input"], g.target, g.score
     else:
         y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
