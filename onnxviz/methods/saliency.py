@@ -55,21 +55,26 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
         g = model.gradients(xr, target=t, wrt=["input"], rules=_RULES[method], checked=True, **common)
         raw, chosen, value = g["input"], g.target, g.score
     else:
-        y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
-        chosen, value = target_scores(obj, y, t, model.input.hw(xr))
-        # the explained entries are fixed at the clean image, not re-chosen on each noisy or path copy
-        fixed = seed_array(obj, y, t, model.input.hw(xr))[0].astype(np.float32) if general(t) else chosen
+        clean = []
+
+        def fixed() -> np.ndarray:
+            # the explained entries are fixed at the clean image, not re-chosen on each noisy or path copy
+            y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
+            clean.extend(target_scores(obj, y, t, model.input.hw(xr)))
+            return seed_array(obj, y, t, model.input.hw(xr))[0].astype(np.float32) if general(t) else clean[0]
+
         if method == "smoothgrad":
             raw = _smoothgrad(model, xr, fixed, samples, noise, seed, common)
         else:
             raw = _integrated(model, xr, fixed, steps, baseline, sigma, common)
+        chosen, value = clean
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
                        score=np.asarray(value, np.float32), method=method, image=image,
                        explains=explains(obj, score, t))
 
 
-def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common) -> np.ndarray:
+def _smoothgrad(model, x, targets, samples: int, noise: float, seed: int, common) -> np.ndarray:
     if samples < 1:
         raise OnnxvizError(f"samples must be at least 1, not {samples}")
     rng = np.random.default_rng(seed)
@@ -87,7 +92,7 @@ def _smoothgrad(model, x, target, samples: int, noise: float, seed: int, common)
         return noisy
 
     weights = np.full(samples, 1.0 / samples)
-    return _weighted_gradients(model, x, target, points, weights, common)
+    return _weighted_gradients(model, x, targets, points, weights, common)
 
 
 def ig_baseline(x: np.ndarray, spec, baseline, sigma: Optional[float]) -> np.ndarray:
@@ -105,7 +110,7 @@ def ig_baseline(x: np.ndarray, spec, baseline, sigma: Optional[float]) -> np.nda
         raise OnnxvizError(f"baseline of shape {b.shape} does not fit the batch of shape {x.shape}") from None
 
 
-def _integrated(model, x, target, steps: int, baseline, sigma, common) -> np.ndarray:
+def _integrated(model, x, targets, steps: int, baseline, sigma, common) -> np.ndarray:
     if steps < 1:
         raise OnnxvizError(f"steps must be at least 1, not {steps}")
     base = ig_baseline(x, model.input, baseline, sigma).astype(np.float64)
@@ -116,11 +121,13 @@ def _integrated(model, x, target, steps: int, baseline, sigma, common) -> np.nda
     def points(image: np.ndarray, step: np.ndarray) -> np.ndarray:
         return base[image] + alphas[step, None, None, None] * delta[image]
 
-    return delta * _weighted_gradients(model, x, target, points, weights, common)
+    return delta * _weighted_gradients(model, x, targets, points, weights, common)
 
 
-def _weighted_gradients(model, x, target, points, weights: np.ndarray, common) -> np.ndarray:
-    """Σ_s weights[s] · ∂score/∂x at ``points(image, step)``, per image, in float64.
+def _weighted_gradients(model, x, targets, points, weights: np.ndarray, common) -> np.ndarray:
+    """Σ_s weights[s] · ∂score/∂x at ``points(image, step)``, per image, in float64, for the
+    targets per image that ``targets()`` returns (called once the first points are under way:
+    the clean forward it runs overlaps them).
 
     The (image, step) rows run ``batch_size`` at a time (default: as many as there are images),
     so peak memory is that of one gradient run of ``batch_size`` images whatever the number of
@@ -131,7 +138,6 @@ def _weighted_gradients(model, x, target, points, weights: np.ndarray, common) -
     n, steps = len(x), len(weights)
     chunk = max(1, common.get("batch_size") or n)
     total = np.zeros(x.shape, np.float64)
-    target = np.asarray(target)
 
     def make(start: int):
         row = np.arange(start, min(start + chunk, n * steps))
@@ -140,11 +146,12 @@ def _weighted_gradients(model, x, target, points, weights: np.ndarray, common) -
 
     starts = range(0, n * steps, chunk)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxviz-points") as pool:
-        pending = pool.submit(make, starts[0])
+        pending = [pool.submit(make, s) for s in starts[:1]]
+        target = np.asarray(targets())
         for k in range(len(starts)):
-            image, step, batch = pending.result()
-            if k + 1 < len(starts):  # in order on one thread: the draws do not depend on chunking
-                pending = pool.submit(make, starts[k + 1])
+            image, step, batch = pending.pop().result()
+            # in order on one thread: the draws do not depend on the chunking
+            pending += [pool.submit(make, s) for s in starts[k + 1:k + 2]]
             g = model.gradients(batch, target=target[image], wrt=["input"], **{**common, "batch_size": None})
             grads = g["input"]
             # rows come grouped by image: one float64 contraction per image (einsum casts in
