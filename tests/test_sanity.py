@@ -96,7 +96,8 @@ def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method, sessions, 
 
 
 def test_few_sessions_for_all_steps(tiny, monkeypatch):
-    """L randomized steps create at most SESSIONS sessions (re-weighted gradient graphs), kept for the next call."""
+    """L randomized steps create SESSIONS sessions (re-weighted gradient graphs), kept for the next
+    call with the same seed; another seed bakes other draws, so it builds its own and frees these."""
     _, _, x, folder = tiny
     model = onnxviz.load(str(folder / "tiny.onnx"), device="cpu")  # no session from the other tests
     first = onnxviz.saliency(model, x)
@@ -113,10 +114,17 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
     try:
         s = onnxviz.sanity_check(model, x, method="vanilla", original=first)
         assert len(s.layers) == 3 and len(created) == 2
-        again = onnxviz.sanity_check(model, x, method="vanilla", original=first, seed=5)
+        same = onnxviz.sanity_check(model, x, method="vanilla", original=first)
         assert len(created) == 2  # kept with the model, like its other sessions
+        kept = [found.key for found in sanity._cache(model).values()]
+        again = onnxviz.sanity_check(model, x, method="vanilla", original=first, seed=5)
+        assert len(created) == 4 and len(sanity._cache(model)) == 2
+        assert not any(k in runtime._sessions for k in kept)  # the first seed's sessions are freed
+        sanity.forget(model)
+        assert not sanity._cache(model)
     finally:
         del runtime._create
+    np.testing.assert_array_equal(same.maps, s.maps)
     assert not np.allclose(again.maps, s.maps)
 
 
