@@ -116,9 +116,10 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
         assert len(s.layers) == 3 and len(created) == 2
         same = onnxviz.sanity_check(model, x, method="vanilla", original=first)
         assert len(created) == 2  # kept with the model, like its other sessions
-        kept = [found.key for found in sanity._cache(model).values()]
+        kept = [found.key for found in sanity._cache(model).values() if isinstance(found, sanity._Rewritten)]
         again = onnxviz.sanity_check(model, x, method="vanilla", original=first, seed=5)
-        assert len(created) == 4 and len(sanity._cache(model)) == 2
+        graphs = [v for v in sanity._cache(model).values() if isinstance(v, sanity._Rewritten)]
+        assert len(created) == 4 and len(graphs) == 2
         assert not any(k in runtime._sessions for k in kept)  # the first seed's sessions are freed
         sanity.forget(model)
         assert not sanity._cache(model)
@@ -182,12 +183,13 @@ def test_ssim_equals_scikit_image():
     b = a + 0.3 * np.random.default_rng(1).random((3, 9, 11))
     skimage = pytest.importorskip("skimage.metrics", reason="scikit-image referee not installed")
     ref = [skimage.structural_similarity(a[i], b[i], data_range=1.0) for i in range(3)]
-    np.testing.assert_allclose(ssim(a, b), ref, atol=1e-9)
+    np.testing.assert_allclose(ssim(a, b), ref, atol=1e-6)  # our windows are summed in float32
 
 
 def test_ssim_equals_the_filtered_formula():
     """SSIM from per-map window statistics (the reference's reused for k steps) equals the formula
-    written out with scipy's uniform filter and skimage's crop (the referee when skimage is absent)."""
+    written out in float64 with scipy's uniform filter and skimage's crop (the referee when skimage
+    is absent); ours works in float32, which costs < 1e-6 on [0, 1] maps."""
     from scipy.ndimage import uniform_filter
 
     rng = np.random.default_rng(4)
@@ -205,8 +207,8 @@ def test_ssim_equals_the_filtered_formula():
         return s[:, 3:-3, 3:-3].mean(axis=(1, 2))
 
     want = formula(np.concatenate([a, a]), b)
-    np.testing.assert_allclose(sanity.ssim_of(sanity.local_stats(a), sanity.local_stats(b)), want, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ssim(a, b[:3]), want[:3], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(sanity.ssim_of(sanity.local_stats(a), sanity.local_stats(b)), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ssim(a, b[:3]), want[:3], rtol=0, atol=1e-6)
     assert abs(want[4] - 1) < 1e-12
 
 

@@ -260,7 +260,8 @@ class _Rewritten:
 
 
 def _cache(model) -> dict:
-    """session name -> rewritten graph, kept with the model (its sessions are the runtime's, by that name)."""
+    """Session name -> rewritten graph (its session is the runtime's, by that name) and ("plan", ...)
+    -> :class:`_Plan`, kept with the model."""
     return model.derived(("sanity-graphs",), dict)
 
 
@@ -269,7 +270,7 @@ def forget(model, keep=()) -> None:
     cache = _cache(model)
     for name in [k for k in cache if k not in keep]:
         found = cache.pop(name)
-        if found.key is not None:
+        if isinstance(found, _Rewritten) and found.key is not None:
             model.runtime.forget(found.key)
 
 
@@ -384,10 +385,10 @@ class Ranked:
 
 
 def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION, top: bool = True) -> Ranked:
-    """Average ranks (the order inside a run of ties does not matter, so a plain sort does) and the top mask.
+    """Average ranks and the top mask, from one argsort per row.
 
-    The rows are walked as one flat sorted array (a run of ties ends at a new value or a new
-    row), so the work is a sort and a few 1-D passes, not per-row accumulations. Average ranks
+    Every value first gets its place in the sorted row; then only the runs of ties (found as
+    equal neighbours in the sorted values, usually few) get their mean place. Average ranks
     always sum to P(P-1)/2, so every row's mean rank is (P-1)/2.
     """
     flat = np.asarray(maps)
@@ -395,21 +396,22 @@ def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION, top: bool = True) -
     n, p = flat.shape
     mid = (p - 1) / 2
     order = np.argsort(flat, axis=1)
-    s = np.take_along_axis(flat, order, axis=1)
+    s = np.sort(flat, axis=1)  # the same values as flat[order], and a SIMD sort is cheaper than that gather
     centered = np.empty((n, p), np.float32 if p < 1 << 23 else np.float64)
-    if not (s[:, 1:] == s[:, :-1]).any():  # no ties: a value's rank is its place in the sorted row
-        np.put_along_axis(centered, order, (np.arange(p, dtype=np.float64) - mid)[None].astype(centered.dtype),
-                          axis=1)
-    else:
-        first = np.empty(n * p, bool)
-        first[0] = True
-        np.not_equal(s.ravel()[1:], s.ravel()[:-1], out=first[1:])
-        first[::p] = True
-        starts = np.flatnonzero(first)
-        stops = np.append(starts[1:], n * p) - 1
-        # a run of ties never crosses a row, so start % p and stop % p are places in the same row
-        runs = np.repeat(((starts % p) + (stops % p)) / 2 - mid, stops - starts + 1)
-        np.put_along_axis(centered, order, runs.reshape(n, p).astype(centered.dtype), axis=1)
+    np.put_along_axis(centered, order, (np.arange(p, dtype=np.float64) - mid)[None].astype(centered.dtype), axis=1)
+    equal = s[:, 1:] == s[:, :-1]  # equal[r, j]: sorted places j and j + 1 of row r hold one value
+    rows, cols = np.nonzero(equal)
+    if len(rows):
+        # a run of ties: consecutive True places in one row; it spans places start..stop
+        begins = np.ones(len(cols), bool)
+        begins[1:] = (cols[1:] != cols[:-1] + 1) | (rows[1:] != rows[:-1])
+        ends = np.append(begins[1:], True)
+        start, stop, row = cols[begins], cols[ends] + 1, rows[begins]
+        size = stop - start + 1
+        offsets = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        places = np.repeat(start, size) + offsets
+        who = np.repeat(row, size)
+        centered[who, order[who, places]] = np.repeat((start + stop) / 2 - mid, size)
     norm = np.sqrt(np.einsum("np,np->n", centered, centered, dtype=np.float64))
     return Ranked(centered, norm, _top_from_sorted(flat, order, s, fraction) if top else None)
 
@@ -466,14 +468,15 @@ class LocalStats:
 
 
 def local_stats(a: np.ndarray, window: int = 7) -> LocalStats:
-    """Windowed statistics in float64 (float32 variances, E[a²] - E[a]², lose ~1e-7 against
-    SSIM's c2 = 9e-4 in flat windows: an error of 1e-4 there)."""
-    a = np.asarray(a, np.float64)
+    """Windowed statistics in float32: half the memory traffic of float64 (scipy sums the windows
+    in double either way). E[a²] - E[a]² of [0, 1] maps then carries ~1e-7 of rounding, against
+    SSIM's c2 = 9e-4; on gradient maps the mean SSIM moved by < 1e-7."""
+    a = np.asarray(a, np.float32)
     win = min(window, *a.shape[1:])
     mu = window_means(a, win)
     var = window_means(a * a, win)
     var -= mu * mu
-    var *= _sample(win)
+    var *= np.float32(_sample(win))
     return LocalStats(a, mu, var, win)
 
 
@@ -504,11 +507,11 @@ def ssim_of(a: LocalStats, b: LocalStats, data_range: float = 1.0) -> np.ndarray
     prod = b.maps.reshape(-1, *a.maps.shape) * a.maps
     mu_a, va = a.mean, a.var
     mu_b, vb = b.mean.reshape(shape), b.var.reshape(shape)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c1, c2 = np.float32((0.01 * data_range) ** 2), np.float32((0.03 * data_range) ** 2)
     num = window_means(prod.reshape(b.maps.shape), win).reshape(shape)
     mu_ab = mu_a * mu_b
     num -= mu_ab
-    num *= _sample(win)  # the covariance
+    num *= np.float32(_sample(win))  # the covariance
     num *= 2
     num += c2
     mu_ab *= 2
@@ -521,7 +524,7 @@ def ssim_of(a: LocalStats, b: LocalStats, data_range: float = 1.0) -> np.ndarray
     spread += c2
     den *= spread
     num /= den
-    return num.mean(axis=(2, 3)).ravel()
+    return num.mean(axis=(2, 3), dtype=np.float64).ravel()
 
 
 def top_overlap(a, b, fraction: float = TOP_FRACTION) -> np.ndarray:
@@ -621,24 +624,38 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
     sessions = stepped_sessions(model, layers, seed, order)
     steps = _progress(range(len(layers)), progress, f"randomizing ({name})")
     reference = views(first, model.input, resolution)
-    parts, maps, pending = [], [], []
-    # the comparisons run on a worker thread while the next steps run (numpy and onnxruntime
-    # release the GIL); at most two batches wait, so the results held stay bounded
+    maps, results = [], []
+    if len(layers) * reference.unit.maps.size <= BATCH_PIXELS:  # small maps (a CAM's own grid): one batch at the end
+        for i in steps:
+            view, draw = sessions[i]
+            view.runtime.values.update(draw)
+            results.append(fn(view, x, chosen))
+            maps.append(results[-1].map)
+        parts = [compare_steps(reference, results, model.input, resolution)]
+    else:
+        parts = _overlapped(sessions, steps, fn, x, chosen, reference, model.input, resolution, maps)
+    stack = {f: np.concatenate([p[j] for p in parts]) for j, f in enumerate(SIMILARITIES)}
+    return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
+                        maps=np.stack(maps), order=order, resolution=resolution, **stack)
+
+
+def _overlapped(sessions, steps, fn, x, chosen, reference, spec, resolution, maps) -> list:
+    """Run the steps, comparing batches of their maps on a worker thread while the next steps run
+    (numpy and onnxruntime release the GIL); at most two batches wait, so the results held stay
+    bounded. Appends each step's shown map to ``maps``; returns the batches' similarities."""
+    parts, pending = [], []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxviz-sanity") as pool:
         for i in steps:
             view, draw = sessions[i]
             view.runtime.values.update(draw)
             pending.append(fn(view, x, chosen))
             maps.append(pending[-1].map)
-            if i == len(layers) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
+            if i == len(sessions) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
                 if len(parts) >= 2:
                     parts[-2].result()
-                parts.append(pool.submit(compare_steps, reference, pending, model.input, resolution))
+                parts.append(pool.submit(compare_steps, reference, pending, spec, resolution))
                 pending = []
-        parts = [p.result() for p in parts]
-    stack = {f: np.concatenate([p[j] for p in parts]) for j, f in enumerate(SIMILARITIES)}
-    return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
-                        maps=np.stack(maps), order=order, resolution=resolution, **stack)
+        return [p.result() for p in parts]
 
 
 def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
@@ -646,26 +663,43 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
 
     The steps are split into :func:`session_count` runs; the view serving steps a..b holds
     the draws of layers[:a] as constants and takes layers[a..b]'s weights as inputs, fed the
-    originals until their step comes. Graphs and sessions of an earlier call with another seed,
-    order or split are freed: one call's are kept (a model's worth of weights per session).
+    originals until their step comes. The plan (draws included) is kept with the model for the
+    next call with the same seed and order; the graphs and sessions of an earlier call with
+    another seed, order or split are freed: one call's are kept (a model's worth of weights
+    per session).
     """
-    values, spreads = original_weights(model)
-    draws = randomized_weights(model.proto, layers, seed, spreads)
-    ends = checkpoints(len(layers), session_count(model, len(layers)))
-    out, start, tags = [], 0, []
-    for end in ends:
-        fed = {n: values[n] for d in draws[start:end + 1] for n in d}
-        baked = {n: v for d in draws[:start] for n, v in d.items()}
-        tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{'|'.join(l.name for l in layers)}".encode()).hexdigest()[:12]
-        tags.append(f"weights-as-inputs:{tag}:")
-        view = copy.copy(model)
-        view.runtime = WeightFeeds(model, fed, baked, tag)
-        out += [(view, {n: v for n, v in d.items()}) for d in draws[start:end + 1]]
-        out[start] = (view, {**fed, **draws[start]})  # a session's first step resets the previous call's values
-        start = end + 1
+    count = session_count(model, len(layers))
+    names = "|".join(layer.name for layer in layers)
+    plan_key = ("plan", seed, order, count, hashlib.sha1(names.encode()).hexdigest()[:12])
     cache = _cache(model)
-    forget(model, keep=[k for k in cache if any(k.startswith(t) for t in tags)])
-    return out
+    plan = cache.get(plan_key)
+    if plan is None:
+        values, spreads = original_weights(model)
+        draws = randomized_weights(model.proto, layers, seed, spreads)
+        steps, tags, start = [], [], 0
+        for end in checkpoints(len(layers), count):
+            fed = {n: values[n] for d in draws[start:end + 1] for n in d}
+            baked = {n: v for d in draws[:start] for n, v in d.items()}
+            tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{names}".encode()).hexdigest()[:12]
+            tags.append(f"weights-as-inputs:{tag}:")
+            view = copy.copy(model)
+            view.runtime = WeightFeeds(model, fed, baked, tag)
+            steps += [(view, d) for d in draws[start:end + 1]]
+            steps[start] = (view, {**fed, **draws[start]})  # a session's first step resets a last call's values
+            start = end + 1
+        plan = _Plan(steps, tuple(tags))
+    forget(model, keep=[k for k in cache if k == plan_key or (isinstance(k, str) and k.startswith(plan.tags))])
+    cache[plan_key] = plan
+    return plan.steps
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The randomization test's steps for one seed, order and split: (view, feeds) per step, and
+    the prefixes of its graphs' names in the cache."""
+
+    steps: list
+    tags: tuple
 
 
 def session_count(model, n_layers: int) -> int:
