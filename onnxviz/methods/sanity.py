@@ -7,9 +7,9 @@
 
 Each step's weights reach the graphs without rebuilding the model per layer: the steps are split
 among a few sessions (:func:`session_count`), and a session serving steps i..j is built on a copy
-of each graph whose layers randomized before step i hold their random values as constants and
-whose layers randomized within i..j are graph inputs (onnxruntime lets a graph input override an
-initializer of the same name), fed the original or the random values step by step. Constant
+of each graph whose layers randomized up to step i hold their random values as constants and
+whose layers randomized at steps i+1..j are graph inputs (onnxruntime lets a graph input override
+an initializer of the same name), fed the original or the random values step by step. Constant
 weights keep onnxruntime's constant-weight paths (prepacked NCHWc convolutions, Conv+BatchNorm
 fusion), which fed weights lose. The sessions are kept with the model for the next call with the
 same seed and order (those of an earlier call are freed); the model itself is never modified.
@@ -662,8 +662,8 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
     """Per step i, (re-weighted view of ``model``, the values to feed it before step i's run).
 
     The steps are split into :func:`session_count` runs; the view serving steps a..b holds
-    the draws of layers[:a] as constants and takes layers[a..b]'s weights as inputs, fed the
-    originals until their step comes. The plan (draws included) is kept with the model for the
+    the draws of layers[:a + 1] as constants and takes layers[a + 1..b]'s weights as inputs,
+    fed the originals until their step comes (a session of one step feeds nothing). The plan (draws included) is kept with the model for the
     next call with the same seed and order; the graphs and sessions of an earlier call with
     another seed, order or split are freed: one call's are kept (a model's worth of weights
     per session).
@@ -678,14 +678,14 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
         draws = randomized_weights(model.proto, layers, seed, spreads)
         steps, tags, start = [], [], 0
         for end in checkpoints(len(layers), count):
-            fed = {n: values[n] for d in draws[start:end + 1] for n in d}
-            baked = {n: v for d in draws[:start] for n, v in d.items()}
+            fed = {n: values[n] for d in draws[start + 1:end + 1] for n in d}
+            baked = {n: v for d in draws[:start + 1] for n, v in d.items()}
             tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{names}".encode()).hexdigest()[:12]
             tags.append(f"weights-as-inputs:{tag}:")
             view = copy.copy(model)
             view.runtime = WeightFeeds(model, fed, baked, tag)
             steps += [(view, d) for d in draws[start:end + 1]]
-            steps[start] = (view, {**fed, **draws[start]})  # a session's first step resets a last call's values
+            steps[start] = (view, fed)  # a session's first step: the originals (a last call left draws)
             start = end + 1
         plan = _Plan(steps, tuple(tags))
     forget(model, keep=[k for k in cache if k == plan_key or (isinstance(k, str) and k.startswith(plan.tags))])
