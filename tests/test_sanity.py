@@ -129,6 +129,20 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
     assert not np.allclose(again.maps, s.maps)
 
 
+def test_session_count_rule(tiny, monkeypatch):
+    """A session per step for few layers, one per two steps for many, fewer when the weights are large."""
+    model = tiny[0]
+    weights = sum(v.nbytes for v in sanity.original_weights(model)[0].values())
+    assert sanity.session_count(model, 3) == 3
+    assert sanity.session_count(model, 26) == 13 and sanity.session_count(model, 51) == 26
+    monkeypatch.setattr(sanity, "SESSION_BYTES", 4 * weights)
+    assert sanity.session_count(model, 26) == 4
+    monkeypatch.setattr(sanity, "SESSION_BYTES", 1)
+    assert sanity.session_count(model, 26) == 1
+    monkeypatch.setattr(sanity, "SESSIONS", 2)
+    assert sanity.session_count(model, 26) == 2 and sanity.session_count(model, 1) == 1
+
+
 @pytest.mark.parametrize("method", ["gradcam", "vanilla"])
 def test_batched_similarities_equal_one_pair_at_a_time(tiny, method, monkeypatch):
     """Maps compared in one batch (k steps against the original) give what each pair alone gives,

@@ -54,11 +54,21 @@ SIMILARITIES = ("spearman", "spearman_abs", "ssim", "topk")
 RESOLUTIONS = ("native", "input")
 BATCH_PIXELS = 1 << 16  # map pixels compared at once: a step at 224x224 or a few small ones per batch
 # Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out only constant
-# weights, and fuses Conv+BatchNormalization only then: fed, a Grad-CAM run took 1.2-1.9x as
-# long), so the steps are split among sessions, each feeding only the layers randomized within
-# its steps (earlier draws baked in as constants, later layers original). More sessions feed
-# fewer layers per step but cost a session each to create (and its weights' memory).
-SESSIONS = 4
+# weights, and fuses Conv+BatchNormalization only then: all fed, a Grad-CAM run took 1.5x as
+# long on SqueezeNet; each fed layer cost a step 1-2 ms on the light models, 40% of a step on
+# the sample model), so the steps are split among sessions, each feeding only the layers
+# randomized after its first step (earlier draws baked in as constants, later layers original).
+# More sessions feed fewer layers per step but each costs a session to create (34-72 ms on
+# SqueezeNet/ShuffleNet, 1-2 runs of the method) and a copy of the weights. Measured
+# (scripts/bench_metrics.py, Grad-CAM, CPU time over L runs, warm / first call): SqueezeNet
+# (L=26) 4 sessions 1.12x / 1.52x, 8: 1.01 / 1.18, 13: 1.08 / 1.18, 26: 0.98 / 1.66;
+# ShuffleNet (L=50) 8: 1.34 / 1.30, 13: 1.16 / 1.50, 25: 0.95 / 1.95; the sample model (L=5)
+# 2: 1.40 / 2.8, 5: 1.14 / 4.6. Two steps a session (one fed layer) keeps the warm call within
+# ~5% of L runs, leaving room for the comparisons of input-space maps.
+STEPS_PER_SESSION = 2
+ALL_BAKED = 8  # up to this many layers, a session per step: a fed layer costs small models most
+SESSION_BYTES = 1 << 29  # weights all of one call's sessions may hold together (fewer sessions above)
+SESSIONS: Optional[int] = None  # a fixed number of sessions instead of the rule above (tests, benchmarks)
 
 Method = Union[str, Callable]
 
@@ -703,8 +713,14 @@ class _Plan:
 
 
 def session_count(model, n_layers: int) -> int:
-    """How many sessions share the steps: :data:`SESSIONS`, at most one per step."""
-    return max(1, min(SESSIONS, n_layers))
+    """How many sessions share the steps: one per :data:`STEPS_PER_SESSION` steps (one per step
+    up to :data:`ALL_BAKED` layers), no more than :data:`SESSION_BYTES` of weights hold;
+    :data:`SESSIONS` when set. At most one per step."""
+    if SESSIONS is not None:
+        return max(1, min(SESSIONS, n_layers))
+    wanted = n_layers if n_layers <= ALL_BAKED else -(-n_layers // STEPS_PER_SESSION)
+    weights = sum(v.nbytes for v in original_weights(model)[0].values())
+    return max(1, min(wanted, SESSION_BYTES // max(weights, 1)))
 
 
 def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: int = 0,
