@@ -72,14 +72,17 @@ def test_random_weights_keep_shape_and_spread():
     assert abs(many.std() / orig["w1"].std() - 1) < 0.25 and abs(many.mean()) < 0.2 * orig["w1"].std()
 
 
+@pytest.mark.parametrize("bake", [True, False])
 @pytest.mark.parametrize("sessions", [1, 2, 4])
 @pytest.mark.parametrize("method", ["gradcam", "vanilla", "guided"])
-def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method, sessions, monkeypatch):
+def test_fed_weights_equal_weights_baked_into_the_graph(tiny, method, sessions, bake, monkeypatch):
     """Every cascading step's map equals the map of a model rebuilt with those weights, however
-    the steps are split among sessions (1: all layers fed; 2: a session serves two steps, the
-    next takes over with the earlier draws; 4: a session per step)."""
+    the steps are split among sessions and whether earlier draws are baked into a session's
+    graphs as constants or fed (1: one session; 2: a session serves two steps, the next takes
+    over with the earlier draws; 4: a session per step, baked: nothing fed)."""
     model, proto, x, folder = tiny
     monkeypatch.setattr(sanity, "SESSIONS", sessions)
+    monkeypatch.setattr(sanity, "BAKE", bake)
     s = onnxviz.sanity_check(model, x, method=method, seed=1)
     layers = weighted_layers(proto)[::-1]
     assert s.layers == [l.name for l in layers]
@@ -129,18 +132,19 @@ def test_few_sessions_for_all_steps(tiny, monkeypatch):
     assert not np.allclose(again.maps, s.maps)
 
 
-def test_session_count_rule(tiny, monkeypatch):
-    """A session per step for few layers, one per two steps for many, fewer when the weights are large."""
+def test_session_plan_rule(tiny, monkeypatch):
+    """A baked session per step for few layers, one per two steps for many; four fed sessions when
+    the baked ones would hold too many weights."""
     model = tiny[0]
     weights = sum(v.nbytes for v in sanity.original_weights(model)[0].values())
-    assert sanity.session_count(model, 3) == 3
-    assert sanity.session_count(model, 26) == 13 and sanity.session_count(model, 51) == 26
-    monkeypatch.setattr(sanity, "SESSION_BYTES", 4 * weights)
-    assert sanity.session_count(model, 26) == 4
-    monkeypatch.setattr(sanity, "SESSION_BYTES", 1)
-    assert sanity.session_count(model, 26) == 1
+    assert sanity.session_plan(model, 3) == (3, True)
+    assert sanity.session_plan(model, 26) == (13, True) and sanity.session_plan(model, 51) == (26, True)
+    monkeypatch.setattr(sanity, "SESSION_BYTES", 13 * weights)
+    assert sanity.session_plan(model, 26) == (13, True)
+    monkeypatch.setattr(sanity, "SESSION_BYTES", 12 * weights)
+    assert sanity.session_plan(model, 26) == (4, False) and sanity.session_plan(model, 3) == (3, True)
     monkeypatch.setattr(sanity, "SESSIONS", 2)
-    assert sanity.session_count(model, 26) == 2 and sanity.session_count(model, 1) == 1
+    assert sanity.session_plan(model, 26) == (2, True) and sanity.session_plan(model, 1) == (1, True)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "vanilla"])

@@ -6,13 +6,15 @@
 * Random logit: the map for a random other class against the map for the predicted one.
 
 Each step's weights reach the graphs without rebuilding the model per layer: the steps are split
-among a few sessions (:func:`session_count`), and a session serving steps i..j is built on a copy
+among sessions (:func:`session_plan`), and a session serving steps i..j is built on a copy
 of each graph whose layers randomized up to step i hold their random values as constants and
 whose layers randomized at steps i+1..j are graph inputs (onnxruntime lets a graph input override
 an initializer of the same name), fed the original or the random values step by step. Constant
 weights keep onnxruntime's constant-weight paths (prepacked NCHWc convolutions, Conv+BatchNorm
-fusion), which fed weights lose. The sessions are kept with the model for the next call with the
-same seed and order (those of an earlier call are freed); the model itself is never modified.
+fusion), which fed weights lose. Each such session holds a copy of the weights, so a model whose
+sessions would hold more than :data:`SESSION_BYTES` gets four sessions that feed every layer
+randomized so far instead. The sessions are kept with the model for the next call with the same
+seed and order (those of an earlier call are freed); the model itself is never modified.
 
 Maps are compared at the method's own resolution by default (``resolution="native"``): a CAM
 map is its layer-resolution ``raw`` map (a 7x7 grid on a 224x224 ImageNet CNN), not the
@@ -65,10 +67,16 @@ BATCH_PIXELS = 1 << 16  # map pixels compared at once: a step at 224x224 or a fe
 # ShuffleNet (L=50) 8: 1.34 / 1.30, 13: 1.16 / 1.50, 25: 0.95 / 1.95; the sample model (L=5)
 # 2: 1.40 / 2.8, 5: 1.14 / 4.6. Two steps a session (one fed layer) keeps the warm call within
 # ~5% of L runs, leaving room for the comparisons of input-space maps.
+# Baked sessions each hold every weight: on ResNet-50 (L=54, 100 MB of weights) five kept sessions
+# took +1.9 GB and 1.3 s each to create, against +0.6 GB for four fed ones; models whose baked
+# sessions would hold more than SESSION_BYTES of weights get FED_SESSIONS sessions that feed
+# every layer randomized so far (smaller graphs, cheap to create, slower steps).
 STEPS_PER_SESSION = 2
 ALL_BAKED = 8  # up to this many layers, a session per step: a fed layer costs small models most
-SESSION_BYTES = 1 << 29  # weights all of one call's sessions may hold together (fewer sessions above)
+SESSION_BYTES = 1 << 29
+FED_SESSIONS = 4
 SESSIONS: Optional[int] = None  # a fixed number of sessions instead of the rule above (tests, benchmarks)
+BAKE: Optional[bool] = None  # bake or feed regardless of the size (tests)
 
 Method = Union[str, Callable]
 
@@ -671,16 +679,16 @@ def _overlapped(sessions, steps, fn, x, chosen, reference, spec, resolution, map
 def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
     """Per step i, (re-weighted view of ``model``, the values to feed it before step i's run).
 
-    The steps are split into :func:`session_count` runs; the view serving steps a..b holds
-    the draws of layers[:a + 1] as constants and takes layers[a + 1..b]'s weights as inputs,
-    fed the originals until their step comes (a session of one step feeds nothing). The plan (draws included) is kept with the model for the
-    next call with the same seed and order; the graphs and sessions of an earlier call with
-    another seed, order or split are freed: one call's are kept (a model's worth of weights
-    per session).
+    The steps are split into :func:`session_plan` runs. Baked, the view serving steps a..b
+    holds the draws of layers[:a + 1] as constants and takes layers[a + 1..b]'s weights as
+    inputs, fed the originals until their step comes (a session of one step feeds nothing).
+    Not baked (large models), it takes every layer randomized by step b as an input. The plan
+    (draws included) is kept with the model for the next call with the same seed and order;
+    the graphs and sessions of an earlier call with another seed, order or split are freed.
     """
-    count = session_count(model, len(layers))
+    count, bake = session_plan(model, len(layers))
     names = "|".join(layer.name for layer in layers)
-    plan_key = ("plan", seed, order, count, hashlib.sha1(names.encode()).hexdigest()[:12])
+    plan_key = ("plan", seed, order, count, bake, hashlib.sha1(names.encode()).hexdigest()[:12])
     cache = _cache(model)
     plan = cache.get(plan_key)
     if plan is None:
@@ -688,14 +696,16 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
         draws = randomized_weights(model.proto, layers, seed, spreads)
         steps, tags, start = [], [], 0
         for end in checkpoints(len(layers), count):
-            fed = {n: values[n] for d in draws[start + 1:end + 1] for n in d}
-            baked = {n: v for d in draws[:start + 1] for n, v in d.items()}
-            tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{names}".encode()).hexdigest()[:12]
+            upto = start + 1 if bake else 0  # draws[:upto] are constants in this session's graphs
+            fed = {n: values[n] for d in draws[upto:end + 1] for n in d}
+            baked = {n: v for d in draws[:upto] for n, v in d.items()}
+            tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{bake}|{names}".encode()).hexdigest()[:12]
             tags.append(f"weights-as-inputs:{tag}:")
             view = copy.copy(model)
             view.runtime = WeightFeeds(model, fed, baked, tag)
             steps += [(view, d) for d in draws[start:end + 1]]
-            steps[start] = (view, fed)  # a session's first step: the originals (a last call left draws)
+            # a session's first step: the originals (a last call left its draws), and the draws so far
+            steps[start] = (view, {**fed, **{n: v for d in draws[upto:start + 1] for n, v in d.items()}})
             start = end + 1
         plan = _Plan(steps, tuple(tags))
     forget(model, keep=[k for k in cache if k == plan_key or (isinstance(k, str) and k.startswith(plan.tags))])
@@ -712,15 +722,22 @@ class _Plan:
     tags: tuple
 
 
-def session_count(model, n_layers: int) -> int:
-    """How many sessions share the steps: one per :data:`STEPS_PER_SESSION` steps (one per step
-    up to :data:`ALL_BAKED` layers), no more than :data:`SESSION_BYTES` of weights hold;
-    :data:`SESSIONS` when set. At most one per step."""
-    if SESSIONS is not None:
-        return max(1, min(SESSIONS, n_layers))
+def session_plan(model, n_layers: int) -> tuple[int, bool]:
+    """(sessions, baked?) for the steps: baked, one session per :data:`STEPS_PER_SESSION` steps
+    (per step up to :data:`ALL_BAKED` layers) while their weights together stay within
+    :data:`SESSION_BYTES`; else :data:`FED_SESSIONS` sessions feeding the layers randomized so
+    far (a baked session holds a copy of every weight and takes 1-2 s to create on a
+    ResNet-50). :data:`SESSIONS` and :data:`BAKE`, when set, decide instead. At most one per step."""
     wanted = n_layers if n_layers <= ALL_BAKED else -(-n_layers // STEPS_PER_SESSION)
-    weights = sum(v.nbytes for v in original_weights(model)[0].values())
-    return max(1, min(wanted, SESSION_BYTES // max(weights, 1)))
+    if SESSIONS is not None:
+        wanted = SESSIONS
+    bake = BAKE
+    if bake is None:
+        weights = sum(v.nbytes for v in original_weights(model)[0].values())
+        bake = wanted * weights <= SESSION_BYTES
+    if not bake and SESSIONS is None:
+        wanted = FED_SESSIONS
+    return max(1, min(wanted, n_layers)), bool(bake)
 
 
 def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: int = 0,
