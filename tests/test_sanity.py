@@ -292,6 +292,23 @@ def test_similarity_measures():
     assert (ssim(a, b) < 1).all()
 
 
+def test_average_ranks_equal_scipy_on_heavy_ties():
+    """Centered ranks equal scipy's average ranks less (P-1)/2 for rows of few values, a constant
+    row, ties at both ends of a row, float32 and float64 maps."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    maps = np.round(rng.random((6, 5, 7)) * 3)
+    maps[2] = 1.0                      # constant
+    maps[3, 0, :3] = -1                # a tie at the row's start
+    maps[4, -1, -4:] = 9               # a tie at the row's end
+    for m in (maps, maps.astype(np.float32)):
+        r = sanity.ranked(m)
+        want = np.array([rankdata(row.ravel()) - 1 - (row.size - 1) / 2 for row in m])
+        np.testing.assert_array_equal(r.centered, want)
+        np.testing.assert_allclose(r.norm, np.sqrt((want ** 2).sum(axis=1)), rtol=1e-15)
+
+
 def test_ssim_equals_scikit_image():
     """An optional referee (scikit-image is not a dependency): kept apart so that its skip does not
     report the checks above as skipped when they ran and passed."""
