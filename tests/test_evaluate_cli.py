@@ -74,6 +74,9 @@ def test_sanity_resolution_input(tmp_path):
     assert not np.allclose(got, want["native"], atol=1e-3)  # the option reached the test
     r = run("evaluate", MODEL, IMAGES[0], "--sanity-resolution", "screen", "--out", out, "--device", "cpu")
     assert r.exit_code == 2 and "screen" in r.output
+    r = run("evaluate", MODEL, IMAGES[0], "--sanity-resolution", "input", "--shard", "0/2", "--out", tmp_path / "s",
+            "--device", "cpu")
+    assert r.exit_code == 1 and "not available with --engine or --shard" in r.output and "Traceback" not in r.output
 
 
 def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):
