@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -274,20 +274,27 @@ _FLOAT_WEIGHTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorP
                   onnx.TensorProto.BFLOAT16}
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, edit: Optional[Callable] = None) -> onnx.ModelProto:
     """Shape inference with dynamic dims kept dynamic; a model it cannot handle is returned untouched.
+
+    ``edit(copy)``: changes made to the weight-free copy before inference (new input dims, say),
+    so that the caller need not copy the whole model first; the model itself is not modified.
 
     Inference runs on a copy without the large float weights (graph inputs of the same type
     stand in for them): onnx serializes its argument and parses the result, which for a
     ResNet-50 meant four extra copies of its 100 MB and half a second per call. Only those
     weights' types matter to inference; the int64 shape tensors it propagates stay in.
     """
+    light, big = _without_weights(model)
+    if edit is not None:
+        if light is model:
+            light = copy.deepcopy(model)
+        edit(light)
     try:
-        light, big = _without_weights(model)
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:
         log.warning("shape inference failed: %s", _short(exc))
-        return model
+        inferred = light  # untouched but for ``edit``: the weights go back in below
     if big:
         inputs = [i for i in inferred.graph.input if i.name not in big]
         del inferred.graph.input[:]

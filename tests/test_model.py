@@ -299,3 +299,21 @@ def test_shape_inference_without_weights_equals_onnx_own(listed):
     assert ours.SerializeToString() == onnx.shape_inference.infer_shapes(model, data_prop=True).SerializeToString()
     shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in ours.graph.value_info}
     assert shapes["c2"] == ["N", 8, 5, 5] and shapes["r1"] == ["N", 16, 12, 12]
+
+
+def test_failed_shape_inference_returns_the_model_with_its_weights(monkeypatch):
+    from onnxviz.loading import infer_shapes
+
+    model = _weighty_model(False)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("inference broke")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fail)
+    assert infer_shapes(model).SerializeToString() == model.SerializeToString()
+    edited = infer_shapes(model, edit=lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].CopyFrom(
+        onnx.TensorShapeProto.Dimension(dim_value=20)))
+    assert edited.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 20
+    assert [numpy_helper.to_array(t).tobytes() for t in edited.graph.initializer] == \
+        [numpy_helper.to_array(t).tobytes() for t in model.graph.initializer]
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 12  # the argument untouched
