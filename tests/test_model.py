@@ -317,3 +317,27 @@ def test_failed_shape_inference_returns_the_model_with_its_weights(monkeypatch):
     assert [numpy_helper.to_array(t).tobytes() for t in edited.graph.initializer] == \
         [numpy_helper.to_array(t).tobytes() for t in model.graph.initializer]
     assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 12  # the argument untouched
+
+
+def test_gradient_graph_reads_only_the_constants_its_rules_ask_for(monkeypatch):
+    """Building a gradient graph must not copy every weight into numpy (ConstantValues is lazy),
+    and pruning must not rebuild the initializer list (it copied every kept weight)."""
+    import onnxviz.graph.view as view
+    from onnxviz.autodiff import gradient_graph, ruleset
+    from onnxviz.graph.surgery import prune
+
+    read = []
+    real = view.numpy_helper.to_array
+    monkeypatch.setattr(view.numpy_helper, "to_array", lambda t, *a: read.append(t.name) or real(t, *a))
+    model = onnx.shape_inference.infer_shapes(_weighty_model(False))
+    gm = gradient_graph(model, "y", ["x"], ruleset("standard"))
+    assert "w1" not in read and "w2" not in read
+    graph = gm.proto.graph
+    assert {t.name for t in graph.initializer} >= {"w1", "w2"}
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    del pruned.graph.output[:]
+    pruned.graph.output.append(helper.make_tensor_value_info("r1", onnx.TensorProto.FLOAT, None))
+    kept = prune(pruned)
+    assert [t.name for t in kept.graph.initializer] == ["w1", "b1"]  # w2 and shape dropped, order kept
