@@ -341,3 +341,17 @@ def test_gradient_graph_reads_only_the_constants_its_rules_ask_for(monkeypatch):
     pruned.graph.output.append(helper.make_tensor_value_info("r1", onnx.TensorProto.FLOAT, None))
     kept = prune(pruned)
     assert [t.name for t in kept.graph.initializer] == ["w1", "b1"]  # w2 and shape dropped, order kept
+
+
+def test_graphs_over_protobufs_limit_run_from_external_data(monkeypatch):
+    """Over 2 GB a graph cannot be serialized: the runtime saves it with external weights and
+    loads that (the limit lowered here so a small model takes the path); same outputs."""
+    import onnxviz.runtime as runtime
+
+    model = _weighty_model(False)
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    plain = runtime.Runtime("cpu", threads=1).run(model, {"x": x})["y"]
+    monkeypatch.setattr(runtime, "_TWO_GB", 1000)
+    assert runtime._serialized(model) is None
+    big = runtime.Runtime("cpu", threads=1)
+    np.testing.assert_array_equal(big.run(model, {"x": x})["y"], plain)
