@@ -100,7 +100,6 @@ CASES = [
     Case("HardSigmoid", {"x": away(2, 3, 4, scale=3, kinks=(-1.0, 3.0))}, attrs={"alpha": 0.25, "beta": 0.25},
          opset=22, id="HardSigmoid-attrs"),
     Case("HardSwish", {"x": away(2, 3, 4, scale=3, kinks=(-3.0, 3.0))}, opset=14),
-    Case("HardSwish", {"x": away(2, 3, 4, 5, scale=3, kinks=(-3.0, 3.0))}, opset=14, id="HardSwish-blocked-4d"),
     Case("Softplus", {"x": r(2, 3, 4, scale=2)}, opset=7),
     Case("Softsign", {"x": r(2, 3, 4, scale=2)}, opset=7),
     Case("Erf", {"x": r(2, 3, 4)}, opset=9),
@@ -147,6 +146,10 @@ CASES = [
          id="PRelu-guided"),
     Case("PRelu", {"x": X4}, consts={"slope": SLOPE}, rules=DECONVNET, check="reference",
          reference=ref_any_deconvnet, id="PRelu-deconvnet"),
+    # NCHWc spellings (4-D float32); last, so that they do not shift the draws above
+    Case("PRelu", {"x": away(2, 3, 4, 5)}, consts={"slope": SLOPE}, opset=16, id="PRelu-blocked-channel-slope"),
+    Case("LeakyRelu", {"x": away(2, 3, 4, 5)}, attrs={"alpha": 0.2}, opset=16, id="LeakyRelu-blocked"),
+    Case("HardSwish", {"x": away(2, 3, 4, 5, scale=3, kinks=(-3.0, 3.0))}, opset=14, id="HardSwish-blocked-4d"),
 ]
 
 
@@ -265,3 +268,22 @@ def test_hard_swish_blocked_spelling_at_its_kinks():
 
     ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
     assert not ops & {"Where", "Less", "Greater", "Cast"}, ops
+
+
+@pytest.mark.parametrize("op", ["PRelu", "LeakyRelu"])
+def test_leaky_blocked_spelling_is_exact(op):
+    """The NCHWc spelling (a mask Conv and a depthwise Conv, no Greater/Where) gives exactly
+    g where x > 0 and slope * g elsewhere, at 0, -0 and subnormals too."""
+    from onnxviz.autodiff import gradient_graph
+
+    values = np.array([-2, -1e-40, -0.0, 0.0, 1e-40, 1e-30, 3, -7.5, 0.5, -0.25], f32)
+    x = np.resize(values, (2, 3, 2, 5)).astype(f32)
+    seed = r(*x.shape)
+    if op == "PRelu":
+        case, slope = Case(op, {"x": x}, consts={"slope": SLOPE}, opset=16), SLOPE
+    else:
+        case, slope = Case(op, {"x": x}, attrs={"alpha": 0.2}, opset=16), np.float32(0.2)
+    ours = _grad(case, seed)
+    np.testing.assert_array_equal(ours, np.where(x > 0, seed, seed * slope))
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    assert not ops & {"Where", "Greater", "Cast"}, ops

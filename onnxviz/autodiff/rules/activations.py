@@ -63,20 +63,46 @@ def relu_deconvnet(e: Emitter, node: Node, dys):
     return [e.op("Relu", dys[0])]
 
 
-def _leaky(e: Emitter, x: str, g: str, slope: str) -> str:
-    """g where x > 0, else slope · g."""
+def _leaky(e: Emitter, x: str, g: str, slope: str, value: Optional[np.ndarray] = None) -> str:
+    """g where x > 0, else slope · g (``value``: the slope's value when it is not a forward constant)."""
+    slopes = _channel_slopes(e, x, e.value(slope) if value is None else value)
+    if slopes is not None:
+        # in NCHWc: m = [x > 0], then m + (slope - slope·m) as a depthwise Conv whose sum
+        # onnxruntime fuses into it; exact (-s·1 + s is 0): Greater and Where left the layout
+        m = above(e, x)
+        c = len(slopes)
+        ramp = e.op("Conv", m, e.const((-slopes).reshape(c, 1, 1, 1)), e.const(slopes), group=c, kernel_shape=[1, 1])
+        return e.op("Mul", g, e.op("Add", ramp, m))
     return select(e, positive(e, x), g, e.op("Mul", g, slope), like=x)
+
+
+def _channel_slopes(e: Emitter, x: str, value: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The slope as float32 [C] when x runs in onnxruntime's NCHWc layout and the slope is a
+    constant scalar or per-channel value (shaped [C, 1, 1] as torch exports PRelu), else None."""
+    channels = blocked_channels(e, x)
+    if channels is None or value is None:
+        return None
+    if value.size == 1:
+        return np.full(channels, value.reshape(()), np.float32)
+    shape = list(value.shape)
+    while shape and shape[0] == 1 and len(shape) > 3:
+        shape.pop(0)
+    if value.size == channels and len(shape) == 3 and shape == [channels, 1, 1]:
+        return value.reshape(-1).astype(np.float32)
+    return None
 
 
 def leaky_relu(e: Emitter, node: Node, dys):
     """dx = dy if x > 0 else alpha · dy (alpha defaults to 0.01)."""
     x = node.inputs[0]
-    return [_leaky(e, x, dys[0], e.scalar(node.attr("alpha", 0.01), like=x))]
+    alpha = node.attr("alpha", 0.01)
+    return [_leaky(e, x, dys[0], e.scalar(alpha, like=x), np.asarray(alpha))]
 
 
 def leaky_relu_guided(e: Emitter, node: Node, dys):
     x = node.inputs[0]
-    return [_leaky(e, x, e.op("Relu", dys[0]), e.scalar(node.attr("alpha", 0.01), like=x))]
+    alpha = node.attr("alpha", 0.01)
+    return [_leaky(e, x, e.op("Relu", dys[0]), e.scalar(alpha, like=x), np.asarray(alpha))]
 
 
 def _prelu_slope(e: Emitter, node: Node, dy: str):
