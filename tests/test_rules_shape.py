@@ -33,6 +33,7 @@ CASES = [
     Case("Dropout", {"x": r(2, 3)}, opset=13, id="Dropout-opset13"),
     Case("Cast", {"x": r(2, 3, dtype=f32)}, attrs={"to": TensorProto.DOUBLE}, id="Cast-f32-f64"),
     Case("Cast", {"x": r(2, 3)}, attrs={"to": TensorProto.FLOAT}, rtol=1e-4, eps=0.1, id="Cast-f64-f32"),
+    Case("Cast", {"x": r(2, 3)}, attrs={"to": TensorProto.DOUBLE}, id="Cast-f64-f64"),
     adj("Transpose", {"x": r(2, 3, 4, 5)}, attrs={"perm": [0, 2, 3, 1]}, id="Transpose-nhwc"),
     adj("Transpose", {"x": r(2, 3, 4)}, id="Transpose-default"),
     adj("Transpose", {"x": r(2, 3, 4)}, dynamic=(0, 1, 2), id="Transpose-default-dynamic"),
@@ -242,3 +243,14 @@ OPSET22 = [
 def test_rule_at_opset22(case):
     case.opset = 22
     assert_case(case)
+
+
+def test_cast_to_its_own_type_adds_no_backward_node():
+    """Exporters leave hundreds of float -> float Casts; their gradient passes straight through."""
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+
+    model = node_model(Case("Cast", {"x": r(2, 3, dtype=f32)}, attrs={"to": TensorProto.FLOAT}))
+    gm = gradient_graph(model, "y0", ["x"], STANDARD)
+    backward = [n.op_type for n in gm.proto.graph.node if n.name.startswith("grad")]
+    assert "Cast" not in backward

@@ -147,8 +147,12 @@ def dropout(e: Emitter, node: Node, dys):
 
 
 def cast(e: Emitter, node: Node, dys):
-    """Cast dy back to the input's float type (the driver never differentiates int/bool inputs)."""
-    return [e.cast_like(dys[0], node.inputs[0])]
+    """Cast dy back to the input's float type (the driver never differentiates int/bool inputs);
+    a Cast to the type it had (exporters leave hundreds) passes dy through untouched."""
+    x, y = node.inputs[0], node.outputs[0]
+    if x in e.types and y in e.types and e.types[x][0] == e.types[y][0]:
+        return [dys[0]]
+    return [e.cast_like(dys[0], x)]
 
 
 def transpose(e: Emitter, node: Node, dys):
