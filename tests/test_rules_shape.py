@@ -254,3 +254,37 @@ def test_cast_to_its_own_type_adds_no_backward_node():
     gm = gradient_graph(model, "y0", ["x"], STANDARD)
     backward = [n.op_type for n in gm.proto.graph.node if n.name.startswith("grad")]
     assert "Cast" not in backward
+
+
+BLOCK_CASES = [  # (name, attrs, scales, block spelling expected)
+    ("default-x2", {}, [1, 1, 2, 2], True),
+    ("default-x3x2", {}, [1, 1, 3, 2], True),
+    ("half-pixel-ceil-x3", {**ctm("half_pixel"), "nearest_mode": "round_prefer_ceil"}, [1, 1, 3, 3], True),
+    ("pytorch-half-pixel-x2", {**ctm("pytorch_half_pixel")}, [1, 1, 2, 2], True),
+    ("asymmetric-floor-x3", {**ctm("asymmetric"), "nearest_mode": "floor"}, [1, 1, 3, 3], True),
+    ("tf-half-pixel-x3", {**ctm("tf_half_pixel_for_nn"), "nearest_mode": "floor"}, [1, 1, 3, 2], True),
+    ("asymmetric-round-x2", {**ctm("asymmetric")}, [1, 1, 2, 2], True),
+    ("asymmetric-round-x3", {**ctm("asymmetric")}, [1, 1, 3, 3], False),  # i/3 rounds up at j = 2
+    ("half-pixel-floor-x2", {**ctm("half_pixel"), "nearest_mode": "floor"}, [1, 1, 2, 2], False),
+    ("align-corners-x2", {**ctm("align_corners")}, [1, 1, 2, 2], False),
+    ("ceil-x2", {**ctm("asymmetric"), "nearest_mode": "ceil"}, [1, 1, 2, 2], False),
+]
+
+
+@pytest.mark.parametrize("name,attrs,scales,block", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+def test_nearest_upsampling_by_integer_factors_sums_blocks(name, attrs, scales, block):
+    """Where every output pixel i comes from input i // s, dx is the s x s block sum (a strided
+    ones Conv); the adjoint identity against the runtime's own Resize checks the mode table,
+    and the other modes keep the scatter."""
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+
+    case = resize("block-" + name, (2, 3, 4, 5), {**NN, **attrs}, scales=scales)
+    assert_case(case)
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    assert ("ScatterElements" not in ops and "Conv" in ops) if block else "ScatterElements" in ops
+
+
+def test_nearest_upsample_opset9_sums_blocks():
+    assert_case(Case("Upsample", {"x": r(2, 3, 3, 4, dtype=f32)}, consts={"s": np.array([1, 1, 2, 3], f32)},
+                     attrs={"mode": "nearest"}, opset=9, check="adjoint", rtol=2e-5, id="Upsample-opset9-nearest"))

@@ -435,6 +435,48 @@ def _axis_matrix(e: Emitter, node: Node, a: int) -> tuple:
     return matrix, a > b  # rows follow the lower of the two axes
 
 
+# (coordinate transformation, nearest mode) pairs that send output i to input i // s for every
+# integer scale s; asymmetric with round_prefer_floor does so only for s = 2
+_BLOCK_MODES = {("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
+                ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil"),
+                ("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor")}
+
+
+def _nearest_blocks(e: Emitter, node: Node, x: str) -> Optional[tuple]:
+    """(sH, sW) when this nearest Resize/Upsample copies each input pixel of a 4-D float tensor with
+    known channels into an sH x sW block (integer scales on H and W only), else None."""
+    if node.attr("mode", "nearest") != "nearest":
+        return None
+    xs, ys = e.shape(x), e.shape(node.outputs[0])
+    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or not all(isinstance(d, int) for d in [*xs[1:], *ys[1:]]):
+        return None
+    if ys[1] != xs[1] or e.elem_type(x) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return None
+    if ys[2] % xs[2] or ys[3] % xs[3] or (ys[2], ys[3]) == (xs[2], xs[3]):
+        return None
+    factors = (ys[2] // xs[2], ys[3] // xs[3])
+    if node.op == "Upsample" or node.opset < 11:
+        given = node.attr("scales")
+        given = np.asarray(given) if given is not None else e.value(node.input(1))
+        ctm, nearest = "asymmetric", "floor"  # Upsample and Resize-10 index with floor(i / scale)
+    else:
+        if node.attr("axes") is not None or node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return None
+        given = e.value(node.input(2)) if node.input(2) else None
+        if given is not None and given.size == 0:
+            given = None
+        if given is None and (not node.input(3) or e.value(node.input(3)) is None):
+            return None  # the output size is known here, but not that the runtime will see it
+        ctm = node.attr("coordinate_transformation_mode", "half_pixel")
+        nearest = node.attr("nearest_mode", "round_prefer_floor")
+    if given is not None and [float(v) for v in np.asarray(given).reshape(-1)] != [1.0, 1.0, *map(float, factors)]:
+        return None
+    if (ctm, nearest) in _BLOCK_MODES or (ctm, nearest) == ("asymmetric", "round_prefer_floor") and all(
+            f in (1, 2) for f in factors):
+        return factors
+    return None
+
+
 def resample(e: Emitter, node: Node, dys):
     """Resize/Upsample: nearest via the iota trick (opset >= 16); otherwise dx = R^T dy per resized axis.
 
@@ -447,6 +489,15 @@ def resample(e: Emitter, node: Node, dys):
     if r is None:
         raise OnnxvizError(f"{node.op} node {node.name!r}: the input rank must be known")
     mode = node.attr("mode", "nearest")
+    blocks = _nearest_blocks(e, node, x)
+    if blocks is not None:
+        # each input pixel fills an sH x sW block of the output: its gradient is the block's
+        # sum, a depthwise Conv with a ones kernel and stride s (onnxruntime's NCHWc layout);
+        # the scatter-add below ran single-threaded over every output element
+        channels = e.shape(x)[1]
+        ones = e.const(np.ones((channels, 1, *blocks), e.dtype(x)))
+        grads[0] = e.op("Conv", dy, ones, kernel_shape=list(blocks), strides=list(blocks), group=channels)
+        return grads
     xs = e.static_shape(x)
     fits_int32 = xs is None or int(np.prod(xs, dtype=np.int64)) < 2**31 - 1
     if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16 and fits_int32:
