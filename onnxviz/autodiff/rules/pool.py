@@ -20,6 +20,7 @@ from ...errors import OnnxvizError
 from ...graph.emitter import Emitter
 from ..ruleset import Node
 from .conv import conv_pads, runtime_pads, spatial_sizes, transpose_conv_to
+from .elementwise import blocked_channels, scale_channels
 
 BIG = 2**62
 
@@ -251,6 +252,24 @@ def _window_counts(e: Emitter, node: Node, like: str) -> str:
     return e.op("Conv", ones_x, ones_k, pads=list(begin) + pads_end, **attrs)
 
 
+def _tiling(e: Emitter, node: Node):
+    """(kh, kw) when a 2-D pool's windows tile a 4-D float32 input with known channels exactly:
+    kernel = strides, no padding or dilation, sizes divisible (opset >= 13 for the Resize); else None."""
+    x, y = node.inputs[0], node.outputs[0]
+    kernel = list(node.attr("kernel_shape"))
+    xs, ys = e.shape(x), e.shape(y)
+    if (len(kernel) != 2 or e.opset < 13 or blocked_channels(e, x) is None or xs is None or ys is None
+            or not all(isinstance(d, int) for d in [*xs[2:], *ys[2:]])):
+        return None
+    if list(node.attr("strides", [1, 1])) != kernel or list(node.attr("dilations", [1, 1])) != [1, 1]:
+        return None
+    if any(node.attr("pads", [0] * 4)) or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    if [h // k for h, k in zip(xs[2:], kernel)] != list(ys[2:]) or any(h % k for h, k in zip(xs[2:], kernel)):
+        return None
+    return tuple(kernel)
+
+
 def average_pool(e: Emitter, node: Node, dys):
     """dx = S^T (dy / divisor). The divisor per window is AveragePool(ones) / counts(ones):
 
@@ -258,6 +277,15 @@ def average_pool(e: Emitter, node: Node, dys):
     defines them, since the runtime's own AveragePool computes it.
     """
     x, dy = node.inputs[0], dys[0]
+    tiles = _tiling(e, node)
+    if tiles is not None:
+        # windows tile the input exactly: each element's gradient is its window's dy / (kh·kw),
+        # a depthwise Conv and a nearest Upsample, both in onnxruntime's NCHWc layout (the
+        # ConvTranspose over [N*C, 1, H, W] below left it, with two reorders)
+        channels = e.shape(x)[1]
+        scaled = scale_channels(e, dy, np.full(channels, 1.0 / (tiles[0] * tiles[1])), like=x)
+        return [e.op("Resize", scaled, None, e.const(np.array([1, 1, *tiles], np.float32)), mode="nearest",
+                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
     n = len(node.attr("kernel_shape"))
     ones_x = _ones_like_spatial(e, x, n)
     mean_of_ones = e.op("AveragePool", ones_x, **node.attrs)
