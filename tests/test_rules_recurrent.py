@@ -159,3 +159,70 @@ def test_ctc_recognizer_gradients_through_its_lstm(tmp_path):
     assert sal.raw.shape == x.shape and np.abs(sal.raw).max() > 0
     cam = onnxviz.grad_cam(model, x, target=target, layer="relu")
     assert cam.map.shape == (2, 8, 16) and np.isfinite(cam.map).all()
+
+
+def gru_case(steps=4, batch=2, inputs=3, hidden=5, direction="forward", bias=True, states=False, lbr=0,
+             dtype=f64, **attrs):
+    d = 2 if direction == "bidirectional" else 1
+    given = {"x": r(steps, batch, inputs)}
+    consts = {"w": r(d, 3 * hidden, inputs, scale=0.5), "r": r(d, 3 * hidden, hidden, scale=0.5)}
+    order = ["x", "w", "r"]
+    if bias:
+        consts["b"] = r(d, 6 * hidden, scale=0.3)
+    order.append("b" if bias else "")
+    if states:
+        given["h0"] = r(d, batch, hidden, scale=0.5)
+        order += ["", "h0"]
+    ort = dtype == np.float32
+    return Case("GRU", {k: v.astype(dtype) for k, v in given.items()},
+                consts={k: v.astype(dtype) for k, v in consts.items()}, order=order, outputs=2, opset=14,
+                rtol=5e-3 if ort else 1e-6, runtime="ort" if ort else "reference",
+                attrs={"hidden_size": hidden, "direction": direction, "linear_before_reset": lbr, **attrs},
+                id=f"GRU-{direction}-b{int(bias)}-s{int(states)}-lbr{lbr}" + ("-ort" if ort else ""))
+
+
+GRU_CASES = [
+    gru_case(),
+    gru_case(lbr=1, direction="reverse"),
+    gru_case(direction="bidirectional", states=True),
+    gru_case(lbr=1, direction="bidirectional", states=True, bias=False),
+    gru_case(steps=1),
+    gru_case(lbr=1, direction="bidirectional", dtype=np.float32),
+]
+
+
+@pytest.mark.parametrize("case", GRU_CASES, ids=str)
+@pytest.mark.parametrize("output", [0, 1], ids=["Y", "Y_h"])
+def test_gru_gradient_matches_finite_differences(case, output):
+    assert check_case(case, output) < case.rtol
+
+
+def test_gru_against_torch():
+    """torch's nn.GRU (gate order r, z, n; reset applied after the recurrent product, i.e.
+    linear_before_reset=1) with the same weights: the same input gradient."""
+    torch = pytest.importorskip("torch")
+    steps, batch, inputs, hidden = 5, 2, 3, 4
+    case = gru_case(steps, batch, inputs, hidden, direction="bidirectional", lbr=1)
+    w, rr, b = case.consts["w"], case.consts["r"], case.consts["b"]
+    net = torch.nn.GRU(inputs, hidden, bidirectional=True).double()
+    zrh_to_rzn = np.concatenate([np.arange(hidden, 2 * hidden), np.arange(0, hidden), np.arange(2 * hidden, 3 * hidden)])
+    with torch.no_grad():
+        for d, suffix in enumerate(["", "_reverse"]):
+            getattr(net, "weight_ih_l0" + suffix).copy_(torch.tensor(w[d][zrh_to_rzn]))
+            getattr(net, "weight_hh_l0" + suffix).copy_(torch.tensor(rr[d][zrh_to_rzn]))
+            getattr(net, "bias_ih_l0" + suffix).copy_(torch.tensor(b[d][:3 * hidden][zrh_to_rzn]))
+            getattr(net, "bias_hh_l0" + suffix).copy_(torch.tensor(b[d][3 * hidden:][zrh_to_rzn]))
+    x = case.inputs["x"]
+    seed = r(steps, 2, batch, hidden)
+    ours = gradients(node_model(case), {"x": x}, "y0", ["x"], seed, runtime="reference")["x"]
+    xt = torch.tensor(x, requires_grad=True)
+    out, _ = net(xt)
+    out.backward(torch.tensor(seed.transpose(0, 2, 1, 3).reshape(steps, batch, 2 * hidden)))
+    np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_gru_features_without_a_rule_are_refused_by_name():
+    for case, message in ((gru_case(clip=3.0), "clip"), (gru_case(activations=["HardSigmoid", "Tanh"]), "activations")):
+        with pytest.raises(OnnxvizError, match=message) as info:
+            gradient_graph(node_model(case), "y0", ["x"], STANDARD)
+        assert "GRU node" in str(info.value) and "--grad fd" in str(info.value)

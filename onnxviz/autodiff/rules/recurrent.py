@@ -1,4 +1,4 @@
-"""Backward rule for the LSTM operator (the recurrent layer of CTC text recognizers).
+"""Backward rules for LSTM and GRU (the recurrent layers of CTC text recognizers).
 
 The op keeps its gates and cell states to itself, so the rule recomputes them from what it
 can see: every gate's pre-activation at once from X and the hidden states the op outputs
@@ -14,6 +14,9 @@ at a fixed input size: a recognizer's T follows its input width). Both direction
 first layout, biases and initial states are covered; weights get no gradient. Peepholes,
 ``clip``, ``input_forget``, non-default activations and ragged ``sequence_lens`` are refused
 with the node's name (finite differences still work).
+
+GRU has no cell state: with every step's previous hidden state read from Y, all gates come
+at once, and only the backward recurrence is unrolled (both ``linear_before_reset`` forms).
 """
 from __future__ import annotations
 
@@ -30,10 +33,18 @@ DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 
 
 def lstm(e: Emitter, node: Node, dys):
+    return _recurrent(e, node, dys, _lstm_direction, DEFAULT_ACTIVATIONS)
+
+
+def gru(e: Emitter, node: Node, dys):
+    return _recurrent(e, node, dys, _gru_direction, DEFAULT_ACTIVATIONS[:2])
+
+
+def _recurrent(e: Emitter, node: Node, dys, direction_rule, activations):
     dys = list(dys) + [None] * (3 - len(dys))
     x = node.inputs[0]
     layout = node.attr("layout", 0)
-    steps = _checked_steps(e, node, layout)
+    steps = _checked_steps(e, node, layout, activations)
     directions = ["forward", "reverse"] if node.attr("direction", "forward") == "bidirectional" \
         else [node.attr("direction", "forward")]
     hidden = _hidden_size(e, node)
@@ -49,7 +60,7 @@ def lstm(e: Emitter, node: Node, dys):
     dxs, dh0s, dc0s = [], [], []
     for k, direction in enumerate(directions):
         pick = lambda t, axis=0: None if t is None else e.op("Gather", t, e.const(np.array(k, np.int64)), axis=axis)  # noqa: E731
-        dx, dh0, dc0 = _direction(e, node, k, direction == "reverse", steps, hidden, xs, pick(ys, 1),
+        dx, dh0, dc0 = direction_rule(e, node, k, direction == "reverse", steps, hidden, xs, pick(ys, 1),
                                   pick(dy, 1), _step_shaped(e, pick(dyh)), _step_shaped(e, pick(dyc)),
                                   _step_shaped(e, pick(h0)), _step_shaped(e, pick(c0)))
         dxs.append(dx)
@@ -60,35 +71,46 @@ def lstm(e: Emitter, node: Node, dys):
     if node.needs[0]:
         grads[0] = dx if layout == 0 else e.op("Transpose", dx, perm=[1, 0, 2])
     for i, parts in ((5, dh0s), (6, dc0s)):
-        if len(node.needs) > i and node.needs[i]:
+        if len(node.needs) > i and node.needs[i] and parts[0] is not None:
             stacked = parts[0] if len(parts) == 1 else e.op("Concat", *parts, axis=0)  # [D, B, H]
             grads[i] = stacked if layout == 0 else e.op("Transpose", stacked, perm=[1, 0, 2])
     return grads
 
 
-def _direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
-               dy: Optional[str], dyh: Optional[str], dyc: Optional[str], h0: Optional[str], c0: Optional[str]):
-    """dX [T, B, I], dH0 and dC0 ([1, B, H]) for direction ``k`` of the layer."""
+def _setup(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hseq: str, h0: Optional[str]):
+    """(W [G·H, I], R [G·H, H] of direction k, a zero state [1, B, H], the hidden state each step
+    starts from in time order [T, B, H])."""
     index = e.const(np.array(k, np.int64))
-    w = e.op("Gather", node.inputs[1], index, axis=0)  # [4H, I]
-    r = e.op("Gather", node.inputs[2], index, axis=0)  # [4H, H]
-    first = _slice(e, hseq, 0, 1)
-    zero_state = e.op("ConstantOfShape", e.op("Shape", first),
+    w = e.op("Gather", node.inputs[1], index, axis=0)
+    r = e.op("Gather", node.inputs[2], index, axis=0)
+    zero_state = e.op("ConstantOfShape", e.op("Shape", _slice(e, hseq, 0, 1)),
                       value=helper.make_tensor("zero", e.elem_type(node.inputs[0]), [1], [0]))
     h0 = h0 if h0 is not None else zero_state
-    # the hidden state each step starts from, in time order
     if steps == 1:
         previous = h0
     elif reverse:
         previous = e.op("Concat", _slice(e, hseq, 1, steps), h0, axis=0)
     else:
         previous = e.op("Concat", h0, _slice(e, hseq, 0, steps - 1), axis=0)
+    return w, r, zero_state, previous
+
+
+def _bias(e: Emitter, node: Node, k: int, start: int, stop: int) -> Optional[str]:
+    """B[k][start:stop] (None without B)."""
+    bias = node.input(3)
+    if bias is None:
+        return None
+    return _slice(e, e.op("Gather", bias, e.const(np.array(k, np.int64)), axis=0), start, stop)
+
+
+def _lstm_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
+                    dy: Optional[str], dyh: Optional[str], dyc: Optional[str], h0: Optional[str], c0: Optional[str]):
+    """dX [T, B, I], dH0 and dC0 ([1, B, H]) for direction ``k`` of an LSTM."""
+    w, r, zero_state, previous = _setup(e, node, k, reverse, steps, hseq, h0)
     pre = e.op("Add", e.op("MatMul", xs, e.op("Transpose", w, perm=[1, 0])),
                e.op("MatMul", previous, e.op("Transpose", r, perm=[1, 0])))
-    bias = node.input(3)
-    if bias is not None:
-        b = e.op("Gather", bias, index, axis=0)
-        pre = e.op("Add", pre, e.op("Add", _slice(e, b, 0, 4 * hidden), _slice(e, b, 4 * hidden, 8 * hidden)))
+    if node.input(3) is not None:
+        pre = e.op("Add", pre, e.op("Add", _bias(e, node, k, 0, 4 * hidden), _bias(e, node, k, 4 * hidden, 8 * hidden)))
     gate = lambda j: _slice(e, pre, j * hidden, (j + 1) * hidden, axis=2)  # noqa: E731
     i_all, o_all, f_all = (e.op("Sigmoid", gate(j)) for j in range(3))
     c_all = e.op("Tanh", gate(3))
@@ -122,6 +144,61 @@ def _direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden
     return e.op("MatMul", dpre, w), dh_carry, dc_carry
 
 
+def _gru_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
+                   dy: Optional[str], dyh: Optional[str], dyc: Optional[str], h0: Optional[str], c0: Optional[str]):
+    """dX [T, B, I], dH0 ([1, B, H]) and None for direction ``k`` of a GRU (gate order z, r, h):
+
+    z, r = σ(X·W + H_prev·R + b);  h~ = tanh(X·W_h + (r ⊙ H_prev)·R_h + b_h)  (or, with
+    linear_before_reset, X·W_h + r ⊙ (H_prev·R_h + Rb_h) + Wb_h);  H = (1 - z) ⊙ h~ + z ⊙ H_prev.
+    """
+    w, r, zero_state, previous = _setup(e, node, k, reverse, steps, hseq, h0)
+    part = lambda t, j, stop=None: _slice(e, t, j * hidden, (stop or j + 1) * hidden, axis=0)  # noqa: E731
+    w_zr, w_h, r_zr, r_h = part(w, 0, 2), part(w, 2), part(r, 0, 2), part(r, 2)
+    t_ = lambda m: e.op("Transpose", m, perm=[1, 0])  # noqa: E731
+    pre_zr = e.op("Add", e.op("MatMul", xs, t_(w_zr)), e.op("MatMul", previous, t_(r_zr)))
+    if node.input(3) is not None:
+        pre_zr = e.op("Add", pre_zr, e.op("Add", _bias(e, node, k, 0, 2 * hidden), _bias(e, node, k, 3 * hidden, 5 * hidden)))
+    z_all = e.op("Sigmoid", _slice(e, pre_zr, 0, hidden, axis=2))
+    r_all = e.op("Sigmoid", _slice(e, pre_zr, hidden, 2 * hidden, axis=2))
+    wb_h = _bias(e, node, k, 2 * hidden, 3 * hidden)
+    rb_h = _bias(e, node, k, 5 * hidden, 6 * hidden)
+    linear_before_reset = bool(node.attr("linear_before_reset", 0))
+    x_h = e.op("MatMul", xs, t_(w_h))
+    if linear_before_reset:
+        recurrent_h = _plus(e, e.op("MatMul", previous, t_(r_h)), rb_h)  # [T, B, H], r multiplies it
+        pre_h = e.op("Add", x_h, e.op("Mul", r_all, recurrent_h))
+    else:
+        pre_h = e.op("Add", x_h, e.op("MatMul", e.op("Mul", r_all, previous), t_(r_h)))
+        pre_h = _plus(e, pre_h, rb_h)
+    pre_h = _plus(e, pre_h, wb_h)
+    h_all = e.op("Tanh", pre_h)
+    order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+    at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
+    one = e.scalar(1, like=node.inputs[0])
+    dh_carry = dyh
+    dpres = {}
+    for t in reversed(order):
+        z_t, r_t, h_t, prev_t = at(z_all, t), at(r_all, t), at(h_all, t), at(previous, t)
+        dh = _plus(e, None if dy is None else at(dy, t), dh_carry)
+        dh = dh if dh is not None else zero_state
+        d_pre_h = e.op("Mul", e.op("Mul", dh, e.op("Sub", one, z_t)), e.op("Sub", one, e.op("Mul", h_t, h_t)))
+        d_pre_z = e.op("Mul", e.op("Mul", dh, e.op("Sub", prev_t, h_t)), _sigmoid_slope(e, z_t, one))
+        d_prev = e.op("Mul", dh, z_t)
+        if linear_before_reset:
+            d_r = e.op("Mul", d_pre_h, at(recurrent_h, t))
+            d_prev = e.op("Add", d_prev, e.op("MatMul", e.op("Mul", d_pre_h, r_t), r_h))
+        else:
+            d_reset = e.op("MatMul", d_pre_h, r_h)  # d(r ⊙ H_prev)
+            d_r = e.op("Mul", d_reset, prev_t)
+            d_prev = e.op("Add", d_prev, e.op("Mul", d_reset, r_t))
+        d_pre_r = e.op("Mul", d_r, _sigmoid_slope(e, r_t, one))
+        d_zr = e.op("Concat", d_pre_z, d_pre_r, axis=2)
+        dpres[t] = e.op("Concat", d_zr, d_pre_h, axis=2)  # [1, B, 3H]
+        dh_carry = e.op("Add", d_prev, e.op("MatMul", d_zr, r_zr))
+    dpre = dpres[0] if steps == 1 else e.op("Concat", *[dpres[t] for t in range(steps)], axis=0)
+    return e.op("MatMul", dpre, w), dh_carry, None
+
+
 def _sigmoid_slope(e: Emitter, s: str, one: str) -> str:
     return e.op("Mul", s, e.op("Sub", one, s))
 
@@ -151,16 +228,16 @@ def _hidden_size(e: Emitter, node: Node) -> int:
         rs = e.shape(node.inputs[2])
         hidden = rs[2] if rs is not None and isinstance(rs[2], int) else None
     if hidden is None:
-        raise OnnxvizError(f"LSTM node {node.name!r}: its hidden size is unknown (no hidden_size, R's shape not "
+        raise OnnxvizError(f"{node.op} node {node.name!r}: its hidden size is unknown (no hidden_size, R's shape not "
                            "inferred); its gradient needs it")
     return int(hidden)
 
 
-def _checked_steps(e: Emitter, node: Node, layout: int) -> int:
+def _checked_steps(e: Emitter, node: Node, layout: int, defaults: tuple) -> int:
     """The sequence length; refuses what the rule does not cover, naming the node and the fallback."""
-    where = f"LSTM node {node.name!r}"
+    where = f"{node.op} node {node.name!r}"
     fallback = "use finite differences (--grad fd on cam and saliency, grad='fd' in the API)"
-    peepholes = node.input(7)
+    peepholes = node.input(7) if node.op == "LSTM" else None
     if peepholes is not None:
         value = e.value(peepholes)
         if value is None or np.any(value):
@@ -174,9 +251,10 @@ def _checked_steps(e: Emitter, node: Node, layout: int) -> int:
     activations = node.attr("activations")
     if activations is not None:
         names = tuple(a.lower() for a in activations)
-        if any(names[j:j + 3] != DEFAULT_ACTIVATIONS for j in range(0, len(names), 3)):
-            raise OnnxvizError(f"{where} uses activations {list(activations)}: only the default Sigmoid, Tanh, "
-                               f"Tanh have a gradient rule; {fallback}")
+        n = len(defaults)
+        if any(names[j:j + n] != defaults for j in range(0, len(names), n)):
+            raise OnnxvizError(f"{where} uses activations {list(activations)}: only the default "
+                               f"{', '.join(a.capitalize() for a in defaults)} have a gradient rule; {fallback}")
     shape = e.shape(node.inputs[0])
     steps = shape[1 if layout else 0] if shape is not None and len(shape) == 3 else None
     if not isinstance(steps, int):
@@ -191,4 +269,4 @@ def _checked_steps(e: Emitter, node: Node, layout: int) -> int:
     return steps
 
 
-RULES = {"LSTM": lstm}
+RULES = {"LSTM": lstm, "GRU": gru}
