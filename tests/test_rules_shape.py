@@ -288,3 +288,44 @@ def test_nearest_upsampling_by_integer_factors_sums_blocks(name, attrs, scales, 
 def test_nearest_upsample_opset9_sums_blocks():
     assert_case(Case("Upsample", {"x": r(2, 3, 3, 4, dtype=f32)}, consts={"s": np.array([1, 1, 2, 3], f32)},
                      attrs={"mode": "nearest"}, opset=9, check="adjoint", rtol=2e-5, id="Upsample-opset9-nearest"))
+
+
+GATHER_SCATTER_CASES = [
+    adj("GatherElements", {"x": r(3, 4)}, consts={"i": np.array([[0, 3, 3], [1, 0, 2], [2, 2, -1]], i64)},
+        attrs={"axis": 1}, id="GatherElements-repeats-neg"),
+    adj("GatherElements", {"x": r(3, 2, 4)}, consts={"i": np.array([[[2, 0, 1, 2]], [[0, 0, 1, 1]]], i64)},
+        attrs={"axis": 0}, id="GatherElements-axis0"),
+    adj("GatherND", {"x": r(3, 4, 2)}, consts={"i": np.array([[0, 1], [2, 3], [0, 1]], i64)}, id="GatherND-repeats"),
+    adj("GatherND", {"x": r(2, 3, 4)}, consts={"i": np.array([[1], [2]], i64)}, attrs={"batch_dims": 1},
+        id="GatherND-batch-dims"),
+    Case("ScatterND", {"data": r(4, 3), "u": r(2, 3)}, consts={"i": np.array([[2], [0]], i64)}, order=["data", "i", "u"],
+         id="ScatterND"),
+    Case("ScatterND", {"data": r(4, 3), "u": r(3, 3)}, consts={"i": np.array([[2], [0], [2]], i64)},
+         order=["data", "i", "u"], attrs={"reduction": "add"}, opset=16, id="ScatterND-add-repeats"),
+    Case("ScatterElements", {"data": r(3, 4), "u": r(3, 2)}, consts={"i": np.array([[1, 3], [0, 2], [3, 0]], i64)},
+         order=["data", "i", "u"], attrs={"axis": 1}, id="ScatterElements"),
+    Case("ScatterElements", {"data": r(3, 4), "u": r(2, 4)}, consts={"i": np.array([[1, 0, 2, 1], [1, 2, 0, 0]], i64)},
+         order=["data", "i", "u"], attrs={"axis": 0, "reduction": "add"}, opset=16, id="ScatterElements-add"),
+    adj("CumSum", {"x": r(3, 5)}, consts={"a": np.array(1, i64)}, id="CumSum"),
+    adj("CumSum", {"x": r(3, 5)}, consts={"a": np.array(-1, i64)}, attrs={"exclusive": 1, "reverse": 1},
+        id="CumSum-exclusive-reverse"),
+    adj("CumSum", {"x": r(4, 2)}, consts={"a": np.array(0, i64)}, attrs={"exclusive": 1}, id="CumSum-exclusive"),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_SCATTER_CASES, ids=str)
+def test_gather_scatter_cumsum_rules(case):
+    assert_case(case)
+
+
+@pytest.mark.parametrize("largest,axis", [(1, -1), (0, 0)])
+def test_top_k_sends_dy_to_the_chosen_elements(largest, axis):
+    x = r(4, 5)
+    case = Case("TopK", {"x": x}, consts={"k": np.array([2], i64)}, attrs={"largest": largest, "axis": axis},
+                outputs=2, id="TopK")
+    assert_case(case)
+
+
+@pytest.mark.parametrize("p,axis", [(2, -1), (2, 1), (1, 0)])
+def test_lp_normalization(p, axis):
+    assert_case(Case("LpNormalization", {"x": r(3, 4, 2)}, attrs={"p": p, "axis": axis}, id=f"LpNormalization-p{p}"))

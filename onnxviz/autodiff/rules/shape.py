@@ -282,6 +282,73 @@ def gather(e: Emitter, node: Node, dys):
     return [static_map_backward(e, x, dy, np.take(_static_iota(e, node, x), values, axis=axis)), None]
 
 
+def gather_elements(e: Emitter, node: Node, dys):
+    """Scatter-add dy back to the gathered positions (repeats add up)."""
+    x, idx = node.inputs
+    axis = node.attr("axis", 0)
+    return [iota_backward(e, node, x, dys[0], lambda t: e.op("GatherElements", t, idx, axis=axis), False), None]
+
+
+def gather_nd(e: Emitter, node: Node, dys):
+    x, idx = node.inputs
+    dims = node.attr("batch_dims", 0)
+    return [iota_backward(e, node, x, dys[0], lambda t: e.op("GatherND", t, idx, batch_dims=dims), False), None]
+
+
+def top_k(e: Emitter, node: Node, dys):
+    """The k values are x at the returned indices (distinct along the axis): dy goes back there."""
+    x = node.inputs[0]
+    if dys[0] is None:
+        return [None] * len(node.inputs)
+    indices = e.add_output(node.proto, 1)
+    axis = node.attr("axis", -1)
+    dx = iota_backward(e, node, x, dys[0], lambda t: e.op("GatherElements", t, indices, axis=axis), True)
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _scatter_updates(e: Emitter, node: Node, updates: str) -> str:
+    """Zeros shaped like ``updates`` in the iota's type (int64): scattered, they mark positions
+    that no longer come from the data input."""
+    zero = helper.make_tensor("zero", onnx.TensorProto.INT64, [1], [0])
+    return e.op("ConstantOfShape", e.op("Shape", updates), value=zero)
+
+
+def scatter_nd(e: Emitter, node: Node, dys):
+    """y = data with the indexed slices replaced (reduction none) or added to (add): d data is dy
+    where data survives, d updates is dy gathered at the indices."""
+    return _scatter(e, node, dys, "GatherND", {})
+
+
+def scatter_elements(e: Emitter, node: Node, dys):
+    return _scatter(e, node, dys, "GatherElements", {"axis": node.attr("axis", 0)})
+
+
+def _scatter(e: Emitter, node: Node, dys, gather_op: str, attrs: dict):
+    data, idx, updates = node.inputs
+    reduction = node.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise OnnxvizError(f"{node.op} node {node.name!r}: no gradient rule for reduction={reduction!r} "
+                           "(none and add have one); use finite differences (--grad fd)")
+    dy = dys[0]
+    grads = [None, None, None]
+    if node.needs[0]:
+        if reduction == "add":
+            grads[0] = dy
+        else:
+            zeros = _scatter_updates(e, node, updates)
+            grads[0] = iota_backward(e, node, data, dy, lambda t: e.op(node.op, t, idx, zeros, **attrs), True)
+    if node.needs[2]:
+        grads[2] = e.op(gather_op, dy, idx, **attrs)
+    return grads
+
+
+def cumsum(e: Emitter, node: Node, dys):
+    """CumSum is linear; its adjoint sums from the other end, with the same exclusivity."""
+    x, axis = node.inputs
+    reverse = 0 if node.attr("reverse", 0) else 1
+    return [e.op("CumSum", dys[0], axis, exclusive=node.attr("exclusive", 0), reverse=reverse), None]
+
+
 def pad(e: Emitter, node: Node, dys):
     """Constant mode copies each element once; reflect/edge/wrap repeat border elements (scatter-add)."""
     x, dy = node.inputs[0], dys[0]
@@ -542,6 +609,12 @@ RULES = {
     "Split": split,
     "Slice": slice_,
     "Gather": gather,
+    "GatherElements": gather_elements,
+    "GatherND": gather_nd,
+    "TopK": top_k,
+    "ScatterND": scatter_nd,
+    "ScatterElements": scatter_elements,
+    "CumSum": cumsum,
     "Pad": pad,
     "Expand": expand,
     "Tile": tile,
