@@ -226,3 +226,28 @@ def test_gru_features_without_a_rule_are_refused_by_name():
         with pytest.raises(OnnxvizError, match=message) as info:
             gradient_graph(node_model(case), "y0", ["x"], STANDARD)
         assert "GRU node" in str(info.value) and "--grad fd" in str(info.value)
+
+
+def rnn_case(direction="forward", states=False, bias=True, steps=4, batch=2, inputs=3, hidden=5):
+    d = 2 if direction == "bidirectional" else 1
+    given = {"x": r(steps, batch, inputs)}
+    consts = {"w": r(d, hidden, inputs, scale=0.5), "r": r(d, hidden, hidden, scale=0.5)}
+    order = ["x", "w", "r"]
+    if bias:
+        consts["b"] = r(d, 2 * hidden, scale=0.3)
+    order.append("b" if bias else "")
+    if states:
+        given["h0"] = r(d, batch, hidden, scale=0.5)
+        order += ["", "h0"]
+    return Case("RNN", given, consts=consts, order=order, outputs=2, opset=14, rtol=1e-6, runtime="reference",
+                attrs={"hidden_size": hidden, "direction": direction},
+                id=f"RNN-{direction}-b{int(bias)}-s{int(states)}-T{steps}")
+
+
+RNN_CASES = [rnn_case(), rnn_case("reverse", bias=False), rnn_case("bidirectional", states=True), rnn_case(steps=1)]
+
+
+@pytest.mark.parametrize("case", RNN_CASES, ids=str)
+@pytest.mark.parametrize("output", [0, 1], ids=["Y", "Y_h"])
+def test_rnn_gradient_matches_finite_differences(case, output):
+    assert check_case(case, output) < case.rtol

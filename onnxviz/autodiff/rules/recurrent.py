@@ -1,4 +1,4 @@
-"""Backward rules for LSTM and GRU (the recurrent layers of CTC text recognizers).
+"""Backward rules for LSTM, GRU and RNN (the recurrent layers of CTC text recognizers).
 
 The op keeps its gates and cell states to itself, so the rule recomputes them from what it
 can see: every gate's pre-activation at once from X and the hidden states the op outputs
@@ -38,6 +38,10 @@ def lstm(e: Emitter, node: Node, dys):
 
 def gru(e: Emitter, node: Node, dys):
     return _recurrent(e, node, dys, _gru_direction, DEFAULT_ACTIVATIONS[:2])
+
+
+def rnn(e: Emitter, node: Node, dys):
+    return _recurrent(e, node, dys, _rnn_direction, DEFAULT_ACTIVATIONS[1:2])
 
 
 def _recurrent(e: Emitter, node: Node, dys, direction_rule, activations):
@@ -199,6 +203,26 @@ def _gru_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hi
     return e.op("MatMul", dpre, w), dh_carry, None
 
 
+def _rnn_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
+                   dy: Optional[str], dyh: Optional[str], dyc: Optional[str], h0: Optional[str], c0: Optional[str]):
+    """dX [T, B, I], dH0 ([1, B, H]) and None for direction ``k`` of a plain RNN:
+    H = tanh(X·W + H_prev·R + b), so dpre = dH ⊙ (1 - H²) with H read from Y itself."""
+    w, r, zero_state, previous = _setup(e, node, k, reverse, steps, hseq, h0)
+    order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+    at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
+    one = e.scalar(1, like=node.inputs[0])
+    dh_carry = dyh
+    dpres = {}
+    for t in reversed(order):
+        h_t = at(hseq, t)
+        dh = _plus(e, None if dy is None else at(dy, t), dh_carry)
+        dh = dh if dh is not None else zero_state
+        dpres[t] = e.op("Mul", dh, e.op("Sub", one, e.op("Mul", h_t, h_t)))
+        dh_carry = e.op("MatMul", dpres[t], r)
+    dpre = dpres[0] if steps == 1 else e.op("Concat", *[dpres[t] for t in range(steps)], axis=0)
+    return e.op("MatMul", dpre, w), dh_carry, None
+
+
 def _sigmoid_slope(e: Emitter, s: str, one: str) -> str:
     return e.op("Mul", s, e.op("Sub", one, s))
 
@@ -269,4 +293,4 @@ def _checked_steps(e: Emitter, node: Node, layout: int, defaults: tuple) -> int:
     return steps
 
 
-RULES = {"LSTM": lstm, "GRU": gru}
+RULES = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
