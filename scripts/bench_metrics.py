@@ -127,11 +127,12 @@ def bench_sanity(model, method: str, batch: int, size: int, repeat: int, resolut
                 cpu[k].append(time.process_time() - c)
     w = {k: statistics.median(v) for k, v in wall.items()}
     c = {k: statistics.median(v) for k, v in cpu.items()}
-    base = {"baseline": w["plain"], "baseline_cpu": c["plain"], "baseline_what": f"{L} runs of {method} (batch {batch})",
-            "layers": L, "resolution": resolution or "default"}
+    base = {"baseline": w["plain"], "baseline_cpu": c["plain"], "layers": L, "resolution": resolution or "default",
+            "baseline_what": f"{L} runs of {method} (batch {batch})"}
     what = {"given": "original given", "cold": "original given, first call", "whole": "original computed"}
-    return [{"case": f"randomization test, {method}, {what[k]}", "seconds": w[k], "cpu": c[k], "ratio": w[k] / w["plain"],
-             "cpu_ratio": c[k] / c["plain"], "target": SANITY_TARGET if k == "given" else None, **base}
+    return [{"case": f"randomization test, {method}, {what[k]}", "seconds": w[k], "cpu": c[k],
+             "ratio": w[k] / w["plain"], "cpu_ratio": c[k] / c["plain"],
+             "target": SANITY_TARGET if k == "given" else None, **base}
             for k in cases if k != "plain"]
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..io import check_output, ensure_out_dir, save_figure, save_json
-from ..methods.trust import (METRICS, RESOLUTIONS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
+from ..methods.sanity import RESOLUTIONS
+from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
                              run_meta, summary, verdict_line)
 from ..outputs import title
 from ..session import open_session

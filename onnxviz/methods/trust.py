@@ -19,7 +19,7 @@ from ..errors import OnnxvizError
 from ..targets import TargetLike
 from .faithfulness import deletion, energy_pointing, insertion, pointing_game, road
 from .results import Curve, Road
-from .sanity import RESOLUTIONS, SanityResult, Similarity, method_function, random_logit_test, sanity_check
+from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
 
