@@ -74,9 +74,14 @@ def test_sanity_resolution_input(tmp_path):
     assert not np.allclose(got, want["native"], atol=1e-3)  # the option reached the test
     r = run("evaluate", MODEL, IMAGES[0], "--sanity-resolution", "screen", "--out", out, "--device", "cpu")
     assert r.exit_code == 2 and "screen" in r.output
-    r = run("evaluate", MODEL, IMAGES[0], "--sanity-resolution", "input", "--shard", "0/2", "--out", tmp_path / "s",
-            "--device", "cpu")
-    assert r.exit_code == 1 and "not available with --engine or --shard" in r.output and "Traceback" not in r.output
+    sharded = tmp_path / "s"  # the dataset path (--shard; --engine ray shares it) carries the option to its workers
+    r = run("evaluate", MODEL, *IMAGES, "--method", "gradcam", "--metrics", "sanity", "--sanity-resolution", "input",
+            "--shard", "0/1", "--out", sharded, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    parts = json.loads(next(sharded.glob("metrics.*.json")).read_text())
+    assert parts["sanity_resolution"] == "input"
+    np.testing.assert_allclose(np.array([e["methods"]["gradcam"]["sanity"]["ssim"] for e in parts["images"]]).T,
+                               want["input"], atol=1e-9)
 
 
 def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):

@@ -77,16 +77,13 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     chosen = _names(metrics, "metrics") if metrics else ["deletion", "insertion", "sanity"] + (
         ["pointing"] if boxes else [])
     engine, shard = pop_engine(opts, out)
-    if (engine is not None or shard is not None) and resolution != "native":
-        raise OnnxvizError("--sanity-resolution input is not available with --engine or --shard yet: "
-                           "run without them, or keep the native resolution")
     session = open_session(model, **opts)
     folder = ensure_out_dir(out)
     check_output(folder / "metrics.json")  # before the long run; handle_errors already protected every input
     targets = parse_targets(target, len(images), session)
     report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
               "sanity_resolution": resolution, "images": [], "summary": {}, "errors": {}}
-    settings = dict(steps=steps, score=score, seed=seed)
+    settings = dict(steps=steps, score=score, seed=seed, resolution=resolution)
     if engine is not None:
         _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, session, opts, batch_size,
                           engine, shard, report, folder)
@@ -98,8 +95,7 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     for method in methods:
         click.echo(f"{title(method)}: {', '.join(chosen)} ...", err=True)
         try:
-            ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, resolution=resolution,
-                          **settings)
+            ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, **settings)
         except OnnxvizError as exc:
             if "unknown" in str(exc) or "needs the objects" in str(exc):
                 raise
