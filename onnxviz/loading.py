@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -269,15 +269,73 @@ def free_batch(proto: onnx.ModelProto, spec: InputSpec, notes: list, runtime: Ru
     return free, spec.replace(batch=None)
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference with dynamic dims kept dynamic; a model it cannot handle is returned untouched."""
+WEIGHT_ELEMENTS = 1024  # float initializers this large only need their type for inference
+_FLOAT_WEIGHTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                  onnx.TensorProto.BFLOAT16}
+
+
+def infer_shapes(model: onnx.ModelProto, edit: Optional[Callable] = None) -> onnx.ModelProto:
+    """Shape inference with dynamic dims kept dynamic; a model it cannot handle is returned untouched.
+
+    ``edit(copy)``: changes made to the weight-free copy before inference (new input dims, say),
+    so that the caller need not copy the whole model first; the model itself is not modified.
+
+    Inference runs on a copy without the large float weights (graph inputs of the same type
+    stand in for them): onnx serializes its argument and parses the result, which for a
+    ResNet-50 meant four extra copies of its 100 MB and half a second per call. Only those
+    weights' types matter to inference; the int64 shape tensors it propagates stay in.
+    """
+    light, big = _without_weights(model)
+    if edit is not None:
+        if light is model:
+            light = copy.deepcopy(model)
+        edit(light)
     try:
-        if model.ByteSize() > 2**31 - 2**26:
-            return model
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:
         log.warning("shape inference failed: %s", _short(exc))
-        return model
+        inferred = light  # untouched but for ``edit``: the weights go back in below
+    if big:
+        inputs = [i for i in inferred.graph.input if i.name not in big]
+        del inferred.graph.input[:]
+        inferred.graph.input.extend(inputs)
+        del inferred.graph.initializer[:]
+        inferred.graph.initializer.extend(model.graph.initializer)  # the original order, data included
+    return inferred
+
+
+def _without_weights(model: onnx.ModelProto) -> tuple:
+    """(a copy of ``model`` whose large inline float initializers are graph inputs instead, their names)."""
+    listed = {i.name for i in model.graph.input}
+    big = {t.name for t in model.graph.initializer
+           if t.data_type in _FLOAT_WEIGHTS and t.data_location != onnx.TensorProto.EXTERNAL
+           and int(np.prod(t.dims, dtype=np.int64)) >= WEIGHT_ELEMENTS and t.name not in listed}
+    if not big:
+        return model, big
+    light = _copy_except(model, "graph")
+    light.graph.CopyFrom(_copy_except(model.graph, "initializer"))
+    for t in model.graph.initializer:
+        if t.name in big:
+            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            light.graph.initializer.append(t)
+    return light, big
+
+
+def _copy_except(message, skipped: str):
+    """A copy of a protobuf message without one of its fields (nothing of it is copied)."""
+    out = type(message)()
+    for field, value in message.ListFields():
+        if field.name == skipped:
+            continue
+        target = getattr(out, field.name)
+        if isinstance(value, (str, bytes, int, float, bool)):
+            setattr(out, field.name, value)
+        elif hasattr(target, "extend"):
+            target.extend(value)
+        else:
+            target.CopyFrom(value)
+    return out
 
 
 def image_inputs(model: onnx.ModelProto) -> list:

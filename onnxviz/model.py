@@ -2,7 +2,6 @@
 derived from it. Reading, normalizing and verifying the file is :mod:`.loading`."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -308,14 +307,15 @@ class Model:
         return self.derived(("size", height, width), lambda: self._fixed_size(height, width))
 
     def _fixed_size(self, height: int, width: int) -> onnx.ModelProto:
-        proto = copy.deepcopy(self.proto)
-        for vi in proto.graph.input:
-            if vi.name == self.input.name:
-                dims = vi.type.tensor_type.shape.dim
-                h_axis, w_axis = self.input.spatial_axes
-                dims[h_axis].dim_value = height
-                dims[w_axis].dim_value = width
-                if not dims[0].HasField("dim_value"):
-                    dims[0].dim_param = "N"
-        del proto.graph.value_info[:]
-        return infer_shapes(proto)
+        def fix(proto):
+            for vi in proto.graph.input:
+                if vi.name == self.input.name:
+                    dims = vi.type.tensor_type.shape.dim
+                    h_axis, w_axis = self.input.spatial_axes
+                    dims[h_axis].dim_value = height
+                    dims[w_axis].dim_value = width
+                    if not dims[0].HasField("dim_value"):
+                        dims[0].dim_param = "N"
+            del proto.graph.value_info[:]
+
+        return infer_shapes(self.proto, edit=fix)

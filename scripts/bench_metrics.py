@@ -7,12 +7,13 @@
 1. Deletion + insertion, 50 steps, one image: 2 × 51 perturbed copies. Baseline: the same 102
    images through a plain batched forward (``model.run``, batches of 64). Target <= 1.1x.
 2. The randomization test on a model with L weighted layers (``sanity_check`` with the original
-   map given, as ``onnxviz evaluate`` does, and without it): the new weights are fed as graph
-   inputs, so all L steps share one session. Baseline: L runs of the method on the model itself
-   (warm session). Target <= 1.2x for the first; the second also computes the original map
-   (L + 1 runs of the method).
+   map given, as ``onnxviz evaluate`` does): warm (its re-weighted sessions kept from the last
+   call) and cold (a first call: those sessions created, as a CLI run once per model does), and
+   with --whole also computing the original map (L + 1 runs of the method). Baseline: L runs of
+   the method on the model itself (warm session). Target <= 1.2x for the warm call.
 
-Each time is the median over --repeat runs after one warm-up run, in this process.
+Each time is the median over --repeat interleaved rounds after one warm-up round, in this
+process; the sanity rows give wall and CPU (process) time, the CPU ratio for a shared machine.
 
 ``--quality N`` instead prints the README's "Trust" table: every metric for Grad-CAM, the
 gradient, guided backprop and two random maps on N fresh images of the sample model's generator.
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,28 +81,59 @@ def bench_curves(model, size: int, repeat: int) -> dict:
             "target": CURVE_TARGET}
 
 
-def bench_sanity(model, method: str, batch: int, size: int, repeat: int) -> list:
+def drop_sanity_sessions(model) -> None:
+    """Forget the randomization test's re-weighted graphs and sessions (whichever version of
+    onnxviz made them: they are named "weights-as-inputs..." / "sanity-graphs"), keeping the
+    method's own: the state of a first call right after the original map was computed."""
+    for key in [k for k in model._derived if "weights-as-inputs" in str(k) or "sanity-graphs" in str(k)]:
+        del model._derived[key]
+    sessions = model.runtime._sessions
+    for key in [k for k in sessions if str(k).startswith("weights-as-inputs")]:
+        del sessions[key]
+
+
+def bench_sanity(model, method: str, batch: int, size: int, repeat: int, resolution=None, whole=False) -> list:
+    """Rounds of: L runs of the method (the baseline), the test with the original given (warm:
+    its sessions kept from the last round), the same as a first call (its graphs and sessions
+    dropped before, untimed), and with --whole the test computing the original too. Wall and
+    CPU seconds (process time: all threads), medians over the rounds after one warm-up round."""
     x = batch_of(model, batch, size)
     _, fn = method_function(method)
     first = fn(model, x, None)
     L = len(weighted_layers(model.proto))
     t = first.target
+    extra = {} if resolution is None else {"resolution": resolution}
 
     def l_runs():
         for _ in range(L):
             fn(model, x, t)
 
-    times = interleaved_medians({
-        "plain": l_runs,
-        "given": lambda: onnxviz.sanity_check(model, x, method, original=first),
-        "whole": lambda: onnxviz.sanity_check(model, x, method),
-    }, 1, repeat)
-    plain, given, whole = times["plain"], times["given"], times["whole"]
-    base = {"baseline": plain, "baseline_what": f"{L} runs of {method} (batch {batch})", "layers": L}
-    return [{"case": f"randomization test, {method}, original given", "seconds": given, "ratio": given / plain,
-             "target": SANITY_TARGET, **base},
-            {"case": f"randomization test, {method}, original computed", "seconds": whole, "ratio": whole / plain,
-             "target": None, **base}]
+    cases = {"plain": (l_runs, None),
+             "given": (lambda: onnxviz.sanity_check(model, x, method, original=first, **extra), None),
+             "cold": (lambda: onnxviz.sanity_check(model, x, method, original=first, **extra),
+                      lambda: drop_sanity_sessions(model))}
+    if whole:
+        cases["whole"] = (lambda: onnxviz.sanity_check(model, x, method, **extra), None)
+    wall = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    for r in range(repeat + 1):
+        for k, (run, setup) in cases.items():
+            if setup:
+                setup()
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            if r:  # the first round warms up
+                wall[k].append(time.perf_counter() - w)
+                cpu[k].append(time.process_time() - c)
+    w = {k: statistics.median(v) for k, v in wall.items()}
+    c = {k: statistics.median(v) for k, v in cpu.items()}
+    base = {"baseline": w["plain"], "baseline_cpu": c["plain"], "layers": L, "resolution": resolution or "default",
+            "baseline_what": f"{L} runs of {method} (batch {batch})"}
+    what = {"given": "original given", "cold": "original given, first call", "whole": "original computed"}
+    return [{"case": f"randomization test, {method}, {what[k]}", "seconds": w[k], "cpu": c[k],
+             "ratio": w[k] / w["plain"], "cpu_ratio": c[k] / c["plain"],
+             "target": SANITY_TARGET if k == "given" else None, **base}
+            for k in cases if k != "plain"]
 
 
 def quality(n: int, seed: int = 8101) -> None:
@@ -149,25 +183,34 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--resolution", default=None, choices=["native", "input"],
+                    help="the randomization test's comparison resolution (default: the library's)")
+    ap.add_argument("--sessions", type=int, default=None, help="override onnxviz.methods.sanity.SESSIONS")
+    ap.add_argument("--whole", action="store_true", help="also time the test computing the original map")
+    ap.add_argument("--no-curves", action="store_true", help="skip the deletion/insertion bench")
     ap.add_argument("--quality", type=int, default=None, metavar="N",
                     help="print the README's metric table on N fresh sample-model images instead")
     args = ap.parse_args(argv)
     if args.quality:
         quality(args.quality)
         return 0
+    if args.sessions:
+        from onnxviz.methods import sanity
+        sanity.SESSIONS = args.sessions
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in prepare_models(args.models, Path(tmp)).items():
             model = onnxviz.load(str(path), device=args.device)
             size = NATIVE.get(name, 224)
-            found = [bench_curves(model, size, args.repeat)]
+            found = [] if args.no_curves else [bench_curves(model, size, args.repeat)]
             for method in args.methods:
-                found += bench_sanity(model, method, args.batch, size, args.repeat)
+                found += bench_sanity(model, method, args.batch, size, args.repeat, args.resolution, args.whole)
             for row in found:
                 row["model"] = name
                 mark = "" if row["target"] is None else ("  ok" if row["ratio"] <= row["target"] else "  ABOVE TARGET")
+                cpu = f", CPU {row['cpu_ratio']:.2f}x" if "cpu_ratio" in row else ""
                 print(f"{name:12s} {row['case']:48s} {row['seconds']:8.3f} s vs {row['baseline']:8.3f} s "
-                      f"({row['baseline_what']}): {row['ratio']:.2f}x{mark}", flush=True)
+                      f"({row['baseline_what']}): {row['ratio']:.2f}x{cpu}{mark}", flush=True)
             rows += found
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

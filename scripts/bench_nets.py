@@ -3,7 +3,8 @@
     python scripts/bench_nets.py                 # writes $ONNXVIZ_BENCH_CACHE or /tmp/onnxviz-bench-nets
     python scripts/bench_nets.py --list
 
-ResNet-50, MobileNetV2, EfficientNet-B0 and DenseNet-121 with torchvision's layer layout
+ResNet-50, MobileNetV2, EfficientNet-B0, DenseNet-121 and MobileNetV3-Large (HardSwish, and
+squeeze-excite gates through HardSigmoid) with torchvision's layer layout
 (written out here: torchvision is not installable for every torch version) and random
 weights with non-trivial BatchNorm statistics, exported at opset 17 with a dynamic batch.
 torch is needed only to build the files; the benchmarks themselves load the cached ONNX.
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 CACHE = Path(os.environ.get("ONNXVIZ_BENCH_CACHE", "/tmp/onnxviz-bench-nets"))
-ARCHS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121")
+ARCHS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "mobilenet_v3")
 
 
 def path_of(name: str) -> Path:
@@ -180,8 +181,58 @@ def _nets():
             x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
             return self.classifier(torch.flatten(x, 1))
 
+    # ---- MobileNetV3-Large
+    def divisible(v, d=8):  # torchvision's _make_divisible
+        out = max(d, int(v + d / 2) // d * d)
+        return out + d if out < 0.9 * v else out
+
+    class HardSqueezeExcite(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            squeeze = divisible(c // 4)
+            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+        def forward(self, x):
+            s = nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * nn.functional.hardsigmoid(self.fc2(nn.functional.relu(self.fc1(s))))
+
+    class V3Block(nn.Module):
+        def __init__(self, cin, k, hidden, cout, se, act, stride):
+            super().__init__()
+            layers = [] if hidden == cin else [conv_bn_act(cin, hidden, 1, 1, act=act)]
+            layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
+            if se:
+                layers.append(HardSqueezeExcite(hidden))
+            layers.append(conv_bn_act(hidden, cout, 1, 1, act=None))
+            self.body = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    class MobileNetV3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            re, hs = nn.ReLU, nn.Hardswish
+            layers, cin = [conv_bn_act(3, 16, 3, 2, act=hs)], 16
+            for k, hidden, c, se, act, s in (
+                    (3, 16, 16, False, re, 1), (3, 64, 24, False, re, 2), (3, 72, 24, False, re, 1),
+                    (5, 72, 40, True, re, 2), (5, 120, 40, True, re, 1), (5, 120, 40, True, re, 1),
+                    (3, 240, 80, False, hs, 2), (3, 200, 80, False, hs, 1), (3, 184, 80, False, hs, 1),
+                    (3, 184, 80, False, hs, 1), (3, 480, 112, True, hs, 1), (3, 672, 112, True, hs, 1),
+                    (5, 672, 160, True, hs, 2), (5, 960, 160, True, hs, 1), (5, 960, 160, True, hs, 1)):
+                layers.append(V3Block(cin, k, hidden, c, se, act, s))
+                cin = c
+            layers.append(conv_bn_act(cin, 960, 1, 1, act=hs))
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Linear(1280, 1000))
+
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+            return self.classifier(torch.flatten(x, 1))
+
     return {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2, "efficientnet_b0": EfficientNetB0,
-            "densenet121": DenseNet121}
+            "densenet121": DenseNet121, "mobilenet_v3": MobileNetV3}
 
 
 def torch_net(name: str, seed: int = 0):

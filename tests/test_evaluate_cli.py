@@ -46,6 +46,7 @@ def test_evaluate_writes_metrics_plots_and_verdicts(tmp_path):
     for name in ("deletion.png", "insertion.png", "sanity.png"):
         assert (out / name).stat().st_size > 5000
     assert data["errors"] == {}
+    assert data["sanity_resolution"] == "native" and data["summary"]["gradcam"]["sanity"]["resolution"] == "native"
 
     # the numbers are the API's on the same batch
     model = onnxviz.load(str(MODEL), device="cpu")
@@ -54,6 +55,33 @@ def test_evaluate_writes_metrics_plots_and_verdicts(tmp_path):
     cam = onnxviz.grad_cam(model, x)
     auc = onnxviz.deletion(model, x, cam.map, target=cam.target, steps=10).auc
     np.testing.assert_allclose([e["methods"]["gradcam"]["deletion_auc"] for e in data["images"]], auc, atol=1e-6)
+
+
+def test_sanity_resolution_input(tmp_path):
+    """--sanity-resolution input compares the upsampled CAM maps, records it, and gives the API's numbers."""
+    out = tmp_path / "ev"
+    r = run("evaluate", MODEL, *IMAGES, "--method", "gradcam", "--metrics", "sanity", "--sanity-resolution", "input",
+            "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["sanity_resolution"] == "input" and data["summary"]["gradcam"]["sanity"]["resolution"] == "input"
+    model = onnxviz.load(str(MODEL), device="cpu")
+    pre = onnxviz.Preprocess.from_options(norm="imagenet", resize="stretch", size=(64, 64))
+    x = onnxviz.preprocess([onnxviz.read_image(p) for p in IMAGES], model.input, pre)
+    want = {res: onnxviz.sanity_check(model, x, "gradcam", resolution=res).ssim for res in ("input", "native")}
+    got = np.array([e["methods"]["gradcam"]["sanity"]["ssim"] for e in data["images"]]).T
+    np.testing.assert_allclose(got, want["input"], atol=1e-9)
+    assert not np.allclose(got, want["native"], atol=1e-3)  # the option reached the test
+    r = run("evaluate", MODEL, IMAGES[0], "--sanity-resolution", "screen", "--out", out, "--device", "cpu")
+    assert r.exit_code == 2 and "screen" in r.output
+    sharded = tmp_path / "s"  # the dataset path (--shard; --engine ray shares it) carries the option to its workers
+    r = run("evaluate", MODEL, *IMAGES, "--method", "gradcam", "--metrics", "sanity", "--sanity-resolution", "input",
+            "--shard", "0/1", "--out", sharded, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    parts = json.loads(next(sharded.glob("metrics.*.json")).read_text())
+    assert parts["sanity_resolution"] == "input"
+    np.testing.assert_allclose(np.array([e["methods"]["gradcam"]["sanity"]["ssim"] for e in parts["images"]]).T,
+                               want["input"], atol=1e-9)
 
 
 def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):

@@ -263,3 +263,95 @@ def test_constant_number_attributes_fold_as_float32(tmp_path, attr, value):
     assert model.run(x)["y"].dtype == np.float32
     from onnxviz.graph.view import constant_values
     assert constant_values(onnx.load(path).graph)["c"].dtype == np.float32
+
+
+def _weighty_model(listed: bool) -> onnx.ModelProto:
+    """Conv weights over the size the light inference strips, an int64 Reshape target (a value
+    inference must read), a small float bias it keeps; ``listed``: weights also in graph.input (IR 3)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3, 5, 5)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((8, 16, 3, 3)).astype(np.float64).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[2, 2, 2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2]),
+             helper.make_node("Reshape", ["c2", "shape"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 12, 12])]
+    if listed:
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_shape_inference_without_weights_equals_onnx_own(listed):
+    from onnxviz.loading import WEIGHT_ELEMENTS, _without_weights, infer_shapes
+
+    model = _weighty_model(listed)
+    light, stripped = _without_weights(model)
+    assert stripped == (set() if listed else {"w1", "w2"})  # listed weights are inputs already: left alone
+    assert all(int(np.prod(t.dims)) < WEIGHT_ELEMENTS for t in light.graph.initializer) or listed
+    before = model.SerializeToString()
+    ours = infer_shapes(model)
+    assert model.SerializeToString() == before  # the argument is not modified
+    assert ours.SerializeToString() == onnx.shape_inference.infer_shapes(model, data_prop=True).SerializeToString()
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in ours.graph.value_info}
+    assert shapes["c2"] == ["N", 8, 5, 5] and shapes["r1"] == ["N", 16, 12, 12]
+
+
+def test_failed_shape_inference_returns_the_model_with_its_weights(monkeypatch):
+    from onnxviz.loading import infer_shapes
+
+    model = _weighty_model(False)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("inference broke")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fail)
+    assert infer_shapes(model).SerializeToString() == model.SerializeToString()
+    edited = infer_shapes(model, edit=lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].CopyFrom(
+        onnx.TensorShapeProto.Dimension(dim_value=20)))
+    assert edited.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 20
+    assert [numpy_helper.to_array(t).tobytes() for t in edited.graph.initializer] == \
+        [numpy_helper.to_array(t).tobytes() for t in model.graph.initializer]
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 12  # the argument untouched
+
+
+def test_gradient_graph_reads_only_the_constants_its_rules_ask_for(monkeypatch):
+    """Building a gradient graph must not copy every weight into numpy (ConstantValues is lazy),
+    and pruning must not rebuild the initializer list (it copied every kept weight)."""
+    import onnxviz.graph.view as view
+    from onnxviz.autodiff import gradient_graph, ruleset
+    from onnxviz.graph.surgery import prune
+
+    read = []
+    real = view.numpy_helper.to_array
+    monkeypatch.setattr(view.numpy_helper, "to_array", lambda t, *a: read.append(t.name) or real(t, *a))
+    model = onnx.shape_inference.infer_shapes(_weighty_model(False))
+    gm = gradient_graph(model, "y", ["x"], ruleset("standard"))
+    assert "w1" not in read and "w2" not in read
+    graph = gm.proto.graph
+    assert {t.name for t in graph.initializer} >= {"w1", "w2"}
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    del pruned.graph.output[:]
+    pruned.graph.output.append(helper.make_tensor_value_info("r1", onnx.TensorProto.FLOAT, None))
+    kept = prune(pruned)
+    assert [t.name for t in kept.graph.initializer] == ["w1", "b1"]  # w2 and shape dropped, order kept
+
+
+def test_graphs_over_protobufs_limit_run_from_external_data(monkeypatch):
+    """Over 2 GB a graph cannot be serialized: the runtime saves it with external weights and
+    loads that (the limit lowered here so a small model takes the path); same outputs."""
+    import onnxviz.runtime as runtime
+
+    model = _weighty_model(False)
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    plain = runtime.Runtime("cpu", threads=1).run(model, {"x": x})["y"]
+    monkeypatch.setattr(runtime, "_TWO_GB", 1000)
+    assert runtime._serialized(model) is None
+    big = runtime.Runtime("cpu", threads=1)
+    np.testing.assert_array_equal(big.run(model, {"x": x})["y"], plain)

@@ -7,11 +7,16 @@ from onnxviz.autodiff import DECONVNET, GUIDED, STANDARD
 
 
 def _all_cases():
+    """Every Case in a test_rules_* module's CASES or other *_CASES list."""
+    from gradcheck import Case
+
     here = os.path.dirname(__file__)
     cases = []
     for path in sorted(glob.glob(os.path.join(here, "test_rules_*.py"))):
         module = importlib.import_module(os.path.basename(path)[:-3])
-        cases.extend(getattr(module, "CASES", []))
+        for name, value in vars(module).items():
+            if (name == "CASES" or name.endswith("_CASES")) and isinstance(value, list):
+                cases.extend(c for c in value if isinstance(c, Case))
     return cases
 
 

@@ -146,6 +146,10 @@ CASES = [
          id="PRelu-guided"),
     Case("PRelu", {"x": X4}, consts={"slope": SLOPE}, rules=DECONVNET, check="reference",
          reference=ref_any_deconvnet, id="PRelu-deconvnet"),
+    # NCHWc spellings (4-D float32); last, so that they do not shift the draws above
+    Case("PRelu", {"x": away(2, 3, 4, 5)}, consts={"slope": SLOPE}, opset=16, id="PRelu-blocked-channel-slope"),
+    Case("LeakyRelu", {"x": away(2, 3, 4, 5)}, attrs={"alpha": 0.2}, opset=16, id="LeakyRelu-blocked"),
+    Case("HardSwish", {"x": away(2, 3, 4, 5, scale=3, kinks=(-3.0, 3.0))}, opset=14, id="HardSwish-blocked-4d"),
 ]
 
 
@@ -244,3 +248,42 @@ def test_softmax11_of_unknown_rank_flattens_like_the_op(op):
     g = gradients(model, {"x": x}, "y", ["x"], seed)["x"]
     dirs, nums = numeric_vjp(forward(model, "y"), {"x": x}, "x", seed, 1e-6)
     np.testing.assert_allclose([np.sum(g * d) for d in dirs], nums, atol=1e-8)
+
+
+def test_hard_swish_blocked_spelling_at_its_kinks():
+    """The NCHWc spelling (depthwise Conv masks, no Where/Less/Cast) equals torch's rule at and
+    around -3 and 3: 0 below -3, x/3 + 1/2 on [-3, 3] (-1/2 and 3/2 at the ends), 1 above."""
+    from onnxviz.autodiff import gradient_graph
+
+    below3, above3 = np.nextafter(f32(-3), f32(-4)), np.nextafter(f32(3), f32(4))
+    values = np.array([-7, below3, -3, np.nextafter(f32(-3), f32(0)), -1.5, -0.0, 0.0, 1e-40, 1.5,
+                       np.nextafter(f32(3), f32(0)), 3, above3, 9], f32)
+    x = np.resize(values, (2, 3, 3, 5)).astype(f32)
+    seed = r(*x.shape)
+    case = Case("HardSwish", {"x": x}, opset=14)
+    ours = _grad(case, seed)
+    slope = np.where(x < -3, f32(0), np.where(x <= 3, x / f32(3) + f32(0.5), f32(1))).astype(f32)
+    np.testing.assert_allclose(ours, seed * slope, rtol=1e-6, atol=0)
+    from gradcheck import node_model
+
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    assert not ops & {"Where", "Less", "Greater", "Cast"}, ops
+
+
+@pytest.mark.parametrize("op", ["PRelu", "LeakyRelu"])
+def test_leaky_blocked_spelling_is_exact(op):
+    """The NCHWc spelling (a mask Conv and a depthwise Conv, no Greater/Where) gives exactly
+    g where x > 0 and slope * g elsewhere, at 0, -0 and subnormals too."""
+    from onnxviz.autodiff import gradient_graph
+
+    values = np.array([-2, -1e-40, -0.0, 0.0, 1e-40, 1e-30, 3, -7.5, 0.5, -0.25], f32)
+    x = np.resize(values, (2, 3, 2, 5)).astype(f32)
+    seed = r(*x.shape)
+    if op == "PRelu":
+        case, slope = Case(op, {"x": x}, consts={"slope": SLOPE}, opset=16), SLOPE
+    else:
+        case, slope = Case(op, {"x": x}, attrs={"alpha": 0.2}, opset=16), np.float32(0.2)
+    ours = _grad(case, seed)
+    np.testing.assert_array_equal(ours, np.where(x > 0, seed, seed * slope))
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    assert not ops & {"Where", "Greater", "Cast"}, ops

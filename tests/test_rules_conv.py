@@ -381,3 +381,33 @@ def test_strided_cases_take_the_zero_insertion_spelling(case):
     zero_insertion = [w is not None and w.shape[2:] == (1, 1) and (w == 1).all() for w in weights]
     assert len(weights) == 1
     assert zero_insertion[0] != ("pads-beyond-kernel" in str(case))
+
+
+EINSUM_CASES = [
+    Case("Einsum", {"a": r(3, 4, dtype=f64), "b": r(4, 2, dtype=f64)}, attrs={"equation": "ij,jk->ik"}, id="Einsum-matmul"),
+    Case("Einsum", {"a": r(2, 3, 4, dtype=f64), "b": r(2, 4, 5, dtype=f64)}, attrs={"equation": "bij,bjk->bik"},
+         id="Einsum-batched"),
+    Case("Einsum", {"q": r(2, 3, 4, dtype=f64), "k": r(2, 5, 4, dtype=f64)}, attrs={"equation": "bqd, bkd -> bqk"},
+         id="Einsum-attention"),
+    Case("Einsum", {"a": r(4, dtype=f64), "b": r(4, dtype=f64)}, attrs={"equation": "i,i->"}, id="Einsum-dot"),
+    Case("Einsum", {"a": r(3, 4, dtype=f64)}, attrs={"equation": "ij->ji"}, id="Einsum-transpose"),
+    Case("Einsum", {"a": r(3, 4, dtype=f64), "b": r(4, dtype=f64)}, attrs={"equation": "ij,j->ij"}, id="Einsum-scale"),
+]
+
+
+@pytest.mark.parametrize("case", EINSUM_CASES, ids=str)
+def test_einsum(case):
+    assert_case(case)
+
+
+@pytest.mark.parametrize("equation", ["ij->i", "ii->i", "...ij,...jk->...ik", "ij,jk"])
+def test_einsum_forms_without_a_rule_are_refused(equation):
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+    from onnxviz.errors import OnnxvizError
+
+    shapes = {"ij->i": [(3, 4)], "ii->i": [(3, 3)], "...ij,...jk->...ik": [(2, 3, 4), (2, 4, 5)], "ij,jk": [(3, 4), (4, 2)]}
+    inputs = {f"x{k}": r(*s, dtype=f64) for k, s in enumerate(shapes[equation])}
+    case = Case("Einsum", inputs, attrs={"equation": equation})
+    with pytest.raises(OnnxvizError, match="Einsum node"):
+        gradient_graph(node_model(case), "y0", list(inputs), STANDARD)

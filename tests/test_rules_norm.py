@@ -142,3 +142,12 @@ def testspec_lrn_referee_agrees_with_onnxruntime_on_odd_sizes():
         model = node_model(Case("LRN", {"x": x}, attrs={"size": size, "alpha": 1.0, "bias": 1.5}, opset=13))
         ours, ort = forward(model, "y0", spec_lrn_runtime)({"x": x}), forward(model, "y0")({"x": x})
         np.testing.assert_allclose(ours, ort, rtol=1e-5, atol=1e-6)
+
+
+LP_CASES = [Case("LpNormalization", {"x": r(3, 4, 2)}, attrs={"p": p, "axis": axis}, id=f"LpNormalization-p{p}-axis{axis}")
+            for p, axis in [(2, -1), (2, 1), (1, 0)]]
+
+
+@pytest.mark.parametrize("case", LP_CASES, ids=str)
+def test_lp_normalization(case):
+    assert_case(case)

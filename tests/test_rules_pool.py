@@ -273,3 +273,18 @@ def test_avgpool_against_torch(ceil_mode, include):
 def test_rule_at_opset22(case):
     case.opset = 22
     assert_case(case)
+
+
+@pytest.mark.parametrize("kernel,shape", [((2, 2), (2, 16, 6, 8)), ((3, 2), (1, 8, 9, 4)), ((2, 2), (2, 3, 7, 8))])
+def test_tiling_average_pool_is_an_upsample(kernel, shape):
+    """Windows that tile the input (kernel = stride, no pads): dx = nearest-upsampled dy / (kh*kw),
+    checked by the adjoint identity; an input the windows do not cover keeps the general rule."""
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+
+    case = Case("AveragePool", {"x": r(*shape)}, attrs={"kernel_shape": list(kernel), "strides": list(kernel)},
+                check="adjoint", rtol=1e-5, id="AveragePool-tiles")
+    assert_case(case)
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    tiles = all(h % k == 0 for h, k in zip(shape[2:], kernel))
+    assert ("ConvTranspose" not in ops and "Resize" in ops) if tiles else "ConvTranspose" in ops

@@ -33,6 +33,7 @@ CASES = [
     Case("Dropout", {"x": r(2, 3)}, opset=13, id="Dropout-opset13"),
     Case("Cast", {"x": r(2, 3, dtype=f32)}, attrs={"to": TensorProto.DOUBLE}, id="Cast-f32-f64"),
     Case("Cast", {"x": r(2, 3)}, attrs={"to": TensorProto.FLOAT}, rtol=1e-4, eps=0.1, id="Cast-f64-f32"),
+    Case("Cast", {"x": r(2, 3)}, attrs={"to": TensorProto.DOUBLE}, id="Cast-f64-f64"),
     adj("Transpose", {"x": r(2, 3, 4, 5)}, attrs={"perm": [0, 2, 3, 1]}, id="Transpose-nhwc"),
     adj("Transpose", {"x": r(2, 3, 4)}, id="Transpose-default"),
     adj("Transpose", {"x": r(2, 3, 4)}, dynamic=(0, 1, 2), id="Transpose-default-dynamic"),
@@ -241,4 +242,86 @@ OPSET22 = [
 @pytest.mark.parametrize("case", OPSET22, ids=lambda c: f"{c}-opset22")
 def test_rule_at_opset22(case):
     case.opset = 22
+    assert_case(case)
+
+
+def test_cast_to_its_own_type_adds_no_backward_node():
+    """Exporters leave hundreds of float -> float Casts; their gradient passes straight through."""
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+
+    model = node_model(Case("Cast", {"x": r(2, 3, dtype=f32)}, attrs={"to": TensorProto.FLOAT}))
+    gm = gradient_graph(model, "y0", ["x"], STANDARD)
+    backward = [n.op_type for n in gm.proto.graph.node if n.name.startswith("grad")]
+    assert "Cast" not in backward
+
+
+BLOCK_CASES = [  # (name, attrs, scales, block spelling expected)
+    ("default-x2", {}, [1, 1, 2, 2], True),
+    ("default-x3x2", {}, [1, 1, 3, 2], True),
+    ("half-pixel-ceil-x3", {**ctm("half_pixel"), "nearest_mode": "round_prefer_ceil"}, [1, 1, 3, 3], True),
+    ("pytorch-half-pixel-x2", {**ctm("pytorch_half_pixel")}, [1, 1, 2, 2], True),
+    ("asymmetric-floor-x3", {**ctm("asymmetric"), "nearest_mode": "floor"}, [1, 1, 3, 3], True),
+    ("tf-half-pixel-x3", {**ctm("tf_half_pixel_for_nn"), "nearest_mode": "floor"}, [1, 1, 3, 2], True),
+    ("asymmetric-round-x2", {**ctm("asymmetric")}, [1, 1, 2, 2], True),
+    ("asymmetric-round-x3", {**ctm("asymmetric")}, [1, 1, 3, 3], False),  # i/3 rounds up at j = 2
+    ("half-pixel-floor-x2", {**ctm("half_pixel"), "nearest_mode": "floor"}, [1, 1, 2, 2], False),
+    ("align-corners-x2", {**ctm("align_corners")}, [1, 1, 2, 2], False),
+    ("ceil-x2", {**ctm("asymmetric"), "nearest_mode": "ceil"}, [1, 1, 2, 2], False),
+]
+
+
+@pytest.mark.parametrize("name,attrs,scales,block", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+def test_nearest_upsampling_by_integer_factors_sums_blocks(name, attrs, scales, block):
+    """Where every output pixel i comes from input i // s, dx is the s x s block sum (a strided
+    ones Conv); the adjoint identity against the runtime's own Resize checks the mode table,
+    and the other modes keep the scatter."""
+    from gradcheck import node_model
+    from onnxviz.autodiff import STANDARD, gradient_graph
+
+    case = resize("block-" + name, (2, 3, 4, 5), {**NN, **attrs}, scales=scales)
+    assert_case(case)
+    ops = {n.op_type for n in gradient_graph(node_model(case), "y0", ["x"], STANDARD).proto.graph.node}
+    assert ("ScatterElements" not in ops and "Conv" in ops) if block else "ScatterElements" in ops
+
+
+def test_nearest_upsample_opset9_sums_blocks():
+    assert_case(Case("Upsample", {"x": r(2, 3, 3, 4, dtype=f32)}, consts={"s": np.array([1, 1, 2, 3], f32)},
+                     attrs={"mode": "nearest"}, opset=9, check="adjoint", rtol=2e-5, id="Upsample-opset9-nearest"))
+
+
+GATHER_SCATTER_CASES = [
+    adj("GatherElements", {"x": r(3, 4)}, consts={"i": np.array([[0, 3, 3], [1, 0, 2], [2, 2, -1]], i64)},
+        attrs={"axis": 1}, id="GatherElements-repeats-neg"),
+    adj("GatherElements", {"x": r(3, 2, 4)}, consts={"i": np.array([[[2, 0, 1, 2]], [[0, 0, 1, 1]]], i64)},
+        attrs={"axis": 0}, id="GatherElements-axis0"),
+    adj("GatherND", {"x": r(3, 4, 2)}, consts={"i": np.array([[0, 1], [2, 3], [0, 1]], i64)}, id="GatherND-repeats"),
+    adj("GatherND", {"x": r(2, 3, 4)}, consts={"i": np.array([[1], [2]], i64)}, attrs={"batch_dims": 1},
+        id="GatherND-batch-dims"),
+    Case("ScatterND", {"data": r(4, 3), "u": r(2, 3)}, consts={"i": np.array([[2], [0]], i64)}, order=["data", "i", "u"],
+         id="ScatterND"),
+    Case("ScatterND", {"data": r(4, 3), "u": r(3, 3)}, consts={"i": np.array([[2], [0], [2]], i64)},
+         order=["data", "i", "u"], attrs={"reduction": "add"}, opset=16, id="ScatterND-add-repeats"),
+    Case("ScatterElements", {"data": r(3, 4), "u": r(3, 2)}, consts={"i": np.array([[1, 3], [0, 2], [3, 0]], i64)},
+         order=["data", "i", "u"], attrs={"axis": 1}, id="ScatterElements"),
+    Case("ScatterElements", {"data": r(3, 4), "u": r(2, 4)}, consts={"i": np.array([[1, 0, 2, 1], [1, 2, 0, 0]], i64)},
+         order=["data", "i", "u"], attrs={"axis": 0, "reduction": "add"}, opset=16, id="ScatterElements-add"),
+    adj("CumSum", {"x": r(3, 5)}, consts={"a": np.array(1, i64)}, id="CumSum"),
+    adj("CumSum", {"x": r(3, 5)}, consts={"a": np.array(-1, i64)}, attrs={"exclusive": 1, "reverse": 1},
+        id="CumSum-exclusive-reverse"),
+    adj("CumSum", {"x": r(4, 2)}, consts={"a": np.array(0, i64)}, attrs={"exclusive": 1}, id="CumSum-exclusive"),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_SCATTER_CASES, ids=str)
+def test_gather_scatter_cumsum_rules(case):
+    assert_case(case)
+
+
+TOPK_CASES = [Case("TopK", {"x": r(4, 5)}, consts={"k": np.array([2], i64)}, attrs={"largest": largest, "axis": axis},
+                   outputs=2, id=f"TopK-largest{largest}-axis{axis}") for largest, axis in [(1, -1), (0, 0)]]
+
+
+@pytest.mark.parametrize("case", TOPK_CASES, ids=str)
+def test_top_k_sends_dy_to_the_chosen_elements(case):
     assert_case(case)

@@ -15,7 +15,7 @@ from onnx import helper
 
 from ..errors import OnnxvizError, UnsupportedOpError
 from ..graph.emitter import Emitter
-from ..graph.view import FLOAT_TYPES, constant_values, tensor_types
+from ..graph.view import FLOAT_TYPES, ConstantValues, tensor_types
 from ..graph.surgery import default_opset, prune, value_info_for
 from .ruleset import Node, RuleSet
 
@@ -81,7 +81,7 @@ def gradient_graph(
     if output not in reached:
         raise OnnxvizError(f"output {output!r} does not depend on {', '.join(wrt)}: no gradient path")
 
-    emitter = Emitter(types, constant_values(graph), opset)
+    emitter = Emitter(types, ConstantValues(graph), opset)
     emitter.taken.update(o for n in graph.node for o in n.output)
     emitter.taken.update(i.name for i in graph.input)
     extra_inputs, built_outputs = [], []

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import OnnxvizError
 from ..io import check_output, ensure_out_dir, save_figure, save_json
+from ..methods.sanity import RESOLUTIONS
 from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
                              run_meta, summary, verdict_line)
 from ..outputs import title
@@ -52,6 +53,10 @@ def _names(text: str, what: str) -> list:
 @click.option("--target", default=None, help="Class to explain: one index/label for all images or one per image "
               "(default: the predicted class).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights, classes and noise.")
+@click.option("--sanity-resolution", "resolution", type=click.Choice(RESOLUTIONS), default="native", show_default=True,
+              help="Where the randomization and random-class tests compare CAM maps: on the layer's own grid "
+                   "(native) or upsampled to the input (input, as displayed). Input-space maps are compared "
+                   "at the input's resolution either way.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Images per batch with --engine ray or --shard.")
 @out_option("evaluate")
@@ -59,7 +64,8 @@ def _names(text: str, what: str) -> list:
 @preprocess_options
 @engine_options
 @handle_errors
-def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, seed, batch_size, out, **opts):
+def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, seed, resolution, batch_size, out,
+                 **opts):
     """Can these maps be trusted? Deletion/insertion, ROAD, pointing game and randomization checks.
 
     \b
@@ -76,8 +82,8 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
     check_output(folder / "metrics.json")  # before the long run; handle_errors already protected every input
     targets = parse_targets(target, len(images), session)
     report = {"model": os.path.abspath(model), "metrics": chosen, "steps": steps, "score": score, "seed": seed,
-              "images": [], "summary": {}, "errors": {}}
-    settings = dict(steps=steps, score=score, seed=seed)
+              "sanity_resolution": resolution, "images": [], "summary": {}, "errors": {}}
+    settings = dict(steps=steps, score=score, seed=seed, resolution=resolution)
     if engine is not None:
         _evaluate_dataset(model, images, methods, chosen, boxes, targets, settings, session, opts, batch_size,
                           engine, shard, report, folder)

@@ -273,14 +273,14 @@ class BatchEvaluator(_BatchCallable):
     """
 
     def __init__(self, model_path, methods=("gradcam",), metrics=("deletion", "insertion", "sanity"), *,
-                 steps: int = 50, score: str = "prob", seed: int = 0, pre: Optional[Preprocess] = None,
-                 device: str = "cpu", threads: Optional[int] = None, readers: int = 2,
-                 load_options: Optional[dict] = None):
+                 steps: int = 50, score: str = "prob", seed: int = 0, resolution: str = "native",
+                 pre: Optional[Preprocess] = None, device: str = "cpu", threads: Optional[int] = None,
+                 readers: int = 2, load_options: Optional[dict] = None):
         _check_names(methods, metrics)
         super().__init__(model_path, pre=pre, device=device, threads=threads, readers=readers,
                          **(load_options or {}))
         self.methods, self.metrics = list(methods), list(metrics)
-        self.settings = {"steps": steps, "score": score, "seed": seed}
+        self.settings = {"steps": steps, "score": score, "seed": seed, "resolution": resolution}
 
     def masks(self, batch: dict, ok: np.ndarray, size: tuple) -> Optional[np.ndarray]:
         """(n_ok, H, W) object masks of the readable images, or None without boxes."""

@@ -430,7 +430,8 @@ class EvaluateRun:
 
 def evaluate_dataset(model_path, paths: Sequence, out, methods: Sequence[str], metrics: Sequence[str],
                      boxes: Optional[Sequence] = None, targets: Optional[np.ndarray] = None, *, steps: int = 50,
-                     score: str = "prob", seed: int = 0, pre=None, load_options: Optional[dict] = None,
+                     score: str = "prob", seed: int = 0, resolution: str = "native", pre=None,
+                     load_options: Optional[dict] = None,
                      batch_size: int = 8, engine=None, shard: Optional[Shard] = None,
                      relative: Optional[Sequence[str]] = None, progress: bool = False) -> EvaluateRun:
     """Trust-metric records (``onnxviz evaluate``) of every image in ``paths``, on ``engine``; resumable.
@@ -445,11 +446,12 @@ def evaluate_dataset(model_path, paths: Sequence, out, methods: Sequence[str], m
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
     evaluator = BatchEvaluator(model_path, methods, metrics, steps=steps, score=score, seed=seed,
-                               pre=pre or session.pre, device=wl.pop("device"), threads=wl.pop("threads"),
+                               resolution=resolution, pre=pre or session.pre, device=wl.pop("device"), threads=wl.pop("threads"),
                                load_options=wl)
     fixed = fixed_size(session.model.input, evaluator.pre)
     header = {"model": model_digest(session.model), "evaluate": list(methods), "metrics": list(metrics),
-              "steps": steps, "score": score, "seed": seed, "preprocess": dataclasses.asdict(fixed),
+              "steps": steps, "score": score, "seed": seed, "sanity_resolution": resolution,
+              "preprocess": dataclasses.asdict(fixed),
               "input": cache_header(session.model, "", "", fixed, "-")["input"]}
     names = list(relative) if relative is not None else [str(p) for p in paths]
     rows = []

@@ -50,9 +50,9 @@ def prune(model: onnx.ModelProto) -> onnx.ModelProto:
     keep.reverse()
     del graph.node[:]
     graph.node.extend(keep)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    # deleted in place: rebuilding the list would copy every kept weight
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name not in needed]):
+        del graph.initializer[i]
     return model
 
 

@@ -6,6 +6,7 @@ floats, and which ops are random (never constant, never folded).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import numpy as np
@@ -43,6 +44,43 @@ def tensor_types(graph: onnx.GraphProto) -> dict[str, tuple[int, Shape]]:
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """The node producing each tensor."""
     return {o: n for n in graph.node for o in n.output if o}
+
+
+class ConstantValues(Mapping):
+    """:func:`constant_values`, each read when first asked for.
+
+    Rules look at a few values (a BatchNormalization scale, a gate, a shape); reading every
+    initializer up front copied all the weights of the model. The graph must not change
+    while this is in use.
+    """
+
+    def __init__(self, graph: onnx.GraphProto):
+        self._sources = {init.name: init for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and (
+                    node.attribute[0].name == "value" or node.attribute[0].name in SCALAR_CONSTANT_ATTRS):
+                self._sources[node.output[0]] = node.attribute[0]
+        self._read: dict = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._read:
+            source = self._sources[name]
+            if isinstance(source, onnx.TensorProto):
+                self._read[name] = numpy_helper.to_array(source)
+            elif source.name == "value":
+                self._read[name] = numpy_helper.to_array(source.t)
+            else:
+                self._read[name] = scalar_constant(source.name, helper.get_attribute_value(source))
+        return self._read[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._sources
+
+    def __iter__(self):
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

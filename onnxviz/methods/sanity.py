@@ -5,12 +5,26 @@
   every layer randomized shows the image, not the model.
 * Random logit: the map for a random other class against the map for the predicted one.
 
-The randomized weights are fed to the graphs as inputs: onnxruntime lets a graph input override
-an initializer of the same name, so the L steps share a few sessions (:data:`SESSIONS`, kept with
-the model; no graph is rebuilt, no session created per layer), and the model itself is never
-modified. A session feeds only the layers randomized by its last step: fed weights lose
-onnxruntime's constant-weight optimizations. The steps' maps are compared with the original in
-a few large batches.
+Each step's weights reach the graphs without rebuilding the model per layer: the steps are split
+among sessions (:func:`session_plan`), and a session serving steps i..j is built on a copy
+of each graph whose layers randomized up to step i hold their random values as constants and
+whose layers randomized at steps i+1..j are graph inputs (onnxruntime lets a graph input override
+an initializer of the same name), fed the original or the random values step by step. Constant
+weights keep onnxruntime's constant-weight paths (prepacked NCHWc convolutions, Conv+BatchNorm
+fusion), which fed weights lose. Each such session holds a copy of the weights, so a model whose
+sessions would hold more than :data:`SESSION_BYTES` gets four sessions that feed every layer
+randomized so far instead. The sessions are kept with the model for the next call with the same
+seed and order (those of an earlier call are freed); the model itself is never modified.
+
+Maps are compared at the method's own resolution by default (``resolution="native"``): a CAM
+map is its layer-resolution ``raw`` map (a 7x7 grid on a 224x224 ImageNet CNN), not the
+upsampled ``map``. The upsampling and min-max scaling are one fixed function applied alike to
+both maps: they add no information about the model, multiply the pixels compared ~1000x, and
+SSIM's 7-pixel window on a 32x-upsampled map compares near-constant patches. Spearman's rho
+is the same for ``raw`` and for its scaled version; SSIM and the top-k overlap use ``raw``
+scaled to [0, 1]. Input-space attributions and input-resolution occlusion are already at the
+input's resolution and compare the same either way. ``resolution="input"`` compares the
+upsampled maps, as Quantus-style comparisons of displayed maps do.
 
 >>> s = onnxviz.sanity_check(model, x, method="gradcam")
 >>> s.layers[0], s.spearman.shape        # the classifier first; (layers, images)
@@ -39,12 +53,30 @@ ORDERS = ("top-down", "bottom-up")
 PASS_BELOW = 0.5
 TOP_FRACTION = 0.1
 SIMILARITIES = ("spearman", "spearman_abs", "ssim", "topk")
+RESOLUTIONS = ("native", "input")
 BATCH_PIXELS = 1 << 16  # map pixels compared at once: a step at 224x224 or a few small ones per batch
 # Fed weights run slower than constant ones (onnxruntime prepacks and re-lays-out only constant
-# weights, and fuses Conv+BatchNormalization only then: fed, a Grad-CAM run took 1.2-1.9x as
-# long), so the steps are split among a few sessions, each feeding only the layers randomized
-# by its last step and keeping the rest constant.
-SESSIONS = 4
+# weights, and fuses Conv+BatchNormalization only then: all fed, a Grad-CAM run took 1.5x as
+# long on SqueezeNet; each fed layer cost a step 1-2 ms on the light models, 40% of a step on
+# the sample model), so the steps are split among sessions, each feeding only the layers
+# randomized after its first step (earlier draws baked in as constants, later layers original).
+# More sessions feed fewer layers per step but each costs a session to create (34-72 ms on
+# SqueezeNet/ShuffleNet, 1-2 runs of the method) and a copy of the weights. Measured
+# (scripts/bench_metrics.py, Grad-CAM, CPU time over L runs, warm / first call): SqueezeNet
+# (L=26) 4 sessions 1.12x / 1.52x, 8: 1.01 / 1.18, 13: 1.08 / 1.18, 26: 0.98 / 1.66;
+# ShuffleNet (L=50) 8: 1.34 / 1.30, 13: 1.16 / 1.50, 25: 0.95 / 1.95; the sample model (L=5)
+# 2: 1.40 / 2.8, 5: 1.14 / 4.6. Two steps a session (one fed layer) keeps the warm call within
+# ~5% of L runs, leaving room for the comparisons of input-space maps.
+# Baked sessions each hold every weight: on ResNet-50 (L=54, 100 MB of weights) five kept sessions
+# took +1.9 GB and 1.3 s each to create, against +0.6 GB for four fed ones; models whose baked
+# sessions would hold more than SESSION_BYTES of weights get FED_SESSIONS sessions that feed
+# every layer randomized so far (smaller graphs, cheap to create, slower steps).
+STEPS_PER_SESSION = 2
+ALL_BAKED = 8  # up to this many layers, a session per step: a fed layer costs small models most
+SESSION_BYTES = 1 << 29
+FED_SESSIONS = 4
+SESSIONS: Optional[int] = None  # a fixed number of sessions instead of the rule above (tests, benchmarks)
+BAKE: Optional[bool] = None  # bake or feed regardless of the size (tests)
 
 Method = Union[str, Callable]
 
@@ -76,7 +108,10 @@ class SanityResult:
 
     ``layers`` (L,) in randomization order; ``spearman``, ``spearman_abs``, ``ssim``, ``topk``
     (L, N): similarity to the original map after randomizing ``layers[0..i]``; ``target`` the
-    class explained per image (fixed across steps); ``maps`` (L, N, H, W) the randomized maps.
+    class explained per image (fixed across steps); ``original`` (N, H, W) and ``maps``
+    (L, N, H, W) the maps as shown (each result's ``map``: upsampled to the input and scaled to
+    [0, 1]) whatever ``resolution`` the similarities were computed at ("native": a CAM's ``raw``
+    layer-resolution map; "input": the shown ``map``; see the module's docstring).
     """
 
     method: str
@@ -89,6 +124,7 @@ class SanityResult:
     original: np.ndarray
     maps: np.ndarray
     order: str = "top-down"
+    resolution: str = "native"
 
     @property
     def final(self) -> float:
@@ -140,6 +176,8 @@ def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0, spre
     """For each layer in order, new values for its weight (and bias): normal, mean 0, the original's std.
 
     ``spreads``: name -> (shape, dtype, std) of the originals when already known (:func:`weight_spreads`).
+    Drawn in float32 (float64 for float64 weights): half the work of float64 draws, which matters
+    on large models. Same seed, same draws; they differ from the float64 draws of earlier versions.
     """
     spreads = spreads if spreads is not None else weight_spreads(proto, layers)
     rng = np.random.default_rng(seed)
@@ -150,7 +188,10 @@ def randomized_weights(proto: onnx.ModelProto, layers: list, seed: int = 0, spre
             if name is None:
                 continue
             shape, dtype, std = spreads[name]
-            new[name] = (rng.standard_normal(shape) * std).astype(dtype)
+            kind = np.float64 if dtype == np.float64 else np.float32
+            value = rng.standard_normal(shape, dtype=kind)
+            value *= kind(std)
+            new[name] = value.astype(dtype, copy=False)
         out.append(new)
     return out
 
@@ -179,34 +220,41 @@ def _spread(w: np.ndarray) -> tuple:
 
 
 class WeightFeeds:
-    """A stand-in for a Runtime: every graph it runs takes the initializers ``values`` names as inputs.
+    """A stand-in for a Runtime: every graph it runs takes the initializers ``values`` names as
+    inputs, and holds ``baked`` (initializer name -> array) as constants in place of the originals.
 
-    Each graph is rewritten once per model (the initializers listed as graph inputs too) and gets
-    one session, kept like the model's other sessions; ``values`` is fed with every run, so
-    changing it re-weights the model without a new session.
+    Each graph is rewritten once per weight set (``tag`` names it: the same tag must mean the
+    same names and baked values) and gets one session, kept with the model (see :func:`forget`);
+    ``values`` is fed with every run, so changing it re-weights the model without a new session.
     """
 
-    def __init__(self, model, values: dict):
+    def __init__(self, model, values: dict, baked: Optional[dict] = None, tag: Optional[str] = None):
         self.runtime = model.runtime
         self.model = model
         self.values = dict(values)
         self.names = tuple(sorted(self.values))
-        self.tag = hashlib.sha1("\x00".join(self.names).encode()).hexdigest()[:12]
+        self.baked = baked or {}
+        self.tag = tag or hashlib.sha1("\x00".join(self.names).encode()).hexdigest()[:12]
 
     def __getattr__(self, name):
         return getattr(self.runtime, name)
 
-    def rewritten(self, proto: onnx.ModelProto, key) -> tuple:
-        """(graph with the weights as inputs, the names it takes), built once per graph and weight set."""
-        return self.model.derived(("weights-as-inputs", self.tag, key if key is not None else id(proto)),
-                                  lambda: _weights_as_inputs(proto, self.names))
+    def rewritten(self, proto: onnx.ModelProto, key) -> "_Rewritten":
+        """The graph with the weights as inputs and ``baked`` as constants, built once per graph and weight set."""
+        cache = _cache(self.model)
+        name = f"weights-as-inputs:{self.tag}:{key if key is not None else id(proto)}"
+        if name not in cache:
+            graph, names = _weights_as_inputs(proto, self.names, self.baked)
+            # ``proto`` is kept so that its id names no other graph while the entry lives; a graph
+            # run without a key gets no session name (the runtime names it by its content)
+            cache[name] = _Rewritten(graph, names, proto, name if key is not None else None)
+        return cache[name]
 
     def run(self, model, feeds, outputs=None, batch_size=None, progress=False, key=None, desc="running",
             fixed_shapes=False):
-        graph, names = self.rewritten(model, key)
-        if key is not None:
-            key = f"weights-as-inputs:{self.tag}:{key}"
-        weights = {n: self.values[n] for n in names}
+        found = self.rewritten(model, key)
+        graph, key = found.graph, found.key
+        weights = {n: self.values[n] for n in found.names}
         n = _batch_len(feeds)
         # chunk here, not in Runtime.run: it would also slice a weight whose first dim equals the batch
         if not batch_size or n is None or n <= batch_size:
@@ -218,25 +266,53 @@ class WeightFeeds:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _weights_as_inputs(proto: onnx.ModelProto, names) -> tuple:
-    """A copy of ``proto`` whose initializers in ``names`` are graph inputs instead: every run
-    feeds them, so the copy (kept per session, a few per model) does not hold their values."""
+@dataclass(frozen=True)
+class _Rewritten:
+    """A re-weighted graph, the initializers it takes as inputs, the graph it was made from, its
+    session's name (the same name for the same source graph and weight set, whoever builds it)."""
+
+    graph: onnx.ModelProto
+    names: list
+    source: onnx.ModelProto
+    key: str
+
+
+def _cache(model) -> dict:
+    """Session name -> rewritten graph (its session is the runtime's, by that name) and ("plan", ...)
+    -> :class:`_Plan`, kept with the model."""
+    return model.derived(("sanity-graphs",), dict)
+
+
+def forget(model, keep=()) -> None:
+    """Free the randomization test's graphs and sessions kept with ``model``, but those named in ``keep``."""
+    cache = _cache(model)
+    for name in [k for k in cache if k not in keep]:
+        found = cache.pop(name)
+        if isinstance(found, _Rewritten) and found.key is not None:
+            model.runtime.forget(found.key)
+
+
+def _weights_as_inputs(proto: onnx.ModelProto, names, baked: Optional[dict] = None) -> tuple:
+    """A copy of ``proto`` whose initializers in ``names`` are graph inputs instead (every run
+    feeds them, so the copy does not hold their values) and whose initializers in ``baked`` hold
+    those values. Returns (copy, the names it takes)."""
     wanted = set(names)
+    baked = baked or {}
     inputs = {i.name for i in proto.graph.input}
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    taken, kept = [], []
-    for init in out.graph.initializer:
-        if init.name not in wanted:
-            kept.append(init)
-            continue
-        taken.append(init.name)
-        if init.name not in inputs:
-            out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    if len(kept) < len(out.graph.initializer):
-        kept = [onnx.TensorProto.FromString(t.SerializeToString()) for t in kept]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(kept)
+    inits = out.graph.initializer
+    taken, dropped = [], []
+    for k, init in enumerate(inits):
+        if init.name in baked:
+            init.CopyFrom(numpy_helper.from_array(baked[init.name], init.name))
+        elif init.name in wanted:
+            taken.append(init.name)
+            dropped.append(k)
+            if init.name not in inputs:
+                out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    for k in reversed(dropped):
+        del inits[k]
     return out, taken
 
 
@@ -286,56 +362,76 @@ def method_function(method: Method) -> tuple[str, Callable]:
     raise OnnxvizError(f"unknown method {method!r}: choose from {known}")
 
 
-def map_views(result, spec) -> tuple[np.ndarray, np.ndarray]:
-    """(signed, absolute) (N, H, W) maps of a result: input-space attributions are summed over
-    channels for the signed view; CAM maps are non-negative, so both views are the map."""
+def map_views(result, spec, resolution: str = "native") -> tuple[np.ndarray, np.ndarray]:
+    """(signed, absolute) (N, H, W) maps of a result, as compared: input-space attributions are
+    summed over channels for the signed view and their shown ``map`` is the absolute one; a
+    Heatmap's map is its ``raw`` map ("native") or its upsampled ``map`` ("input"), the same
+    array for both views (CAM maps are non-negative, and ``map`` orders pixels as ``raw`` does)."""
     # C order: an upsampled map can be a transposed view, and every later pass runs 3-10x slower on it
     if isinstance(result, Attribution):
-        return (np.ascontiguousarray(result.raw.astype(np.float64).sum(axis=spec.channel_axis)),
-                np.ascontiguousarray(result.map, np.float64))
+        return (np.ascontiguousarray(result.raw.sum(axis=spec.channel_axis, dtype=np.float64)),
+                _floating(result.map))
     if isinstance(result, Heatmap):
-        m = np.ascontiguousarray(result.map, np.float64)
+        m = _floating(result.raw if resolution == "native" else result.map)
         return m, m
     raise OnnxvizError(f"a method must return a Heatmap or an Attribution, not {type(result).__name__}")
 
 
+def _floating(m) -> np.ndarray:
+    """C-ordered, at least float32 (ranks are taken on the values as computed, never rounded)."""
+    m = np.asarray(m)
+    return np.ascontiguousarray(m, np.result_type(m.dtype, np.float32))
+
+
+def check_resolution(resolution: str) -> str:
+    if resolution not in RESOLUTIONS:
+        raise OnnxvizError(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
+    return resolution
+
+
 @dataclass(frozen=True)
 class Ranked:
-    """(N, P) maps prepared once: ``ranks`` with ties averaged, ``top`` the mask of the top pixels;
-    ``centered`` the ranks less their row mean and ``norm`` its row norm (what Spearman's rho needs)."""
+    """(N, P) maps prepared once: ``centered`` their ranks (ties averaged) less the row mean,
+    ``norm`` its row norm (what Spearman's rho needs); ``top`` the mask of the top pixels, when asked.
 
-    ranks: np.ndarray
-    top: np.ndarray
+    Centered ranks are multiples of 1/2: float32 holds them exactly below 2^23 pixels a map.
+    """
+
     centered: np.ndarray
     norm: np.ndarray
+    top: Optional[np.ndarray] = None
 
 
-def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION) -> Ranked:
-    """Average ranks (the order inside a run of ties does not matter, so a plain sort does) and the top mask.
+def ranked(maps: np.ndarray, fraction: float = TOP_FRACTION, top: bool = True) -> Ranked:
+    """Average ranks and the top mask, from one argsort per row.
 
-    The rows are walked as one flat sorted array (a run of ties ends at a new value or a new
-    row), so the work is a sort and a few 1-D passes, not per-row accumulations.
+    Every value first gets its place in the sorted row; then only the runs of ties (found as
+    equal neighbours in the sorted values, usually few) get their mean place. Average ranks
+    always sum to P(P-1)/2, so every row's mean rank is (P-1)/2.
     """
-    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    flat = np.asarray(maps)
+    flat = flat.reshape(len(flat), -1) if flat.dtype.kind == "f" else flat.reshape(len(flat), -1).astype(np.float64)
     n, p = flat.shape
+    mid = (p - 1) / 2
     order = np.argsort(flat, axis=1)
-    s = np.take_along_axis(flat, order, axis=1)
-    ranks = np.empty((n, p))
-    if not (s[:, 1:] == s[:, :-1]).any():  # no ties: a value's rank is its place in the sorted row
-        np.put_along_axis(ranks, order, np.arange(p, dtype=np.float64)[None], axis=1)
-    else:
-        first = np.empty(n * p, bool)
-        first[0] = True
-        np.not_equal(s.ravel()[1:], s.ravel()[:-1], out=first[1:])
-        first[::p] = True
-        starts = np.flatnonzero(first)
-        stops = np.append(starts[1:], n * p) - 1
-        # a run of ties never crosses a row, so start % p and stop % p are places in the same row
-        runs = np.repeat(((starts % p) + (stops % p)) / 2, stops - starts + 1)
-        np.put_along_axis(ranks, order, runs.reshape(n, p), axis=1)
-    centered = ranks - ranks.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("np,np->n", centered, centered))
-    return Ranked(ranks, _top_from_sorted(flat, order, s, fraction), centered, norm)
+    s = np.sort(flat, axis=1)  # the same values as flat[order], and a SIMD sort is cheaper than that gather
+    centered = np.empty((n, p), np.float32 if p < 1 << 23 else np.float64)
+    np.put_along_axis(centered, order, (np.arange(p, dtype=np.float64) - mid)[None].astype(centered.dtype), axis=1)
+    equal = s[:, 1:] == s[:, :-1]  # equal[r, j]: sorted places j and j + 1 of row r hold one value
+    rows, cols = np.nonzero(equal)
+    if len(rows):
+        # a run of ties: consecutive True places in one row; it spans places start..stop
+        begins = np.ones(len(cols), bool)
+        begins[1:] = (cols[1:] != cols[:-1] + 1) | (rows[1:] != rows[:-1])
+        ends = np.append(begins[1:], True)
+        start, stop, row = cols[begins], cols[ends] + 1, rows[begins]
+        size = stop - start + 1
+        offsets = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        places = np.repeat(start, size) + offsets
+        who = np.repeat(row, size)
+        centered[who, order[who, places]] = np.repeat((start + stop) / 2 - mid, size)
+    norm = np.sqrt(np.einsum("np,np->n", centered, centered, dtype=np.float64))
+    return Ranked(centered, norm, _top_from_sorted(flat, order, s, fraction) if top else None)
 
 
 def _top_from_sorted(flat, order, s, fraction) -> np.ndarray:
@@ -363,11 +459,11 @@ def top_mask(flat: np.ndarray, fraction: float) -> np.ndarray:
 def spearman(a, b) -> np.ndarray:
     """(N,) Spearman rank correlation of each pair of maps (average ranks on ties); 0 when either
     map is constant (a constant map carries no ranking to agree with). Maps or :class:`Ranked`;
-    ``a`` may hold N maps for ``b``'s k·N (k steps against one reference)."""
-    a = a if isinstance(a, Ranked) else ranked(a)
-    b = b if isinstance(b, Ranked) else ranked(b)
+    ``a`` may hold N maps for ``b``'s k·N (k steps against one reference). Products summed in float64."""
+    a = a if isinstance(a, Ranked) else ranked(a, top=False)
+    b = b if isinstance(b, Ranked) else ranked(b, top=False)
     n, p = a.centered.shape
-    num = np.einsum("knp,np->kn", b.centered.reshape(-1, n, p), a.centered).ravel()
+    num = np.einsum("knp,np->kn", b.centered.reshape(-1, n, p), a.centered, dtype=np.float64).ravel()
     den = np.tile(a.norm, len(num) // n) * b.norm
     return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
@@ -390,12 +486,15 @@ class LocalStats:
 
 
 def local_stats(a: np.ndarray, window: int = 7) -> LocalStats:
-    a = np.asarray(a, np.float64)
+    """Windowed statistics in float32: half the memory traffic of float64 (scipy sums the windows
+    in double either way). E[a²] - E[a]² of [0, 1] maps then carries ~1e-7 of rounding, against
+    SSIM's c2 = 9e-4; on gradient maps the mean SSIM moved by < 1e-7."""
+    a = np.asarray(a, np.float32)
     win = min(window, *a.shape[1:])
     mu = window_means(a, win)
     var = window_means(a * a, win)
     var -= mu * mu
-    var *= _sample(win)
+    var *= np.float32(_sample(win))
     return LocalStats(a, mu, var, win)
 
 
@@ -426,11 +525,11 @@ def ssim_of(a: LocalStats, b: LocalStats, data_range: float = 1.0) -> np.ndarray
     prod = b.maps.reshape(-1, *a.maps.shape) * a.maps
     mu_a, va = a.mean, a.var
     mu_b, vb = b.mean.reshape(shape), b.var.reshape(shape)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c1, c2 = np.float32((0.01 * data_range) ** 2), np.float32((0.03 * data_range) ** 2)
     num = window_means(prod.reshape(b.maps.shape), win).reshape(shape)
     mu_ab = mu_a * mu_b
     num -= mu_ab
-    num *= _sample(win)  # the covariance
+    num *= np.float32(_sample(win))  # the covariance
     num *= 2
     num += c2
     mu_ab *= 2
@@ -443,7 +542,7 @@ def ssim_of(a: LocalStats, b: LocalStats, data_range: float = 1.0) -> np.ndarray
     spread += c2
     den *= spread
     num /= den
-    return num.mean(axis=(2, 3)).ravel()
+    return num.mean(axis=(2, 3), dtype=np.float64).ravel()
 
 
 def top_overlap(a, b, fraction: float = TOP_FRACTION) -> np.ndarray:
@@ -464,15 +563,16 @@ class Views:
     unit: LocalStats
 
 
-def views(result, spec) -> Views:
-    signed, absolute = map_views(result, spec)
+def views(result, spec, resolution: str = "native") -> Views:
+    signed, absolute = map_views(result, spec, resolution)
     return views_of(signed, absolute)
 
 
 def views_of(signed: np.ndarray, absolute: np.ndarray) -> Views:
     """Views of (M, H, W) maps; ``signed is absolute`` ranks them once (CAM maps are non-negative)."""
     a = ranked(absolute)
-    return Views(a if signed is absolute else ranked(signed), a, local_stats(_unit(absolute)))
+    return Views(a if signed is absolute else ranked(signed, top=False), a,
+                 local_stats(_unit(np.asarray(absolute, np.float64))))
 
 
 def compare(a: Views, b: Views) -> Similarity:
@@ -482,14 +582,14 @@ def compare(a: Views, b: Views) -> Similarity:
                       top_overlap(a.absolute, b.absolute))
 
 
-def similarity(original, other, spec) -> Similarity:
-    """How similar two results' maps are, image by image."""
-    return compare(views(original, spec), views(other, spec))
+def similarity(original, other, spec, resolution: str = "native") -> Similarity:
+    """How similar two results' maps are, image by image, compared at ``resolution``."""
+    return compare(views(original, spec, resolution), views(other, spec, resolution))
 
 
-def compare_steps(reference: Views, results: list, spec) -> list:
+def compare_steps(reference: Views, results: list, spec, resolution: str = "native") -> list:
     """[(k, N) spearman, spearman_abs, ssim, topk] of k results against the reference, in one batch."""
-    pairs = [map_views(r, spec) for r in results]
+    pairs = [map_views(r, spec, resolution) for r in results]
     signed = np.concatenate([p[0] for p in pairs])
     absolute = signed if all(p[0] is p[1] for p in pairs) else np.concatenate([p[1] for p in pairs])
     sim = compare(reference, views_of(signed, absolute))
@@ -511,7 +611,8 @@ def _unit(maps: np.ndarray) -> np.ndarray:
 
 
 def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: TargetLike = None,
-                 order: str = "top-down", seed: int = 0, *, original=None, progress: bool = False) -> SanityResult:
+                 order: str = "top-down", seed: int = 0, *, original=None, resolution: str = "native",
+                 progress: bool = False) -> SanityResult:
     """Cascading model-parameter randomization (Adebayo et al., 2018) of ``method``'s maps.
 
     For each weighted layer (Conv, ConvTranspose, Gemm, MatMul with an initializer) from the
@@ -519,13 +620,16 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
     cumulatively, by normal noise of mean 0 and the original's standard deviation (``seed``),
     and the map is recomputed for the same target. ``method``: a name ("gradcam", "vanilla",
     "guided", …) or ``fn(model, x, target) -> Heatmap | Attribution``; ``original``: its result
-    on ``x`` when already computed.
+    on ``x`` when already computed. ``resolution``: "native" compares a CAM map on its layer's
+    grid (``raw``), "input" the upsampled ``map`` (see the module's docstring); the result's
+    ``maps`` are the shown maps either way.
 
     >>> s = onnxviz.sanity_check(model, x, method="guided")
     >>> s.spearman_abs[-1].mean(), s.verdict()
     """
     if order not in ORDERS:
         raise OnnxvizError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    check_resolution(resolution)
     name, fn = method_function(method)
     x = model.check_input(x)
     layers = weighted_layers(model.proto)
@@ -535,43 +639,115 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
         layers = layers[::-1]
     first = original if original is not None else fn(model, x, target)
     chosen = np.asarray(first.target, np.int64)
-    values, spreads = original_weights(model)
-    draws = randomized_weights(model.proto, layers, seed, spreads)
-    ends = checkpoints(len(layers), SESSIONS)
-    reweights = [reweighted(model, {n: values[n] for d in draws[:end + 1] for n in d}) for end in ends]
+    sessions = stepped_sessions(model, layers, seed, order)
     steps = _progress(range(len(layers)), progress, f"randomizing ({name})")
-    reference = views(first, model.input)
-    parts, maps, pending = [], [], []
-    session = -1
-    # the comparisons run on a worker thread while the next steps run (numpy and onnxruntime
-    # release the GIL); at most two batches wait, so the results held stay bounded
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxviz-sanity") as pool:
+    reference = views(first, model.input, resolution)
+    maps, results = [], []
+    if len(layers) * reference.unit.maps.size <= BATCH_PIXELS:  # small maps (a CAM's own grid): one batch at the end
         for i in steps:
-            if session < 0 or i > ends[session]:  # the next session: it takes every layer randomized so far
-                session += 1
-                view = reweights[session]
-                view.runtime.values.update({n: v for d in draws[:i] for n, v in d.items()})
-            view.runtime.values.update(draws[i])
-            pending.append(fn(view, x, chosen))
-            maps.append(pending[-1].map)
-            if i == len(layers) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
-                if len(parts) >= 2:
-                    parts[-2].result()
-                parts.append(pool.submit(compare_steps, reference, pending, model.input))
-                pending = []
-        parts = [p.result() for p in parts]
+            view, draw = sessions[i]
+            view.runtime.values.update(draw)
+            results.append(fn(view, x, chosen))
+            maps.append(results[-1].map)
+        parts = [compare_steps(reference, results, model.input, resolution)]
+    else:
+        parts = _overlapped(sessions, steps, fn, x, chosen, reference, model.input, resolution, maps)
     stack = {f: np.concatenate([p[j] for p in parts]) for j, f in enumerate(SIMILARITIES)}
     return SanityResult(name, [layer.name for layer in layers], target=chosen, original=first.map,
-                        maps=np.stack(maps), order=order, **stack)
+                        maps=np.stack(maps), order=order, resolution=resolution, **stack)
+
+
+def _overlapped(sessions, steps, fn, x, chosen, reference, spec, resolution, maps) -> list:
+    """Run the steps, comparing batches of their maps on a worker thread while the next steps run
+    (numpy and onnxruntime release the GIL); at most two batches wait, so the results held stay
+    bounded. Appends each step's shown map to ``maps``; returns the batches' similarities."""
+    parts, pending = [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxviz-sanity") as pool:
+        for i in steps:
+            view, draw = sessions[i]
+            view.runtime.values.update(draw)
+            pending.append(fn(view, x, chosen))
+            maps.append(pending[-1].map)
+            if i == len(sessions) - 1 or len(pending) * maps[-1].size >= BATCH_PIXELS:
+                if len(parts) >= 2:
+                    parts[-2].result()
+                parts.append(pool.submit(compare_steps, reference, pending, spec, resolution))
+                pending = []
+        return [p.result() for p in parts]
+
+
+def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
+    """Per step i, (re-weighted view of ``model``, the values to feed it before step i's run).
+
+    The steps are split into :func:`session_plan` runs. Baked, the view serving steps a..b
+    holds the draws of layers[:a + 1] as constants and takes layers[a + 1..b]'s weights as
+    inputs, fed the originals until their step comes (a session of one step feeds nothing).
+    Not baked (large models), it takes every layer randomized by step b as an input. The plan
+    (draws included) is kept with the model for the next call with the same seed and order;
+    the graphs and sessions of an earlier call with another seed, order or split are freed.
+    """
+    count, bake = session_plan(model, len(layers))
+    names = "|".join(layer.name for layer in layers)
+    plan_key = ("plan", seed, order, count, bake, hashlib.sha1(names.encode()).hexdigest()[:12])
+    cache = _cache(model)
+    plan = cache.get(plan_key)
+    if plan is None:
+        values, spreads = original_weights(model)
+        draws = randomized_weights(model.proto, layers, seed, spreads)
+        steps, tags, start = [], [], 0
+        for end in checkpoints(len(layers), count):
+            upto = start + 1 if bake else 0  # draws[:upto] are constants in this session's graphs
+            fed = {n: values[n] for d in draws[upto:end + 1] for n in d}
+            baked = {n: v for d in draws[:upto] for n, v in d.items()}
+            tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{bake}|{names}".encode()).hexdigest()[:12]
+            tags.append(f"weights-as-inputs:{tag}:")
+            view = copy.copy(model)
+            view.runtime = WeightFeeds(model, fed, baked, tag)
+            steps += [(view, d) for d in draws[start:end + 1]]
+            # a session's first step: the originals (a last call left its draws), and the draws so far
+            steps[start] = (view, {**fed, **{n: v for d in draws[upto:start + 1] for n, v in d.items()}})
+            start = end + 1
+        plan = _Plan(steps, tuple(tags))
+    forget(model, keep=[k for k in cache if k == plan_key or (isinstance(k, str) and k.startswith(plan.tags))])
+    cache[plan_key] = plan
+    return plan.steps
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The randomization test's steps for one seed, order and split: (view, feeds) per step, and
+    the prefixes of its graphs' names in the cache."""
+
+    steps: list
+    tags: tuple
+
+
+def session_plan(model, n_layers: int) -> tuple[int, bool]:
+    """(sessions, baked?) for the steps: baked, one session per :data:`STEPS_PER_SESSION` steps
+    (per step up to :data:`ALL_BAKED` layers) while their weights together stay within
+    :data:`SESSION_BYTES`; else :data:`FED_SESSIONS` sessions feeding the layers randomized so
+    far (a baked session holds a copy of every weight and takes 1-2 s to create on a
+    ResNet-50). :data:`SESSIONS` and :data:`BAKE`, when set, decide instead. At most one per step."""
+    wanted = n_layers if n_layers <= ALL_BAKED else -(-n_layers // STEPS_PER_SESSION)
+    if SESSIONS is not None:
+        wanted = SESSIONS
+    bake = BAKE
+    if bake is None:
+        weights = sum(v.nbytes for v in original_weights(model)[0].values())
+        bake = wanted * weights <= SESSION_BYTES
+    if not bake and SESSIONS is None:
+        wanted = FED_SESSIONS
+    return max(1, min(wanted, n_layers)), bool(bake)
 
 
 def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: int = 0,
-                      original=None) -> tuple[Similarity, np.ndarray, np.ndarray]:
+                      original=None, resolution: str = "native") -> tuple[Similarity, np.ndarray, np.ndarray]:
     """The map for a random class other than the predicted one, against the predicted class's map.
 
-    Returns (similarity per image, predicted classes, random classes). A class-sensitive
-    method gives low similarity.
+    Returns (similarity per image at ``resolution``, as :func:`sanity_check`; predicted classes,
+    random classes). A class-sensitive method gives low similarity.
     """
+    check_resolution(resolution)
     name, fn = method_function(method)
     x = model.check_input(x)
     first = original if original is not None else fn(model, x, None)
@@ -584,7 +760,7 @@ def random_logit_test(model, x: np.ndarray, method: Method = "gradcam", seed: in
     images = model.input.to_nchw(x)  # an NHWC twin draws the same classes
     shift = np.array([image_rng(seed, image).integers(1, n_classes) for image in images], np.int64)
     other = (predicted + shift) % n_classes
-    return similarity(first, fn(model, x, other), model.input), predicted, other
+    return similarity(first, fn(model, x, other), model.input, resolution), predicted, other
 
 
 def checkpoints(n_layers: int, sessions: int) -> list:

@@ -52,11 +52,14 @@ def check_metrics(metrics: Sequence[str], have_regions: bool) -> list:
 
 def evaluate(model, x: np.ndarray, method, metrics: Sequence[str] = ("deletion", "insertion", "sanity"),
              target: TargetLike = None, *, masks: Optional[np.ndarray] = None, steps: int = 50, score: str = "prob",
-             seed: int = 0, batch_size: int = 64, progress: bool = False) -> Evaluation:
+             seed: int = 0, batch_size: int = 64, progress: bool = False,
+             resolution: str = "native") -> Evaluation:
     """Compute ``method``'s maps on ``x`` once, then each metric in ``metrics`` on them.
 
     ``masks`` (N, H, W) bool: the objects, for the pointing game. The randomization test keeps
-    the classes of the first maps; the random-logit test comes with it.
+    the classes of the first maps; the random-logit test comes with it. ``resolution``: where
+    those two compare CAM maps ("native": the layer's grid; "input": upsampled; see
+    :func:`onnxviz.sanity_check`).
     """
     metrics = check_metrics(metrics, masks is not None)
     name, fn = method_function(method)
@@ -75,8 +78,10 @@ def evaluate(model, x: np.ndarray, method, metrics: Sequence[str] = ("deletion",
         ev.pointing = pointing_game(result.map, masks=masks)
         ev.energy = energy_pointing(result.map, masks=masks)
     if "sanity" in metrics:
-        ev.sanity = sanity_check(model, x, method, target=t, seed=seed, original=result, progress=progress)
-        ev.random_logit, _, ev.random_class = random_logit_test(model, x, method, seed=seed, original=result)
+        ev.sanity = sanity_check(model, x, method, target=t, seed=seed, original=result, resolution=resolution,
+                                 progress=progress)
+        ev.random_logit, _, ev.random_class = random_logit_test(model, x, method, seed=seed, original=result,
+                                                                resolution=resolution)
     return ev
 
 
@@ -120,7 +125,7 @@ def summary(ev: Evaluation) -> dict:
         out["pointing"] = {"hit_rate": float(ev.pointing.mean()), "energy": float(ev.energy.mean())}
     if ev.sanity is not None:
         s = ev.sanity
-        out["sanity"] = {"order": s.order, "layers": list(s.layers),
+        out["sanity"] = {"order": s.order, "resolution": s.resolution, "layers": list(s.layers),
                          **{k: getattr(s, k).mean(axis=1).tolist() for k in ("spearman", "spearman_abs", "ssim", "topk")},
                          "final_spearman_abs": s.final, "passes": s.passes(), "verdict": s.verdict()}
         r = ev.random_logit
@@ -138,7 +143,8 @@ def run_meta(ev: Evaluation) -> dict:
     if ev.road is not None:
         out["road"] = {"percentiles": ev.road.percentiles.tolist(), "score": ev.road.score}
     if ev.sanity is not None:
-        out["sanity"] = {"layers": list(ev.sanity.layers), "order": ev.sanity.order}
+        out["sanity"] = {"layers": list(ev.sanity.layers), "order": ev.sanity.order,
+                         "resolution": ev.sanity.resolution}
     return out
 
 
@@ -167,7 +173,8 @@ def collect(records: Sequence[dict], meta: dict) -> Evaluation:
 
         empty = np.zeros((len(layers), 0))
         ev.sanity = SanityResult(meta["method"], layers, stacked("spearman"), stacked("spearman_abs"),
-                                 stacked("ssim"), stacked("topk"), target, empty, empty, meta["sanity"]["order"])
+                                 stacked("ssim"), stacked("topk"), target, empty, empty, meta["sanity"]["order"],
+                                 meta["sanity"].get("resolution", "input"))  # records before it was recorded: "input"
         ev.random_logit = Similarity(*(np.array([r["random_logit"][k] for r in records], np.float64)
                                        for k in ("spearman", "spearman_abs", "ssim", "topk")))
         ev.random_class = np.array([r["random_logit"]["class"] for r in records], np.int64)

@@ -1,5 +1,5 @@
 """The backward rules, one module per op family. Each module exports ``RULES`` (op_type -> rule)."""
-from . import activations, conv, elementwise, norm, pool, reduce, shape
+from . import activations, conv, elementwise, norm, pool, recurrent, reduce, shape
 
 STANDARD_RULES = {
     **elementwise.RULES,
@@ -9,4 +9,5 @@ STANDARD_RULES = {
     **reduce.RULES,
     **norm.RULES,
     **shape.RULES,
+    **recurrent.RULES,
 }

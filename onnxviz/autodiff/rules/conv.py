@@ -445,4 +445,31 @@ def matmul(e: Emitter, node: Node, dys):
     return [da, db]
 
 
-RULES = {"Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul}
+def einsum(e: Emitter, node: Node, dys):
+    """Each operand's gradient is an Einsum of dy with the other operands, back to its subscripts
+    ("ij,jk->ik": dA = einsum("ik,jk->ij", dY, B)). Needs an explicit output ("->"), operands
+    without repeated letters (diagonals) and, per operand, every letter also in the output or
+    another operand (a letter summed within one operand would need a broadcast back)."""
+    equation = node.attr("equation", "").replace(" ", "")
+    where = f"Einsum node {node.name!r} ({equation!r})"
+    if "->" not in equation or "..." in equation:
+        raise OnnxvizError(f"{where}: its gradient rule needs an explicit output ('->') and no ellipsis; use "
+                           "finite differences (--grad fd)")
+    left, out = equation.split("->")
+    terms = left.split(",")
+    grads = []
+    for i, term in enumerate(terms):
+        if not node.needs[i]:
+            grads.append(None)
+            continue
+        letters = term.replace("...", "")
+        others = [t for j, t in enumerate(terms) if j != i]
+        if len(set(letters)) != len(letters) or set(letters) - set(out) - set("".join(others)):
+            raise OnnxvizError(f"{where}: operand {i} repeats or sums a letter of its own; no gradient rule for "
+                               "that form, use finite differences (--grad fd)")
+        operands = [dys[0]] + [t for j, t in enumerate(node.inputs) if j != i]
+        grads.append(e.op("Einsum", *operands, equation=",".join([out, *others]) + "->" + term))
+    return grads
+
+
+RULES = {"Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul, "Einsum": einsum}

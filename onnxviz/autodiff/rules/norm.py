@@ -199,10 +199,33 @@ def _lrn(e: Emitter, node: Node, dys, before: int, after: int):
     return [e.op("Sub", direct, e.op("Mul", e.op("Mul", s(2 * alpha * beta / size), x), back))]
 
 
+
+def lp_normalization(e: Emitter, node: Node, dys):
+    """y = x / n with n = ||x||_p along ``axis`` (p = 1 or 2):
+
+    dx = (dy - s · Σ(dy · y)) / n, s = y for p = 2 (∂n/∂x = x/n = y) and sign(x) for p = 1.
+    """
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    p = node.attr("p", 2)
+    if p not in (1, 2):
+        raise OnnxvizError(f"LpNormalization node {node.name!r}: p={p} is not 1 or 2 (the operator's only values)")
+    axis = node.attr("axis", -1)
+    rank = _rank(e, node)
+    axes = [axis % rank]
+    if p == 2:
+        norm = e.op("Sqrt", e.reduce_sum(e.op("Mul", x, x), axes))
+        slope = y
+    else:
+        norm = e.reduce_sum(e.op("Abs", x), axes)
+        slope = e.op("Sign", x)
+    inner = e.reduce_sum(e.op("Mul", dy, y), axes)
+    return [e.op("Div", e.op("Sub", dy, e.op("Mul", slope, inner)), norm)]
+
 RULES = {
     "BatchNormalization": batch_normalization,
     "InstanceNormalization": instance_normalization,
     "LayerNormalization": layer_normalization,
+    "LpNormalization": lp_normalization,
     "MeanVarianceNormalization": mean_variance_normalization,
     "LRN": lrn,
 }

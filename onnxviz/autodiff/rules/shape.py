@@ -147,8 +147,12 @@ def dropout(e: Emitter, node: Node, dys):
 
 
 def cast(e: Emitter, node: Node, dys):
-    """Cast dy back to the input's float type (the driver never differentiates int/bool inputs)."""
-    return [e.cast_like(dys[0], node.inputs[0])]
+    """Cast dy back to the input's float type (the driver never differentiates int/bool inputs);
+    a Cast to the type it had (exporters leave hundreds) passes dy through untouched."""
+    x, y = node.inputs[0], node.outputs[0]
+    if x in e.types and y in e.types and e.types[x][0] == e.types[y][0]:
+        return [dys[0]]
+    return [e.cast_like(dys[0], x)]
 
 
 def transpose(e: Emitter, node: Node, dys):
@@ -276,6 +280,73 @@ def gather(e: Emitter, node: Node, dys):
     if values is None:
         raise OnnxvizError(f"Gather node {node.name!r}: run-time indices need opset >= 16 for their gradient")
     return [static_map_backward(e, x, dy, np.take(_static_iota(e, node, x), values, axis=axis)), None]
+
+
+def gather_elements(e: Emitter, node: Node, dys):
+    """Scatter-add dy back to the gathered positions (repeats add up)."""
+    x, idx = node.inputs
+    axis = node.attr("axis", 0)
+    return [iota_backward(e, node, x, dys[0], lambda t: e.op("GatherElements", t, idx, axis=axis), False), None]
+
+
+def gather_nd(e: Emitter, node: Node, dys):
+    x, idx = node.inputs
+    dims = node.attr("batch_dims", 0)
+    return [iota_backward(e, node, x, dys[0], lambda t: e.op("GatherND", t, idx, batch_dims=dims), False), None]
+
+
+def top_k(e: Emitter, node: Node, dys):
+    """The k values are x at the returned indices (distinct along the axis): dy goes back there."""
+    x = node.inputs[0]
+    if dys[0] is None:
+        return [None] * len(node.inputs)
+    indices = e.add_output(node.proto, 1)
+    axis = node.attr("axis", -1)
+    dx = iota_backward(e, node, x, dys[0], lambda t: e.op("GatherElements", t, indices, axis=axis), True)
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _scatter_updates(e: Emitter, node: Node, updates: str) -> str:
+    """Zeros shaped like ``updates`` in the iota's type (int64): scattered, they mark positions
+    that no longer come from the data input."""
+    zero = helper.make_tensor("zero", onnx.TensorProto.INT64, [1], [0])
+    return e.op("ConstantOfShape", e.op("Shape", updates), value=zero)
+
+
+def scatter_nd(e: Emitter, node: Node, dys):
+    """y = data with the indexed slices replaced (reduction none) or added to (add): d data is dy
+    where data survives, d updates is dy gathered at the indices."""
+    return _scatter(e, node, dys, "GatherND", {})
+
+
+def scatter_elements(e: Emitter, node: Node, dys):
+    return _scatter(e, node, dys, "GatherElements", {"axis": node.attr("axis", 0)})
+
+
+def _scatter(e: Emitter, node: Node, dys, gather_op: str, attrs: dict):
+    data, idx, updates = node.inputs
+    reduction = node.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise OnnxvizError(f"{node.op} node {node.name!r}: no gradient rule for reduction={reduction!r} "
+                           "(none and add have one); use finite differences (--grad fd)")
+    dy = dys[0]
+    grads = [None, None, None]
+    if node.needs[0]:
+        if reduction == "add":
+            grads[0] = dy
+        else:
+            zeros = _scatter_updates(e, node, updates)
+            grads[0] = iota_backward(e, node, data, dy, lambda t: e.op(node.op, t, idx, zeros, **attrs), True)
+    if node.needs[2]:
+        grads[2] = e.op(gather_op, dy, idx, **attrs)
+    return grads
+
+
+def cumsum(e: Emitter, node: Node, dys):
+    """CumSum is linear; its adjoint sums from the other end, with the same exclusivity."""
+    x, axis = node.inputs
+    reverse = 0 if node.attr("reverse", 0) else 1
+    return [e.op("CumSum", dys[0], axis, exclusive=node.attr("exclusive", 0), reverse=reverse), None]
 
 
 def pad(e: Emitter, node: Node, dys):
@@ -431,6 +502,48 @@ def _axis_matrix(e: Emitter, node: Node, a: int) -> tuple:
     return matrix, a > b  # rows follow the lower of the two axes
 
 
+# (coordinate transformation, nearest mode) pairs that send output i to input i // s for every
+# integer scale s; asymmetric with round_prefer_floor does so only for s = 2
+_BLOCK_MODES = {("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
+                ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil"),
+                ("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor")}
+
+
+def _nearest_blocks(e: Emitter, node: Node, x: str) -> Optional[tuple]:
+    """(sH, sW) when this nearest Resize/Upsample copies each input pixel of a 4-D float tensor with
+    known channels into an sH x sW block (integer scales on H and W only), else None."""
+    if node.attr("mode", "nearest") != "nearest":
+        return None
+    xs, ys = e.shape(x), e.shape(node.outputs[0])
+    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or not all(isinstance(d, int) for d in [*xs[1:], *ys[1:]]):
+        return None
+    if ys[1] != xs[1] or e.elem_type(x) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return None
+    if ys[2] % xs[2] or ys[3] % xs[3] or (ys[2], ys[3]) == (xs[2], xs[3]):
+        return None
+    factors = (ys[2] // xs[2], ys[3] // xs[3])
+    if node.op == "Upsample" or node.opset < 11:
+        given = node.attr("scales")
+        given = np.asarray(given) if given is not None else e.value(node.input(1))
+        ctm, nearest = "asymmetric", "floor"  # Upsample and Resize-10 index with floor(i / scale)
+    else:
+        if node.attr("axes") is not None or node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return None
+        given = e.value(node.input(2)) if node.input(2) else None
+        if given is not None and given.size == 0:
+            given = None
+        if given is None and (not node.input(3) or e.value(node.input(3)) is None):
+            return None  # the output size is known here, but not that the runtime will see it
+        ctm = node.attr("coordinate_transformation_mode", "half_pixel")
+        nearest = node.attr("nearest_mode", "round_prefer_floor")
+    if given is not None and [float(v) for v in np.asarray(given).reshape(-1)] != [1.0, 1.0, *map(float, factors)]:
+        return None
+    if (ctm, nearest) in _BLOCK_MODES or (ctm, nearest) == ("asymmetric", "round_prefer_floor") and all(
+            f in (1, 2) for f in factors):
+        return factors
+    return None
+
+
 def resample(e: Emitter, node: Node, dys):
     """Resize/Upsample: nearest via the iota trick (opset >= 16); otherwise dx = R^T dy per resized axis.
 
@@ -443,6 +556,15 @@ def resample(e: Emitter, node: Node, dys):
     if r is None:
         raise OnnxvizError(f"{node.op} node {node.name!r}: the input rank must be known")
     mode = node.attr("mode", "nearest")
+    blocks = _nearest_blocks(e, node, x)
+    if blocks is not None:
+        # each input pixel fills an sH x sW block of the output: its gradient is the block's
+        # sum, a depthwise Conv with a ones kernel and stride s (onnxruntime's NCHWc layout);
+        # the scatter-add below ran single-threaded over every output element
+        channels = e.shape(x)[1]
+        ones = e.const(np.ones((channels, 1, *blocks), e.dtype(x)))
+        grads[0] = e.op("Conv", dy, ones, kernel_shape=list(blocks), strides=list(blocks), group=channels)
+        return grads
     xs = e.static_shape(x)
     fits_int32 = xs is None or int(np.prod(xs, dtype=np.int64)) < 2**31 - 1
     if mode == "nearest" and node.op == "Resize" and node.opset >= 11 and e.opset >= 16 and fits_int32:
@@ -487,6 +609,12 @@ RULES = {
     "Split": split,
     "Slice": slice_,
     "Gather": gather,
+    "GatherElements": gather_elements,
+    "GatherND": gather_nd,
+    "TopK": top_k,
+    "ScatterND": scatter_nd,
+    "ScatterElements": scatter_elements,
+    "CumSum": cumsum,
     "Pad": pad,
     "Expand": expand,
     "Tile": tile,
