@@ -227,8 +227,13 @@ class Model:
         dims = vi.type.tensor_type.shape.dim
         return not dims or not dims[0].HasField("dim_value")
 
-    def feeds(self, x: np.ndarray) -> dict:
-        x = self.check_input(x)
+    def feeds(self, x: np.ndarray, checked: bool = False) -> dict:
+        """The session feeds for batch ``x``: the image and the fed non-image inputs.
+
+        ``checked``: ``x`` is what :meth:`check_input` returned (the gradient path checks once;
+        every check is a pass over the whole batch).
+        """
+        x = x if checked else self.check_input(x)
         return {self.input.name: x, **(self.extra_feeds(len(x)) if self.other_inputs else {})}
 
     def run(self, x: np.ndarray, batch_size: Optional[int] = None, progress: bool = False) -> dict:

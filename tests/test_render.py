@@ -12,6 +12,7 @@ from onnxviz.io import (atomic_write, check_not_input, ensure_out_dir, save_figu
 from onnxviz.render import (activation_grid, activations_figure, colorize, filter_grid,
                             filters_figure, grid, heatmap_figure, normalize01, overlay,
                             rank_channels, strip_figure, upsample)
+from onnxviz.methods.results import scaled, upsampled
 
 
 # ----------------------------------------------------------------------------- grid
@@ -176,6 +177,44 @@ def test_bilinear_matches_torch_interpolate():
         ref = torch.nn.functional.interpolate(torch.from_numpy(m), size=size, mode="bilinear",
                                               align_corners=False).numpy()
         np.testing.assert_allclose(upsample(m, size), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_float32_cam_maps_match_scipy_zoom_in_float64(offset):
+    """upsampled() resizes in float32: the map equals the float64 reference (scipy) scaled to [0, 1].
+
+    The offset checks that float32 rounding stays relative to each map's range, not its level."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    raw = (offset + rng.random((4, 7, 5))).astype(np.float32)
+    for size in [(224, 160), (13, 17), (7, 5), (3, 2)]:
+        ref = np.stack([ndimage.zoom(r.astype(np.float64), (size[0] / 7, size[1] / 5), order=1, mode="nearest",
+                                     grid_mode=True) for r in raw])
+        got = upsampled(raw, size)
+        assert got.dtype == np.float32 and got.shape == (4, *size) and got.flags.c_contiguous
+        np.testing.assert_allclose(got, normalize01(ref, axis=(1, 2)), atol=2e-6)
+        np.testing.assert_array_equal(got.min(axis=(1, 2)), 0)
+        np.testing.assert_array_equal(got.max(axis=(1, 2)), 1)
+
+
+def test_upsampled_constant_map_is_exactly_zero():
+    m = upsampled(np.full((2, 7, 7), 0.3, np.float32), (224, 224))
+    assert m.shape == (2, 224, 224) and not m.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_scaled_matches_float64_normalize01(dtype):
+    rng = np.random.default_rng(4)
+    maps = (rng.standard_normal((3, 9, 11)) * 5 + 2).astype(dtype)
+    maps[1] = 7  # a constant map: all 0
+    got = scaled(maps)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, normalize01(maps.astype(np.float64), axis=(1, 2)), atol=2e-7, rtol=0)
+    assert not got[1].any() and got[0].max() == 1 and got[2].max() == 1
+    before = maps.copy()
+    scaled(maps)
+    np.testing.assert_array_equal(maps, before)  # the input is not scaled in place
 
 
 # ----------------------------------------------------------------------------- colour and overlay

@@ -106,6 +106,24 @@ def test_smoothgrad_without_noise_is_vanilla(strided):
     np.testing.assert_array_equal(a.target, b.target)
 
 
+@pytest.mark.parametrize("batch_size", [None, 3, 5])
+def test_smoothgrad_is_the_mean_gradient_over_its_noisy_copies(strided, batch_size):
+    """The documented noise (one normal draw per (image, sample) row in NCHW, std noise x range),
+    reproduced here; chunks of 3 or 5 rows straddle images."""
+    x = nchw_x(2, seed=10, shape=(3, 8, 8))
+    samples, noise = 4, 0.3
+    s = onnxviz.saliency(strided, x, method="smoothgrad", samples=samples, noise=noise, seed=5,
+                         batch_size=batch_size)
+    draws = np.random.default_rng(5).standard_normal((2 * samples, 3, 8, 8), dtype=np.float32)
+    spread = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))) * noise
+    noisy = np.repeat(x, samples, axis=0) + draws * np.repeat(spread, samples)[:, None, None, None]
+    clean = strided.activations(x, ["logits"])["logits"].argmax(1)
+    grads = onnxviz.saliency(strided, noisy, target=np.repeat(clean, samples)).raw
+    np.testing.assert_allclose(s.raw, grads.reshape(2, samples, 3, 8, 8).mean(axis=1), rtol=1e-5,
+                               atol=1e-6 * np.abs(grads).max())
+    assert np.abs(s.raw - onnxviz.saliency(strided, x, target=clean).raw).max() > 1e-3  # the noise mattered
+
+
 def test_smoothgrad_keeps_the_clean_images_target(strided):
     x = nchw_x(2, seed=7, shape=(3, 8, 8))
     predicted = strided.activations(x, ["logits"])["logits"].argmax(1)

@@ -140,7 +140,7 @@ class ExportedGradients:
 
     def gradients(self, x, target=None, wrt=("input",), rules="standard", output=None, score: str = "logit",
                   class_axis: Optional[int] = None, batch_size: Optional[int] = None, progress: bool = False,
-                  grad: str = "graph"):
+                  grad: str = "graph", checked: bool = False):
         """As :func:`onnxviz.gradients.gradients`, from the file with these tensors and this rule set."""
         from ..autodiff import ruleset
         from ..gradients import Gradients, resolve_wrt
@@ -155,7 +155,7 @@ class ExportedGradients:
         f = pick(self._files, ruleset(rules).name, names, f"a {ruleset(rules).name} gradient")
         if f.tensor != obj.tensor:
             raise OnnxvizError(f"--grad-model {f.path} differentiates {f.tensor!r}, not {obj.tensor!r}")
-        x = model.check_input(x)
+        x = x if checked else model.check_input(x)
         hw = model.input.hw(x)
         check_size(f, hw)
         t = normalize(model, obj, target, len(x))
@@ -164,7 +164,7 @@ class ExportedGradients:
         seed, chosen = seed_array(obj, y, t, hw)
         fetch = list(dict.fromkeys([*model.outputs, *names, *(f.grads[n] for n in names)]))
         graph = model.derived(("exported-grad", f.path, tuple(fetch)), lambda: _pruned(f.path, fetch))
-        feeds = model.feeds(x)
+        feeds = model.feeds(x, checked=True)
         feeds[f.seed] = np.ascontiguousarray(seed, _input_dtype(graph, f.seed))
         values = model.run_graph(graph, feeds, outputs=fetch, batch_size=model._chunk(batch_size),
                                  progress=progress, desc="gradients")

@@ -52,7 +52,8 @@ class Context:
         """(A, dy/dA) as (N, K, h, w), target and score: one run of the gradient graph."""
         g = self.model.gradients(self.x, target=self.target, wrt=[self.layer], rules=rules,
                                  output=self.obj.output, score=self.score, class_axis=self.obj.class_axis,
-                                 batch_size=self.batch_size, progress=self.progress, grad=self.grad)
+                                 batch_size=self.batch_size, progress=self.progress, grad=self.grad,
+                                 checked=True)  # the rows passed check_input in rows()
         acts = to_nchw(g.activations[self.layer], self.axes)
         return acts, to_nchw(g[self.layer], self.axes), g.target, g.score
 

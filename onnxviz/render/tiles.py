@@ -133,25 +133,36 @@ def _taps(n_in: int, n_out: int, mode: str) -> tuple:
     return lo, np.minimum(lo + 1, n_in - 1), src - lo
 
 
-def upsample(m: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+def upsample(m: np.ndarray, size: tuple[int, int], mode: str = "bilinear", dtype=np.float64) -> np.ndarray:
     """Resize (..., h, w) maps to (..., H, W) as torch's interpolate(align_corners=False) and cv2 do.
 
     Bilinear with half-pixel centres, edges clamped (no antialiasing when shrinking);
-    "nearest" takes the pixel whose centre is nearest. Two gathers, element-wise only:
-    BLAS threads would compete with onnxruntime's pool for the cores right after a run.
+    "nearest" takes the pixel whose centre is nearest. Computed in ``dtype``, element-wise
+    only: BLAS threads would compete with onnxruntime's pool for the cores right after a run
+    (as ``R_h @ m @ R_w.T``, 8 maps 14x14 -> 224x224 took 13 ms on a busy 2-core machine
+    against 0.8 ms here). Columns first, on the small (..., h, W) array; then every output row
+    is a blend of two whole rows, contiguous copies: gathering columns of the full-size array
+    instead was 7x slower.
 
     >>> upsample(cam, (224, 224))
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode {mode!r}: expected 'bilinear' or 'nearest'")
-    m = np.asarray(m, dtype=np.float64)
+    m = np.asarray(m, dtype=dtype)
     if m.ndim < 2:
         raise ValueError(f"upsample needs (..., h, w) maps, got shape {m.shape}")
     (h, w), (H, W) = m.shape[-2:], size
-    a, b, f = _taps(h, H, mode)
-    rows = m[..., a, :] * (1 - f)[:, None] + m[..., b, :] * f[:, None]
     a, b, f = _taps(w, W, mode)
-    return rows[..., a] * (1 - f) + rows[..., b] * f
+    f = f.astype(m.dtype)
+    cols = m[..., a] * (1 - f) + m[..., b] * f
+    a, b, f = _taps(h, H, mode)
+    f = f.astype(m.dtype)[:, None]
+    out = np.take(cols, a, axis=-2)
+    out *= 1 - f
+    far = np.take(cols, b, axis=-2)
+    far *= f
+    out += far
+    return out
 
 
 def colorize(map01: np.ndarray, cmap: str = "jet") -> np.ndarray:
