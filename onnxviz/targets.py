@@ -116,7 +116,8 @@ def class_scores(obj: Objective, y: np.ndarray) -> np.ndarray:
     """(N, classes): the objective tensor summed over its axes other than batch and class."""
     other = tuple(i for i in range(1, y.ndim) if i != obj.class_axis)
     summed = y.sum(axis=other, keepdims=True) if other else y
-    return np.moveaxis(summed, obj.class_axis, -1).reshape(len(y), -1)
+    moved = np.moveaxis(summed, obj.class_axis, -1)
+    return moved.reshape(len(y), moved.shape[-1])  # not -1: an empty batch has no size to infer it from
 
 
 def chosen_targets(obj: Objective, y: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -166,3 +166,11 @@ def test_bad_options(linear):
         onnxviz.saliency(linear["NCHW"], x, method="integrated", baseline="fog")
     with pytest.raises(OnnxvizError, match="steps must be at least 1"):
         onnxviz.saliency(linear["NCHW"], x, method="integrated", steps=0)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "guided", "smoothgrad", "integrated"])
+def test_an_empty_batch_gives_empty_maps(strided, method):
+    """A batch of no images (an empty folder's worth) is no error: every method returns zero maps."""
+    x = np.zeros(strided.input.shape(0, 8, 8), np.float32)
+    result = onnxviz.saliency(strided, x, method=method)
+    assert result.raw.shape == x.shape and result.map.shape == (0, 8, 8)
