@@ -84,16 +84,8 @@ class ConstantValues(Mapping):
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of initializers and Constant nodes (those with a plain ``value`` attribute)."""
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                values[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in SCALAR_CONSTANT_ATTRS:
-                values[node.output[0]] = scalar_constant(attr.name, helper.get_attribute_value(attr))
-    return values
+    """Values of initializers and Constant nodes (those with a plain ``value`` attribute), all read now."""
+    return dict(ConstantValues(graph))
 
 
 # Constant's number attributes: float32 and int64 tensors by the operator's definition
