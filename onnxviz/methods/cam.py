@@ -194,7 +194,8 @@ def score_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, 
 
 
 def find_cam_head(model, output: Optional[str] = None):
-    """The model's GAP → fully-connected head (:func:`~onnxviz.graph.analysis.cam_head`) or None, found once per model."""
+    """The model's GAP → fully-connected head (:func:`~onnxviz.graph.analysis.cam_head`) or None,
+    found once per model."""
     spec = model.input
     return model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output,
                                                                   shapes=model.shapes_at()))
