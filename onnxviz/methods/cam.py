@@ -194,7 +194,8 @@ def score_cam(model, x, target: TargetLike = None, layer: Optional[str] = None, 
 
 
 def find_cam_head(model, output: Optional[str] = None):
-    """The model's GAP → fully-connected head (:func:`~onnxviz.graph.analysis.cam_head`) or None, found once per model."""
+    """The model's GAP → fully-connected head (:func:`~onnxviz.graph.analysis.cam_head`) or None,
+    found once per model."""
     spec = model.input
     return model.derived(("cam_head", output), lambda: cam_head(model.proto, spec.name, spec.layout, output=output,
                                                                   shapes=model.shapes_at()))
@@ -231,7 +232,8 @@ def guided_grad_cam(model, x, target: TargetLike = None, layer: Optional[str] = 
 
     # the rows of h already hold one image per (image, class): explain exactly those classes
     # (a general target, which top_k excludes, is the same for every row: pass it as given)
-    rows_x = model.check_input(x)[h.image]
+    # x passed check_input in grad_cam, and saliency checks (and casts) these rows again: no third pass
+    rows_x = np.asarray(x)[h.image]
     top_k = options.pop("top_k", None)
     g = saliency(model, rows_x, target=h.target if top_k is not None or target is None else target, method="guided",
                  **options)
