@@ -169,7 +169,7 @@ def test_batched_similarities_equal_one_pair_at_a_time(tiny, method, monkeypatch
         np.testing.assert_allclose(getattr(results[0], f), getattr(results[1], f), rtol=0, atol=1e-12)
 
 
-def test_baked_sessions_on_the_sample_model(sample, monkeypatch):
+def test_baked_sessions_on_the_sample_model(sample, monkeypatch, tmp_path):
     """Five layers in two sessions (steps 0-2 fed; steps 3-4 with layers 0-2 baked as constants and
     3-4 fed), both orders, twice (the second call reuses the kept sessions): every step's map
     equals the map of a model rebuilt with that step's weights."""
@@ -185,14 +185,8 @@ def test_baked_sessions_on_the_sample_model(sample, monkeypatch):
         values = {}
         for i, d in enumerate(randomized_weights(proto, layers, seed=4)):
             values.update(d)
-            other = baked(proto, values, _tmp(), "step.onnx")
+            other = baked(proto, values, tmp_path, f"{order}-{i}.onnx")
             np.testing.assert_allclose(s.maps[i], onnxviz.grad_cam(other, x, target=s.target).map, atol=1e-5)
-
-
-def _tmp():
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="onnxviz-sanity-"))
 
 
 def test_native_resolution_compares_raw():
