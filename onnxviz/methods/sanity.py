@@ -242,7 +242,7 @@ class WeightFeeds:
     def rewritten(self, proto: onnx.ModelProto, key) -> "_Rewritten":
         """The graph with the weights as inputs and ``baked`` as constants, built once per graph and weight set."""
         cache = _cache(self.model)
-        name = f"weights-as-inputs:{self.tag}:{key if key is not None else id(proto)}"
+        name = _graph_name(self.tag, key if key is not None else id(proto))
         if name not in cache:
             graph, names = _weights_as_inputs(proto, self.names, self.baked)
             # ``proto`` is kept so that its id names no other graph while the entry lives; a graph
@@ -264,6 +264,12 @@ class WeightFeeds:
                                     fixed_shapes)
                  for s in range(0, n, batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _graph_name(tag: str, key="") -> str:
+    """The cache and session name of a graph re-weighted by the weight set ``tag``; with no key,
+    the prefix shared by all of that set's graphs (how :func:`stepped_sessions` keeps them)."""
+    return f"weights-as-inputs:{tag}:{key}"
 
 
 @dataclass(frozen=True)
@@ -700,7 +706,7 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
             fed = {n: values[n] for d in draws[upto:end + 1] for n in d}
             baked = {n: v for d in draws[:upto] for n, v in d.items()}
             tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{bake}|{names}".encode()).hexdigest()[:12]
-            tags.append(f"weights-as-inputs:{tag}:")
+            tags.append(_graph_name(tag))
             view = copy.copy(model)
             view.runtime = WeightFeeds(model, fed, baked, tag)
             steps += [(view, d) for d in draws[start:end + 1]]
