@@ -331,15 +331,16 @@ def _batch_len(feeds) -> Optional[int]:
     return max(lens) if lens else None
 
 
-def reweighted(model, values: dict):
-    """A view of ``model`` whose every run feeds ``values`` (initializer name -> array) as weights.
+def reweighted(model, values: dict, baked: Optional[dict] = None, tag: Optional[str] = None):
+    """A view of ``model`` whose every run feeds ``values`` (initializer name -> array) as weights
+    and holds ``baked`` as constants (:class:`WeightFeeds`, ``tag`` naming the weight set).
 
     The view shares the model's derived graphs; its sessions are keyed apart from the model's own.
     The names are fixed here; change the values with ``view.runtime.values.update(...)``.
     Methods that read weights from the graph (CAM) see the originals.
     """
     view = copy.copy(model)
-    view.runtime = WeightFeeds(model, values)
+    view.runtime = WeightFeeds(model, values, baked, tag)
     return view
 
 
@@ -707,8 +708,7 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
             baked = {n: v for d in draws[:upto] for n, v in d.items()}
             tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{bake}|{names}".encode()).hexdigest()[:12]
             tags.append(_graph_name(tag))
-            view = copy.copy(model)
-            view.runtime = WeightFeeds(model, fed, baked, tag)
+            view = reweighted(model, fed, baked, tag)
             steps += [(view, d) for d in draws[start:end + 1]]
             # a session's first step: the originals (a last call left its draws), and the draws so far
             steps[start] = (view, {**fed, **{n: v for d in draws[upto:start + 1] for n, v in d.items()}})
