@@ -74,6 +74,36 @@ def _nets():
             x = self.layers(self.stem(x))
             return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
+    class Residual(nn.Module):
+        """body(x), plus x where the block keeps its shape."""
+
+        def __init__(self, layers, residual):
+            super().__init__()
+            self.body = nn.Sequential(*layers)
+            self.residual = residual
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    class PooledClassifier(nn.Module):
+        """features, global average pool, classifier: the head every net here ends in."""
+
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+            return self.classifier(torch.flatten(x, 1))
+
+    class SqueezeExcite(nn.Module):
+        """x · gate(fc2(inner(fc1(mean_HW x)))): EfficientNet's SiLU/sigmoid, MobileNetV3's ReLU/HardSigmoid."""
+
+        def __init__(self, c, squeeze, inner=nn.functional.silu, gate=torch.sigmoid):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+            self.inner, self.gate = inner, gate
+
+        def forward(self, x):
+            s = nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * self.gate(self.fc2(self.inner(self.fc1(s))))
+
     # ---- MobileNetV2
     def conv_bn_act(cin, cout, k, stride, groups=1, act=nn.ReLU6):
         layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), bn(cout)]
@@ -81,19 +111,14 @@ def _nets():
             layers.append(act())
         return nn.Sequential(*layers)
 
-    class InvertedResidual(nn.Module):
+    class InvertedResidual(Residual):
         def __init__(self, cin, cout, stride, expand):
-            super().__init__()
             hidden = cin * expand
             layers = [] if expand == 1 else [conv_bn_act(cin, hidden, 1, 1)]
             layers += [conv_bn_act(hidden, hidden, 3, stride, groups=hidden), conv_bn_act(hidden, cout, 1, 1, act=None)]
-            self.body = nn.Sequential(*layers)
-            self.residual = stride == 1 and cin == cout
+            super().__init__(layers, stride == 1 and cin == cout)
 
-        def forward(self, x):
-            return x + self.body(x) if self.residual else self.body(x)
-
-    class MobileNetV2(nn.Module):
+    class MobileNetV2(PooledClassifier):
         def __init__(self):
             super().__init__()
             layers, cin = [conv_bn_act(3, 32, 3, 2)], 32
@@ -106,34 +131,16 @@ def _nets():
             self.features = nn.Sequential(*layers)
             self.classifier = nn.Linear(1280, 1000)
 
-        def forward(self, x):
-            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-            return self.classifier(torch.flatten(x, 1))
-
     # ---- EfficientNet-B0
-    class SqueezeExcite(nn.Module):
-        def __init__(self, c, squeeze):
-            super().__init__()
-            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
-
-        def forward(self, x):
-            s = nn.functional.adaptive_avg_pool2d(x, 1)
-            return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
-
-    class MBConv(nn.Module):
+    class MBConv(Residual):
         def __init__(self, cin, cout, k, stride, expand):
-            super().__init__()
             hidden = cin * expand
             layers = [] if expand == 1 else [conv_bn_act(cin, hidden, 1, 1, act=nn.SiLU)]
             layers += [conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU),
                        SqueezeExcite(hidden, max(1, cin // 4)), conv_bn_act(hidden, cout, 1, 1, act=None)]
-            self.body = nn.Sequential(*layers)
-            self.residual = stride == 1 and cin == cout
+            super().__init__(layers, stride == 1 and cin == cout)
 
-        def forward(self, x):
-            return x + self.body(x) if self.residual else self.body(x)
-
-    class EfficientNetB0(nn.Module):
+    class EfficientNetB0(PooledClassifier):
         def __init__(self):
             super().__init__()
             layers, cin = [conv_bn_act(3, 32, 3, 2, act=nn.SiLU)], 32
@@ -146,10 +153,6 @@ def _nets():
             self.features = nn.Sequential(*layers)
             self.classifier = nn.Linear(1280, 1000)
 
-        def forward(self, x):
-            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-            return self.classifier(torch.flatten(x, 1))
-
     # ---- DenseNet-121
     class DenseLayer(nn.Module):
         def __init__(self, cin, growth=32, bn_size=4):
@@ -161,7 +164,7 @@ def _nets():
         def forward(self, x):
             return torch.cat([x, self.body(x)], 1)
 
-    class DenseNet121(nn.Module):
+    class DenseNet121(PooledClassifier):
         def __init__(self):
             super().__init__()
             layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), bn(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
@@ -177,40 +180,22 @@ def _nets():
             self.features = nn.Sequential(*layers)
             self.classifier = nn.Linear(c, 1000)
 
-        def forward(self, x):
-            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-            return self.classifier(torch.flatten(x, 1))
-
     # ---- MobileNetV3-Large
     def divisible(v, d=8):  # torchvision's _make_divisible
         out = max(d, int(v + d / 2) // d * d)
         return out + d if out < 0.9 * v else out
 
-    class HardSqueezeExcite(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            squeeze = divisible(c // 4)
-            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
-
-        def forward(self, x):
-            s = nn.functional.adaptive_avg_pool2d(x, 1)
-            return x * nn.functional.hardsigmoid(self.fc2(nn.functional.relu(self.fc1(s))))
-
-    class V3Block(nn.Module):
+    class V3Block(Residual):
         def __init__(self, cin, k, hidden, cout, se, act, stride):
-            super().__init__()
             layers = [] if hidden == cin else [conv_bn_act(cin, hidden, 1, 1, act=act)]
             layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
             if se:
-                layers.append(HardSqueezeExcite(hidden))
+                layers.append(SqueezeExcite(hidden, divisible(hidden // 4), nn.functional.relu,
+                                            nn.functional.hardsigmoid))
             layers.append(conv_bn_act(hidden, cout, 1, 1, act=None))
-            self.body = nn.Sequential(*layers)
-            self.residual = stride == 1 and cin == cout
+            super().__init__(layers, stride == 1 and cin == cout)
 
-        def forward(self, x):
-            return x + self.body(x) if self.residual else self.body(x)
-
-    class MobileNetV3(nn.Module):
+    class MobileNetV3(PooledClassifier):
         def __init__(self):
             super().__init__()
             re, hs = nn.ReLU, nn.Hardswish
@@ -226,10 +211,6 @@ def _nets():
             layers.append(conv_bn_act(cin, 960, 1, 1, act=hs))
             self.features = nn.Sequential(*layers)
             self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Linear(1280, 1000))
-
-        def forward(self, x):
-            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-            return self.classifier(torch.flatten(x, 1))
 
     return {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2, "efficientnet_b0": EfficientNetB0,
             "densenet121": DenseNet121, "mobilenet_v3": MobileNetV3}

@@ -1,4 +1,4 @@
-"""Backward rule of LSTM, checked in float64 against central finite differences (every output: Y,
+"""Backward rules of LSTM, GRU and RNN, checked in float64 against central finite differences (every output: Y,
 Y_h, Y_c; both directions; batch-first layout; initial states as inputs) on onnx's reference
 runtime (onnxruntime has no float64 LSTM), in float32 on onnxruntime, and against torch."""
 import numpy as np
@@ -16,27 +16,39 @@ def r(*shape, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(f64)
 
 
-def lstm_case(steps=4, batch=2, inputs=3, hidden=5, direction="forward", bias=True, states=False, layout=0,
-              opset=14, dtype=f64, **attrs):
-    d = 2 if direction == "bidirectional" else 1
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+OUTPUTS = {"LSTM": 3, "GRU": 2, "RNN": 2}
+
+
+def recurrent_case(op, steps=4, batch=2, inputs=3, hidden=5, direction="forward", bias=True, states=False, layout=0,
+                   dtype=f64, tag="", **attrs):
+    """One LSTM/GRU/RNN node: X and (``states``) the initial states differentiated, the weights
+    constants; float64 on onnx's reference runtime, float32 on onnxruntime."""
+    d, g = 2 if direction == "bidirectional" else 1, GATES[op]
     x = r(steps, batch, inputs) if layout == 0 else r(batch, steps, inputs)
-    consts = {"w": r(d, 4 * hidden, inputs, scale=0.5), "r": r(d, 4 * hidden, hidden, scale=0.5)}
+    consts = {"w": r(d, g * hidden, inputs, scale=0.5), "r": r(d, g * hidden, hidden, scale=0.5)}
     order = ["x", "w", "r"]
     if bias:
-        consts["b"] = r(d, 8 * hidden, scale=0.3)
+        consts["b"] = r(d, 2 * g * hidden, scale=0.3)
     order.append("b" if bias else "")
     given = {"x": x}
     if states:
         shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
-        given.update(h0=r(*shape, scale=0.5), c0=r(*shape, scale=0.5))
-        order += ["", "h0", "c0"]
-    given = {k: v.astype(dtype) for k, v in given.items()}
-    consts = {k: v.astype(dtype) for k, v in consts.items()}
+        given["h0"] = r(*shape, scale=0.5)
+        order += ["", "h0"]
+        if op == "LSTM":
+            given["c0"] = r(*shape, scale=0.5)
+            order.append("c0")
     ort = dtype == np.float32
-    return Case("LSTM", given, consts=consts, order=order, outputs=3, opset=opset, rtol=5e-3 if ort else 1e-6,
-                runtime="ort" if ort else "reference",
+    return Case(op, {k: v.astype(dtype) for k, v in given.items()},
+                consts={k: v.astype(dtype) for k, v in consts.items()}, order=order, outputs=OUTPUTS[op], opset=14,
+                rtol=5e-3 if ort else 1e-6, runtime="ort" if ort else "reference",
                 attrs={"hidden_size": hidden, "direction": direction, **({"layout": layout} if layout else {}), **attrs},
-                id=f"LSTM-{direction}-b{int(bias)}-s{int(states)}-l{layout}-T{steps}" + ("-ort" if ort else ""))
+                id=f"{op}-{direction}-b{int(bias)}-s{int(states)}-l{layout}-T{steps}{tag}" + ("-ort" if ort else ""))
+
+
+def lstm_case(*args, **kwargs):
+    return recurrent_case("LSTM", *args, **kwargs)
 
 
 CASES = [
@@ -89,21 +101,27 @@ def test_lstm_features_without_a_rule_are_refused_by_name(attrs, consts, message
     assert "LSTM node" in str(info.value) and "--grad fd" in str(info.value)
 
 
-def test_lstm_against_torch():
-    """torch's nn.LSTM (gate order i, f, g, o) with the same weights: the same input gradient."""
+# torch's gate order as positions in ONNX's (LSTM: i, o, f, c -> i, f, g, o; GRU: z, r, h -> r, z, n)
+TORCH_ORDER = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2]}
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_against_torch(op):
+    """torch's nn.LSTM / nn.GRU (whose reset is applied after the recurrent product, i.e.
+    linear_before_reset=1) with the same weights, both directions: the same input gradient."""
     torch = pytest.importorskip("torch")
     steps, batch, inputs, hidden = 5, 2, 3, 4
-    case = lstm_case(steps, batch, inputs, hidden, direction="bidirectional")
+    case = lstm_case(steps, batch, inputs, hidden, direction="bidirectional") if op == "LSTM" else \
+        gru_case(steps, batch, inputs, hidden, direction="bidirectional", lbr=1)
     w, rr, b = case.consts["w"], case.consts["r"], case.consts["b"]
-    net = torch.nn.LSTM(inputs, hidden, bidirectional=True).double()
-    iofc_to_ifgo = np.concatenate([np.arange(0, hidden), np.arange(2 * hidden, 3 * hidden),
-                                   np.arange(3 * hidden, 4 * hidden), np.arange(hidden, 2 * hidden)])
+    net = getattr(torch.nn, op)(inputs, hidden, bidirectional=True).double()
+    rows = np.concatenate([np.arange(j * hidden, (j + 1) * hidden) for j in TORCH_ORDER[op]])
+    half = GATES[op] * hidden
     with torch.no_grad():
         for d, suffix in enumerate(["", "_reverse"]):
-            getattr(net, "weight_ih_l0" + suffix).copy_(torch.tensor(w[d][iofc_to_ifgo]))
-            getattr(net, "weight_hh_l0" + suffix).copy_(torch.tensor(rr[d][iofc_to_ifgo]))
-            getattr(net, "bias_ih_l0" + suffix).copy_(torch.tensor(b[d][:4 * hidden][iofc_to_ifgo]))
-            getattr(net, "bias_hh_l0" + suffix).copy_(torch.tensor(b[d][4 * hidden:][iofc_to_ifgo]))
+            for name, value in (("weight_ih", w[d]), ("weight_hh", rr[d]), ("bias_ih", b[d][:half]),
+                                ("bias_hh", b[d][half:])):
+                getattr(net, f"{name}_l0{suffix}").copy_(torch.tensor(value[rows]))
     x = case.inputs["x"]
     seed = r(steps, 2, batch, hidden)
     ours = gradients(node_model(case), {"x": x}, "y0", ["x"], seed, runtime="reference")["x"]
@@ -161,24 +179,8 @@ def test_ctc_recognizer_gradients_through_its_lstm(tmp_path):
     assert cam.map.shape == (2, 8, 16) and np.isfinite(cam.map).all()
 
 
-def gru_case(steps=4, batch=2, inputs=3, hidden=5, direction="forward", bias=True, states=False, lbr=0,
-             dtype=f64, **attrs):
-    d = 2 if direction == "bidirectional" else 1
-    given = {"x": r(steps, batch, inputs)}
-    consts = {"w": r(d, 3 * hidden, inputs, scale=0.5), "r": r(d, 3 * hidden, hidden, scale=0.5)}
-    order = ["x", "w", "r"]
-    if bias:
-        consts["b"] = r(d, 6 * hidden, scale=0.3)
-    order.append("b" if bias else "")
-    if states:
-        given["h0"] = r(d, batch, hidden, scale=0.5)
-        order += ["", "h0"]
-    ort = dtype == np.float32
-    return Case("GRU", {k: v.astype(dtype) for k, v in given.items()},
-                consts={k: v.astype(dtype) for k, v in consts.items()}, order=order, outputs=2, opset=14,
-                rtol=5e-3 if ort else 1e-6, runtime="ort" if ort else "reference",
-                attrs={"hidden_size": hidden, "direction": direction, "linear_before_reset": lbr, **attrs},
-                id=f"GRU-{direction}-b{int(bias)}-s{int(states)}-lbr{lbr}" + ("-ort" if ort else ""))
+def gru_case(*args, lbr=0, **kwargs):
+    return recurrent_case("GRU", *args, linear_before_reset=lbr, tag=f"-lbr{lbr}", **kwargs)
 
 
 GRU_CASES = [
@@ -197,30 +199,6 @@ def test_gru_gradient_matches_finite_differences(case, output):
     assert check_case(case, output) < case.rtol
 
 
-def test_gru_against_torch():
-    """torch's nn.GRU (gate order r, z, n; reset applied after the recurrent product, i.e.
-    linear_before_reset=1) with the same weights: the same input gradient."""
-    torch = pytest.importorskip("torch")
-    steps, batch, inputs, hidden = 5, 2, 3, 4
-    case = gru_case(steps, batch, inputs, hidden, direction="bidirectional", lbr=1)
-    w, rr, b = case.consts["w"], case.consts["r"], case.consts["b"]
-    net = torch.nn.GRU(inputs, hidden, bidirectional=True).double()
-    zrh_to_rzn = np.concatenate([np.arange(hidden, 2 * hidden), np.arange(0, hidden), np.arange(2 * hidden, 3 * hidden)])
-    with torch.no_grad():
-        for d, suffix in enumerate(["", "_reverse"]):
-            getattr(net, "weight_ih_l0" + suffix).copy_(torch.tensor(w[d][zrh_to_rzn]))
-            getattr(net, "weight_hh_l0" + suffix).copy_(torch.tensor(rr[d][zrh_to_rzn]))
-            getattr(net, "bias_ih_l0" + suffix).copy_(torch.tensor(b[d][:3 * hidden][zrh_to_rzn]))
-            getattr(net, "bias_hh_l0" + suffix).copy_(torch.tensor(b[d][3 * hidden:][zrh_to_rzn]))
-    x = case.inputs["x"]
-    seed = r(steps, 2, batch, hidden)
-    ours = gradients(node_model(case), {"x": x}, "y0", ["x"], seed, runtime="reference")["x"]
-    xt = torch.tensor(x, requires_grad=True)
-    out, _ = net(xt)
-    out.backward(torch.tensor(seed.transpose(0, 2, 1, 3).reshape(steps, batch, 2 * hidden)))
-    np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-
-
 def test_gru_features_without_a_rule_are_refused_by_name():
     for case, message in ((gru_case(clip=3.0), "clip"), (gru_case(activations=["HardSigmoid", "Tanh"]), "activations")):
         with pytest.raises(OnnxvizError, match=message) as info:
@@ -228,20 +206,8 @@ def test_gru_features_without_a_rule_are_refused_by_name():
         assert "GRU node" in str(info.value) and "--grad fd" in str(info.value)
 
 
-def rnn_case(direction="forward", states=False, bias=True, steps=4, batch=2, inputs=3, hidden=5):
-    d = 2 if direction == "bidirectional" else 1
-    given = {"x": r(steps, batch, inputs)}
-    consts = {"w": r(d, hidden, inputs, scale=0.5), "r": r(d, hidden, hidden, scale=0.5)}
-    order = ["x", "w", "r"]
-    if bias:
-        consts["b"] = r(d, 2 * hidden, scale=0.3)
-    order.append("b" if bias else "")
-    if states:
-        given["h0"] = r(d, batch, hidden, scale=0.5)
-        order += ["", "h0"]
-    return Case("RNN", given, consts=consts, order=order, outputs=2, opset=14, rtol=1e-6, runtime="reference",
-                attrs={"hidden_size": hidden, "direction": direction},
-                id=f"RNN-{direction}-b{int(bias)}-s{int(states)}-T{steps}")
+def rnn_case(direction="forward", **kwargs):
+    return recurrent_case("RNN", direction=direction, **kwargs)
 
 
 RNN_CASES = [rnn_case(), rnn_case("reverse", bias=False), rnn_case("bidirectional", states=True), rnn_case(steps=1)]

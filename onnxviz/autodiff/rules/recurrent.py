@@ -118,7 +118,7 @@ def _lstm_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, h
     gate = lambda j: _slice(e, pre, j * hidden, (j + 1) * hidden, axis=2)  # noqa: E731
     i_all, o_all, f_all = (e.op("Sigmoid", gate(j)) for j in range(3))
     c_all = e.op("Tanh", gate(3))
-    order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+    order = _order(steps, reverse)
     at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
     one = e.scalar(1, like=node.inputs[0])
     cells, before = {}, {}
@@ -133,19 +133,17 @@ def _lstm_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, h
     dpres = {}
     for t in reversed(order):
         i_t, o_t, f_t, c_t = at(i_all, t), at(o_all, t), at(f_all, t), at(c_all, t)
-        dh = _plus(e, None if dy is None else at(dy, t), dh_carry)
-        dh = dh if dh is not None else zero_state
+        dh = _incoming(e, dy, t, dh_carry, zero_state)
         tanh_c = e.op("Tanh", cells[t])
-        dc = _plus(e, dc_carry, e.op("Mul", e.op("Mul", dh, o_t), e.op("Sub", one, e.op("Mul", tanh_c, tanh_c))))
+        dc = _plus(e, dc_carry, e.op("Mul", e.op("Mul", dh, o_t), _tanh_slope(e, tanh_c, one)))
         d_i = e.op("Mul", e.op("Mul", dc, c_t), _sigmoid_slope(e, i_t, one))
         d_o = e.op("Mul", e.op("Mul", dh, tanh_c), _sigmoid_slope(e, o_t, one))
         d_f = zero_state if before[t] is None else e.op("Mul", e.op("Mul", dc, before[t]), _sigmoid_slope(e, f_t, one))
-        d_c = e.op("Mul", e.op("Mul", dc, i_t), e.op("Sub", one, e.op("Mul", c_t, c_t)))
+        d_c = e.op("Mul", e.op("Mul", dc, i_t), _tanh_slope(e, c_t, one))
         dpres[t] = e.op("Concat", d_i, d_o, d_f, d_c, axis=2)  # [1, B, 4H]
         dc_carry = e.op("Mul", dc, f_t)
         dh_carry = e.op("MatMul", dpres[t], r)
-    dpre = dpres[0] if steps == 1 else e.op("Concat", *[dpres[t] for t in range(steps)], axis=0)
-    return e.op("MatMul", dpre, w), dh_carry, dc_carry
+    return _input_gradient(e, dpres, w), dh_carry, dc_carry
 
 
 def _gru_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
@@ -176,16 +174,14 @@ def _gru_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hi
         pre_h = _plus(e, pre_h, rb_h)
     pre_h = _plus(e, pre_h, wb_h)
     h_all = e.op("Tanh", pre_h)
-    order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
     at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
     one = e.scalar(1, like=node.inputs[0])
     dh_carry = dyh
     dpres = {}
-    for t in reversed(order):
+    for t in reversed(_order(steps, reverse)):
         z_t, r_t, h_t, prev_t = at(z_all, t), at(r_all, t), at(h_all, t), at(previous, t)
-        dh = _plus(e, None if dy is None else at(dy, t), dh_carry)
-        dh = dh if dh is not None else zero_state
-        d_pre_h = e.op("Mul", e.op("Mul", dh, e.op("Sub", one, z_t)), e.op("Sub", one, e.op("Mul", h_t, h_t)))
+        dh = _incoming(e, dy, t, dh_carry, zero_state)
+        d_pre_h = e.op("Mul", e.op("Mul", dh, e.op("Sub", one, z_t)), _tanh_slope(e, h_t, one))
         d_pre_z = e.op("Mul", e.op("Mul", dh, e.op("Sub", prev_t, h_t)), _sigmoid_slope(e, z_t, one))
         d_prev = e.op("Mul", dh, z_t)
         if linear_before_reset:
@@ -199,32 +195,50 @@ def _gru_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hi
         d_zr = e.op("Concat", d_pre_z, d_pre_r, axis=2)
         dpres[t] = e.op("Concat", d_zr, d_pre_h, axis=2)  # [1, B, 3H]
         dh_carry = e.op("Add", d_prev, e.op("MatMul", d_zr, r_zr))
-    dpre = dpres[0] if steps == 1 else e.op("Concat", *[dpres[t] for t in range(steps)], axis=0)
-    return e.op("MatMul", dpre, w), dh_carry, None
+    return _input_gradient(e, dpres, w), dh_carry, None
 
 
 def _rnn_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, hidden: int, xs: str, hseq: str,
                    dy: Optional[str], dyh: Optional[str], dyc: Optional[str], h0: Optional[str], c0: Optional[str]):
     """dX [T, B, I], dH0 ([1, B, H]) and None for direction ``k`` of a plain RNN:
     H = tanh(X·W + H_prev·R + b), so dpre = dH ⊙ (1 - H²) with H read from Y itself."""
-    w, r, zero_state, previous = _setup(e, node, k, reverse, steps, hseq, h0)
-    order = list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
-    at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
+    w, r, zero_state, _ = _setup(e, node, k, reverse, steps, hseq, h0)
     one = e.scalar(1, like=node.inputs[0])
     dh_carry = dyh
     dpres = {}
-    for t in reversed(order):
-        h_t = at(hseq, t)
-        dh = _plus(e, None if dy is None else at(dy, t), dh_carry)
-        dh = dh if dh is not None else zero_state
-        dpres[t] = e.op("Mul", dh, e.op("Sub", one, e.op("Mul", h_t, h_t)))
+    for t in reversed(_order(steps, reverse)):
+        dh = _incoming(e, dy, t, dh_carry, zero_state)
+        dpres[t] = e.op("Mul", dh, _tanh_slope(e, _slice(e, hseq, t, t + 1), one))
         dh_carry = e.op("MatMul", dpres[t], r)
+    return _input_gradient(e, dpres, w), dh_carry, None
+
+
+def _order(steps: int, reverse: bool) -> list:
+    """The time steps in the order the direction processes them."""
+    return list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+
+
+def _incoming(e: Emitter, dy: Optional[str], t: int, carry: Optional[str], zero: str) -> str:
+    """dH_t: the output's gradient at step t plus what the step after carried back (zero if neither)."""
+    dh = _plus(e, None if dy is None else _slice(e, dy, t, t + 1), carry)
+    return dh if dh is not None else zero
+
+
+def _input_gradient(e: Emitter, dpres: dict, w: str) -> str:
+    """dX [T, B, I] = the steps' pre-activation gradients, in time order, times W (one MatMul)."""
+    steps = len(dpres)
     dpre = dpres[0] if steps == 1 else e.op("Concat", *[dpres[t] for t in range(steps)], axis=0)
-    return e.op("MatMul", dpre, w), dh_carry, None
+    return e.op("MatMul", dpre, w)
 
 
 def _sigmoid_slope(e: Emitter, s: str, one: str) -> str:
+    """σ' from σ's value: s (1 - s)."""
     return e.op("Mul", s, e.op("Sub", one, s))
+
+
+def _tanh_slope(e: Emitter, t: str, one: str) -> str:
+    """tanh' from tanh's value: 1 - t²."""
+    return e.op("Sub", one, e.op("Mul", t, t))
 
 
 def _plus(e: Emitter, a: Optional[str], b: Optional[str]) -> Optional[str]:
