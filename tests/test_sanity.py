@@ -169,7 +169,7 @@ def test_batched_similarities_equal_one_pair_at_a_time(tiny, method, monkeypatch
         np.testing.assert_allclose(getattr(results[0], f), getattr(results[1], f), rtol=0, atol=1e-12)
 
 
-def test_baked_sessions_on_the_sample_model(sample, monkeypatch):
+def test_baked_sessions_on_the_sample_model(sample, monkeypatch, tmp_path):
     """Five layers in two sessions (steps 0-2 fed; steps 3-4 with layers 0-2 baked as constants and
     3-4 fed), both orders, twice (the second call reuses the kept sessions): every step's map
     equals the map of a model rebuilt with that step's weights."""
@@ -185,14 +185,8 @@ def test_baked_sessions_on_the_sample_model(sample, monkeypatch):
         values = {}
         for i, d in enumerate(randomized_weights(proto, layers, seed=4)):
             values.update(d)
-            other = baked(proto, values, _tmp(), "step.onnx")
+            other = baked(proto, values, tmp_path, f"{order}-{i}.onnx")
             np.testing.assert_allclose(s.maps[i], onnxviz.grad_cam(other, x, target=s.target).map, atol=1e-5)
-
-
-def _tmp():
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="onnxviz-sanity-"))
 
 
 def test_native_resolution_compares_raw():
@@ -323,23 +317,11 @@ def test_ssim_equals_the_filtered_formula():
     """SSIM from per-map window statistics (the reference's reused for k steps) equals the formula
     written out in float64 with scipy's uniform filter and skimage's crop (the referee when skimage
     is absent); ours works in float32, which costs < 1e-6 on [0, 1] maps."""
-    from scipy.ndimage import uniform_filter
-
     rng = np.random.default_rng(4)
     a, b = rng.random((3, 20, 17)), rng.random((6, 20, 17))
     b[4] = a[1]
 
-    def formula(a, b, win=7):
-        mu_a, mu_b = uniform_filter(a, (1, win, win)), uniform_filter(b, (1, win, win))
-        cov = win * win / (win * win - 1)
-        va = cov * (uniform_filter(a * a, (1, win, win)) - mu_a * mu_a)
-        vb = cov * (uniform_filter(b * b, (1, win, win)) - mu_b * mu_b)
-        vab = cov * (uniform_filter(a * b, (1, win, win)) - mu_a * mu_b)
-        c1, c2 = 0.01 ** 2, 0.03 ** 2
-        s = ((2 * mu_a * mu_b + c1) * (2 * vab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
-        return s[:, 3:-3, 3:-3].mean(axis=(1, 2))
-
-    want = formula(np.concatenate([a, a]), b)
+    want = _ssim64(np.concatenate([a, a]), b)
     np.testing.assert_allclose(sanity.ssim_of(sanity.local_stats(a), sanity.local_stats(b)), want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ssim(a, b[:3]), want[:3], rtol=0, atol=1e-6)
     assert abs(want[4] - 1) < 1e-12

@@ -446,8 +446,8 @@ def evaluate_dataset(model_path, paths: Sequence, out, methods: Sequence[str], m
     session = process_session(model_path, load_options)
     wl = _worker_load_options(load_options, engine)
     evaluator = BatchEvaluator(model_path, methods, metrics, steps=steps, score=score, seed=seed,
-                               resolution=resolution, pre=pre or session.pre, device=wl.pop("device"), threads=wl.pop("threads"),
-                               load_options=wl)
+                               resolution=resolution, pre=pre or session.pre, device=wl.pop("device"),
+                               threads=wl.pop("threads"), load_options=wl)
     fixed = fixed_size(session.model.input, evaluator.pre)
     header = {"model": model_digest(session.model), "evaluate": list(methods), "metrics": list(metrics),
               "steps": steps, "score": score, "seed": seed, "sanity_resolution": resolution,

@@ -242,7 +242,7 @@ class WeightFeeds:
     def rewritten(self, proto: onnx.ModelProto, key) -> "_Rewritten":
         """The graph with the weights as inputs and ``baked`` as constants, built once per graph and weight set."""
         cache = _cache(self.model)
-        name = f"weights-as-inputs:{self.tag}:{key if key is not None else id(proto)}"
+        name = _graph_name(self.tag, key if key is not None else id(proto))
         if name not in cache:
             graph, names = _weights_as_inputs(proto, self.names, self.baked)
             # ``proto`` is kept so that its id names no other graph while the entry lives; a graph
@@ -264,6 +264,12 @@ class WeightFeeds:
                                     fixed_shapes)
                  for s in range(0, n, batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _graph_name(tag: str, key="") -> str:
+    """The cache and session name of a graph re-weighted by the weight set ``tag``; with no key,
+    the prefix shared by all of that set's graphs (how :func:`stepped_sessions` keeps them)."""
+    return f"weights-as-inputs:{tag}:{key}"
 
 
 @dataclass(frozen=True)
@@ -325,15 +331,16 @@ def _batch_len(feeds) -> Optional[int]:
     return max(lens) if lens else None
 
 
-def reweighted(model, values: dict):
-    """A view of ``model`` whose every run feeds ``values`` (initializer name -> array) as weights.
+def reweighted(model, values: dict, baked: Optional[dict] = None, tag: Optional[str] = None):
+    """A view of ``model`` whose every run feeds ``values`` (initializer name -> array) as weights
+    and holds ``baked`` as constants (:class:`WeightFeeds`, ``tag`` naming the weight set).
 
     The view shares the model's derived graphs; its sessions are keyed apart from the model's own.
     The names are fixed here; change the values with ``view.runtime.values.update(...)``.
     Methods that read weights from the graph (CAM) see the originals.
     """
     view = copy.copy(model)
-    view.runtime = WeightFeeds(model, values)
+    view.runtime = WeightFeeds(model, values, baked, tag)
     return view
 
 
@@ -700,9 +707,8 @@ def stepped_sessions(model, layers: list, seed: int, order: str) -> list:
             fed = {n: values[n] for d in draws[upto:end + 1] for n in d}
             baked = {n: v for d in draws[:upto] for n, v in d.items()}
             tag = hashlib.sha1(f"{seed}|{order}|{start}|{end}|{bake}|{names}".encode()).hexdigest()[:12]
-            tags.append(f"weights-as-inputs:{tag}:")
-            view = copy.copy(model)
-            view.runtime = WeightFeeds(model, fed, baked, tag)
+            tags.append(_graph_name(tag))
+            view = reweighted(model, fed, baked, tag)
             steps += [(view, d) for d in draws[start:end + 1]]
             # a session's first step: the originals (a last call left its draws), and the draws so far
             steps[start] = (view, {**fed, **{n: v for d in draws[upto:start + 1] for n, v in d.items()}})

@@ -19,7 +19,7 @@ from ..errors import OnnxvizError
 from ..targets import TargetLike
 from .faithfulness import deletion, energy_pointing, insertion, pointing_game, road
 from .results import Curve, Road
-from .sanity import SanityResult, Similarity, method_function, random_logit_test, sanity_check
+from .sanity import SIMILARITIES, SanityResult, Similarity, method_function, random_logit_test, sanity_check
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
 
@@ -102,11 +102,9 @@ def image_record(ev: Evaluation, i: int) -> dict:
         out["energy_pointing"] = float(ev.energy[i])
     if ev.sanity is not None:
         s = ev.sanity
-        out["sanity"] = {k: getattr(s, k)[:, i].tolist() for k in ("spearman", "spearman_abs", "ssim", "topk")}
+        out["sanity"] = {k: getattr(s, k)[:, i].tolist() for k in SIMILARITIES}
         r = ev.random_logit
-        out["random_logit"] = {"class": int(ev.random_class[i]), "spearman": float(r.spearman[i]),
-                               "spearman_abs": float(r.spearman_abs[i]), "ssim": float(r.ssim[i]),
-                               "topk": float(r.topk[i])}
+        out["random_logit"] = {"class": int(ev.random_class[i]), **{k: float(getattr(r, k)[i]) for k in SIMILARITIES}}
     return out
 
 
@@ -126,10 +124,10 @@ def summary(ev: Evaluation) -> dict:
     if ev.sanity is not None:
         s = ev.sanity
         out["sanity"] = {"order": s.order, "resolution": s.resolution, "layers": list(s.layers),
-                         **{k: getattr(s, k).mean(axis=1).tolist() for k in ("spearman", "spearman_abs", "ssim", "topk")},
+                         **{k: getattr(s, k).mean(axis=1).tolist() for k in SIMILARITIES},
                          "final_spearman_abs": s.final, "passes": s.passes(), "verdict": s.verdict()}
         r = ev.random_logit
-        out["random_logit"] = {k: float(getattr(r, k).mean()) for k in ("spearman", "spearman_abs", "ssim", "topk")}
+        out["random_logit"] = {k: float(getattr(r, k).mean()) for k in SIMILARITIES}
     return out
 
 
@@ -176,7 +174,7 @@ def collect(records: Sequence[dict], meta: dict) -> Evaluation:
                                  stacked("ssim"), stacked("topk"), target, empty, empty, meta["sanity"]["order"],
                                  meta["sanity"].get("resolution", "input"))  # records before it was recorded: "input"
         ev.random_logit = Similarity(*(np.array([r["random_logit"][k] for r in records], np.float64)
-                                       for k in ("spearman", "spearman_abs", "ssim", "topk")))
+                                       for k in SIMILARITIES))
         ev.random_class = np.array([r["random_logit"]["class"] for r in records], np.int64)
     return ev
 
