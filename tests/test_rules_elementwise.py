@@ -192,6 +192,67 @@ def test_blocked_masks_are_exact(bound, channels):
     assert np.array_equal(got_below, (x < np.float32(bound)).astype(np.float32))
 
 
+@pytest.mark.parametrize("upper", [6.0, 8.0, 1.0, 0.75, 3.4000001, 1e-30, 2.0 ** -100, 2.0 ** 90])
+def test_fused_inside_mask_is_exact(upper):
+    """inside(t, upper) equals 0 < t < upper bit for bit on Clip(0, upper) outputs (t <= upper): zeros of both
+    signs, subnormals, upper and the floats just under it (where the fused sum is smallest),
+    NaN; run with onnxruntime's full optimizations, which fuse it into one NCHWc Conv."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxviz.autodiff.rules.elementwise import inside
+    from onnxviz.graph.emitter import Emitter
+    from onnxviz.runtime import Runtime
+
+    f32 = np.float32
+    u = f32(upper)
+    under = [u]
+    for _ in range(6):
+        under.append(np.nextafter(under[-1], f32(0)))
+    tiny = np.finfo(f32).smallest_subnormal
+    special = [0.0, -0.0, tiny, 2 * tiny, 1e-40, 1e-38, u / 2, u / 3, np.nextafter(u / 2, f32(0)), np.nan]
+    rng = np.random.default_rng(1)
+    values = np.minimum(np.concatenate([np.array(under + special, f32), (rng.random(40) * u).astype(f32)]), u)
+    x = np.resize(values, (2, 16, 3, 5)).astype(f32)
+    rng.shuffle(x.reshape(-1))
+    e = Emitter({"t": (TensorProto.FLOAT, list(x.shape))}, {}, 13)
+    out = inside(e, "t", upper)
+    assert out is not None
+    graph = helper.make_graph(e.nodes, "inside", [helper.make_tensor_value_info("t", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, x.shape)], e.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    got = Runtime("cpu").run_once(model, {"t": x})[out]
+    want = ((x > 0) & (x < u)).astype(f32)
+    nan = np.isnan(x)
+    assert np.isnan(got[nan]).all()  # NaN is not hidden
+    assert np.array_equal(got[~nan], want[~nan])
+
+
+def test_relu6_mask_is_one_fused_conv():
+    """The cases in test_rules_activations pass with any correct spelling; this fails if a 4-D
+    float32 ReLU6 goes back to two mask Convs and their product."""
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    from onnxviz.autodiff import STANDARD
+    from onnxviz.autodiff.backward import gradient_graph
+
+    shape = [2, 16, 4, 5]
+    graph = helper.make_graph([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "relu6",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                               numpy_helper.from_array(np.array(6, np.float32), "hi")])
+    model = shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    ops = [n.op_type for n in gradient_graph(model, "y", ["x"], STANDARD).proto.graph.node]
+    assert ops.count("HardSigmoid") == 2 and ops.count("Mul") == 1 and ops.count("Add") == 1
+    x = np.array([-1, 0, 1e-40, 3, np.nextafter(np.float32(6), np.float32(0)), 6, 7], np.float32)
+    x = np.resize(x, shape).astype(np.float32)
+    seed = rng.standard_normal(shape).astype(np.float32)
+    got = gradients(model, {"x": x}, "y", ["x"], seed)["x"]
+    assert np.array_equal(got, np.where((x > 0) & (x < 6), seed, np.float32(0)))
+
+
 def test_silu_4d_float32_uses_the_blocked_spelling_and_stays_exact():
     """In 4-D float32 the 1 - s factor is a Conv (onnxruntime keeps it in NCHWc); the gradient
     still equals SiLU's derivative σ(x)(1 + x(1 - σ(x))), evaluated here in float64."""

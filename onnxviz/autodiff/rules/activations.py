@@ -41,7 +41,7 @@ from typing import Optional
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import (above, below, blocked_channels, not_less, positive, scale_channels, select,
+from .elementwise import (above, below, blocked_channels, inside, not_less, positive, scale_channels, select,
                           where_zero, zero_grad)
 
 
@@ -156,11 +156,17 @@ def _clip_bound_value(e: Emitter, node: Node, i: int) -> Optional[float]:
 def _clip_mask(e: Emitter, node: Node, lower: bool = True):
     """1.0 strictly inside (min, max), read from Clip's output y (None when Clip has no bounds).
 
-    Known bounds use the blocked-layout masks (:func:`above`, :func:`below`); computed
-    bounds compare y with the bound tensors. ``lower=False`` leaves out the min.
+    Known bounds use the blocked-layout masks (:func:`above`, :func:`below`, and for Clip(0, max),
+    ReLU6, the one-Conv-less :func:`inside`); computed bounds compare y with the bound tensors.
+    ``lower=False`` leaves out the min.
     """
     y = node.outputs[0]
     lo, hi = _clip_bounds(e, node)
+    if lower and lo is not None and hi is not None and _clip_bound_value(e, node, 1) == 0.0:
+        upper = _clip_bound_value(e, node, 2)
+        fused = inside(e, y, upper) if upper is not None else None
+        if fused is not None:
+            return fused
     parts = []
     for i, bound, const_mask, op in [(1, lo if lower else None, above, "Greater"), (2, hi, below, "Less")]:
         if bound is None:

@@ -13,6 +13,7 @@ for two tied operands it is also what central differences measure).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -142,6 +143,26 @@ def above(e: Emitter, t: str, bound: float = 0.0) -> str:
 def below(e: Emitter, t: str, bound: float) -> str:
     """1.0 where t < bound, else 0.0 (the spelling of :func:`above`)."""
     return _compare_mask(e, t, bound, -1.0)
+
+
+def inside(e: Emitter, t: str, upper: float) -> Optional[str]:
+    """1.0 where 0 < t < upper, else 0.0, for t known to be >= 0 (a Clip(0, upper) output: ReLU6);
+    None where the fused spelling below does not apply (the caller multiplies two masks).
+
+    One mask Conv less than above · below: m = HardSigmoid_a(a - c·t + (c·upper - 1)) with
+    a = [t > 0] and c = 2^-k, upper in (2^(k-1), 2^k], which onnxruntime runs as one Conv whose
+    Sum input is a (no Mul, one pass over t less). Exact in every order of the three additions:
+    a = 0 means t = 0 and the sum is c·upper - 1 <= 0; with a = 1 it is 0 at t = upper and at
+    least 2^-24 below it (c times the float spacing under upper), so a = 2^26 saturates it.
+    """
+    channels = blocked_channels(e, t)
+    if channels is None or not 1 / MASK_BOUND_LIMIT <= upper <= MASK_BOUND_LIMIT or np.float32(upper) != upper:
+        return None
+    c = 2.0 ** -math.ceil(math.log2(upper))
+    w = e.const(np.full((channels, 1, 1, 1), -c, np.float32))
+    b = e.const(np.full(channels, c * upper - 1.0, np.float32))  # exact: c·upper in (1/2, 1]
+    shifted = e.op("Add", e.op("Conv", t, w, b, group=channels, kernel_shape=[1, 1]), above(e, t))
+    return e.op("HardSigmoid", shifted, alpha=2.0 ** 26, beta=0.0)
 
 
 def zero_grad(e: Emitter, node: Node, dys):
