@@ -9,6 +9,12 @@ class ModelError(OnnxvizError):
     """The model file cannot be loaded or is not a CNN onnxviz can analyze."""
 
 
+class OptionError(OnnxvizError):
+    """A method, metric or option that does not exist, or an input a chosen method needs that was
+    not given: a mistake in the request rather than in one model or image, so a run over many
+    methods or images stops at it instead of recording it as one method's failure."""
+
+
 class ImageError(OnnxvizError):
     """An image file cannot be read or does not fit the model."""
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import onnx
 
-from .errors import OnnxvizError
+from .errors import OnnxvizError, OptionError
 
 log = logging.getLogger("onnxviz")
 
@@ -50,7 +50,7 @@ def cuda_available() -> bool:
 def resolve_device(device: str) -> str:
     """'auto' becomes 'cuda' when onnxruntime-gpu sees a GPU, else 'cpu'."""
     if device not in DEVICES:
-        raise OnnxvizError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+        raise OptionError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
@@ -72,7 +72,7 @@ class Runtime:
     def __init__(self, device: str = "auto", threads: Optional[int] = None, optimization: str = "all"):
         self.device = resolve_device(device)
         if optimization not in OPT_LEVELS:
-            raise OnnxvizError(f"unknown optimization level {optimization!r}: choose from {', '.join(OPT_LEVELS)}")
+            raise OptionError(f"unknown optimization level {optimization!r}: choose from {', '.join(OPT_LEVELS)}")
         self.threads = threads
         self.optimization = optimization
         self._sessions: dict = {}

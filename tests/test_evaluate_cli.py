@@ -94,6 +94,27 @@ def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):
     assert "vanilla" in data["summary"] and "cam" not in data["summary"]
 
 
+def test_a_model_failure_is_recorded_whatever_its_wording(tmp_path, monkeypatch):
+    """Only mistakes in the request (OptionError) stop the run; a method failing on this model
+    is recorded even when its message says "unknown" (the CLI once triaged by message text)."""
+    import onnxviz.cli.evaluate as cli_evaluate
+
+    real = cli_evaluate.evaluate
+
+    def failing(model, x, method, *args, **kwargs):
+        if method == "gradcam":
+            raise OnnxvizError("the rank of 'logits' is unknown; cannot pick a class axis")
+        return real(model, x, method, *args, **kwargs)
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", failing)
+    out = tmp_path / "ev"
+    r = run("evaluate", MODEL, IMAGES[0], "--method", "gradcam,vanilla", "--metrics", "deletion", "--steps", 4,
+            "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert "is unknown" in data["errors"]["gradcam"] and "vanilla" in data["summary"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--metrics", "deletion,vibes"], "unknown metric 'vibes'"),
     (["--metrics", "pointing"], "needs the objects' boxes"),

@@ -14,7 +14,7 @@ from typing import Sequence
 import click
 import numpy as np
 
-from ..errors import OnnxvizError
+from ..errors import OnnxvizError, OptionError
 from ..io import check_output, ensure_out_dir, save_figure, save_json
 from ..methods.sanity import RESOLUTIONS
 from ..methods.trust import (METRICS, boxes_mask, check_metrics, collect, evaluate, image_record, parse_boxes,
@@ -96,9 +96,9 @@ def evaluate_cmd(model, images, methods, metrics, boxes, steps, score, target, s
         click.echo(f"{title(method)}: {', '.join(chosen)} ...", err=True)
         try:
             ev = evaluate(session.model, x, method, chosen, targets, masks=masks, progress=True, **settings)
+        except OptionError:
+            raise
         except OnnxvizError as exc:
-            if "unknown" in str(exc) or "needs the objects" in str(exc):
-                raise
             report["errors"][method] = str(exc)
             click.echo(f"{method}: failed: {exc}", err=True)
             continue

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError, OnnxvizError
+from ..errors import ImageError, OnnxvizError, OptionError
 from ..images import Preprocess, preprocess, read_image
 from ..graph.heads import penultimate_layer
 from ..methods.embed import Pooler, fixed_size
@@ -306,9 +306,9 @@ class BatchEvaluator(_BatchCallable):
         for method in self.methods:
             try:
                 ev = evaluate(self.model, x, method, self.metrics, target, masks=masks, **self.settings)
+            except OptionError:
+                raise
             except OnnxvizError as exc:
-                if "unknown" in str(exc) or "needs the objects" in str(exc):
-                    raise
                 for rec in out:
                     rec["errors"][method] = str(exc)
                 continue

@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..autodiff import REDIRECTED, STANDARD, gradient_graph
-from ..errors import OnnxvizError
+from ..errors import OnnxvizError, OptionError
 from ..gradients import check_differentiable
 from ..images import Preprocess, deprocess
 from ..targets import class_scores, objective
@@ -109,7 +109,7 @@ class Ascent:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise OnnxvizError(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(sorted(names))}")
+            raise OptionError(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(sorted(names))}")
         return dataclasses.replace(base, **options)
 
 

@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..errors import OnnxvizError
+from ..errors import OnnxvizError, OptionError
 from ..targets import TargetLike, general, objective, rows, seed_array, target_scores
 from .perturb import blurred
 from .results import Attribution, channel_map, explains
@@ -46,7 +46,7 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
     >>> s = onnxviz.saliency(model, x, target=[3, 1], method="smoothgrad", samples=16)
     """
     if method not in METHODS:
-        raise OnnxvizError(f"unknown saliency method {method!r}: choose from {', '.join(METHODS)}")
+        raise OptionError(f"unknown saliency method {method!r}: choose from {', '.join(METHODS)}")
     obj = objective(model, output, score)
     xr, t, image = rows(model, x, obj, target, top_k)
     common = dict(output=obj.output, score=score, class_axis=obj.class_axis, batch_size=batch_size,

@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import OnnxvizError
+from ..errors import OnnxvizError, OptionError
 from ..targets import TargetLike, class_scores, objective
 from .results import Attribution, Heatmap
 from .perturb import image_rng
@@ -366,7 +366,7 @@ def method_function(method: Method) -> tuple[str, Callable]:
     if method == "occlusion":
         return method, lambda m, x, t: occlusion(m, x, target=t)
     known = ", ".join([*CAM, *SALIENCY, "occlusion"])
-    raise OnnxvizError(f"unknown method {method!r}: choose from {known}")
+    raise OptionError(f"unknown method {method!r}: choose from {known}")
 
 
 def map_views(result, spec, resolution: str = "native") -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import OnnxvizError
+from ..errors import OnnxvizError, OptionError
 from ..targets import TargetLike
 from .faithfulness import deletion, energy_pointing, insertion, pointing_game, road
 from .results import Curve, Road
@@ -44,9 +44,9 @@ def check_metrics(metrics: Sequence[str], have_regions: bool) -> list:
     metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise OnnxvizError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
+        raise OptionError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
     if "pointing" in metrics and not have_regions:
-        raise OnnxvizError("the pointing game needs the objects' boxes or masks (--boxes FILE.json)")
+        raise OptionError("the pointing game needs the objects' boxes or masks (--boxes FILE.json)")
     return metrics
 
 
