@@ -214,8 +214,10 @@ def silu(e: Emitter, node: Node, dy: str, i: int) -> list:
     """
     s, y = node.inputs[1 - i], node.outputs[0]
     channels = blocked_channels(e, y)
-    if channels is not None and e.shape(s) == e.shape(y):  # 1 - s as a Conv: stays in NCHWc
-        one_minus_s = scale_channels(e, s, np.full(channels, -1.0), like=y, shift=1.0)
+    if channels is not None and e.shape(s) == e.shape(y):
+        # 1 - s as clip(1 - s, 0, 1) (s is in [0, 1]): a HardSigmoid stays in NCHWc, and at
+        # memory bandwidth, where Sub left the layout and a depthwise Conv ran at a third of it
+        one_minus_s = e.op("HardSigmoid", s, alpha=-1.0, beta=1.0)
     else:
         one_minus_s = e.op("Sub", e.scalar(1, like=y), s)
     dx = e.op("Mul", dy, e.op("Add", s, e.op("Mul", y, one_minus_s)))
