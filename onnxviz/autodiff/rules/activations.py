@@ -273,21 +273,19 @@ def hard_swish(e: Emitter, node: Node, dys):
 
 def _hard_swish_slope(e: Emitter, x: str, channels: int) -> str:
     """HardSwish's derivative for a float32 tensor in onnxruntime's blocked NCHWc layout:
-    clip(x/3, -1, 1) + 1/2 + [x < -3]/2 - [x > 3]/2, i.e. 0 below -3, x/3 + 1/2 on [-3, 3]
-    (-1/2 and 3/2 at the ends) and 1 above, exactly (the saturated sums are halves and ones).
-    Every op is a Conv onnxruntime keeps in NCHWc: the clipped ramp a Conv with a fused Clip,
-    the masks :func:`above`/:func:`below`, and each half-mask a depthwise Conv whose Add it
-    fuses as a Sum input, so the slope costs 11 passes over x instead of 17 (two ramps, two
-    mask products and their sum). Where, Less, Cast and Sub left the layout (on
-    MobileNetV3-Large every HardSwish sent its input and gradient through reorders, 21% of a
-    saliency run).
+    2·r + ([x < -3] + [x <= 3])/2 - 1 with r = clip(x/6 + 1/2, 0, 1), i.e. 0 below -3,
+    x/3 + 1/2 on [-3, 3] (-1/2 and 3/2 at the ends) and 1 above, exactly outside [-3, 3]
+    (sums of halves and ones). r, both masks and the halving are HardSigmoids, the last
+    affine step a depthwise Conv whose Add onnxruntime fuses as its Sum input: all stay in
+    NCHWc. Where, Less, Cast and Sub left the layout (on MobileNetV3-Large every HardSwish
+    sent its input and gradient through reorders, 21% of a saliency run).
     """
-    ramp = e.op("Clip", scale_channels(e, x, np.full(channels, 1 / 3, np.float32), like=x),
-                e.scalar(-1.0, like=x), e.scalar(1.0, like=x))
-    halves = np.full(channels, 0.5, np.float32)
-    upper = scale_channels(e, above(e, x, 3.0), -halves, like=x, shift=0.5)
-    lower = scale_channels(e, below(e, x, -3.0), halves, like=x)
-    return e.op("Add", lower, e.op("Add", upper, ramp))
+    ramp = e.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
+    not_above = below(e, x, float(np.nextafter(np.float32(3), np.float32(np.inf))))
+    halves = e.op("HardSigmoid", e.op("Add", below(e, x, -3.0), not_above), alpha=0.5, beta=0.0)
+    twice = e.const(np.full((channels, 1, 1, 1), 2.0, np.float32))
+    return e.op("Add", e.op("Conv", ramp, twice, e.const(np.full(channels, -1.0, np.float32)), group=channels,
+                            kernel_shape=[1, 1]), halves)
 
 
 def softplus(e: Emitter, node: Node, dys):
