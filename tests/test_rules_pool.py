@@ -55,6 +55,11 @@ CASES = [
     maxpool("opset12-overlap", (1, 2, 7, 7), {**K3S2, "ceil_mode": 1}, opset=12),
     maxpool("opset10-overlap", (1, 2, 7, 6), {"kernel_shape": [3, 2], "strides": [1, 1]}, opset=10),
     maxpool("opset11-2x2", (1, 2, 4, 4), {"kernel_shape": [2, 2], "strides": [2, 2]}, opset=11),
+    # below opset 16 the window-offsets spelling runs: its geometry cases
+    maxpool("opset15-pads-ceil", (1, 2, 6, 7), {**K3S2, "pads": [1, 0, 1, 2], "ceil_mode": 1}, opset=15),
+    maxpool("opset15-dilations", (1, 2, 7, 8), {"kernel_shape": [2, 3], "dilations": [2, 2], "strides": [1, 2]},
+            opset=15),
+    maxpool("opset15-same-upper", (1, 2, 6, 7), {**K3S2, "auto_pad": "SAME_UPPER"}, opset=15),
     # AveragePool
     avgpool("3x3-s2", (2, 3, 7, 7), K3S2),
     avgpool("pads-include", (1, 2, 6, 5), {**K3S2, "pads": [1, 0, 2, 1], "count_include_pad": 1}),
@@ -173,20 +178,31 @@ TIE_CASES = [
 ]
 
 
+def _by_offsets(e, node, dys):
+    from onnxviz.autodiff.rules.pool import max_pool_by_offsets
+
+    dx = max_pool_by_offsets(e, node, dys[0])
+    assert dx is not None  # the case is one this spelling takes
+    return [dx]
+
+
+BY_OFFSETS = STANDARD.replace(MaxPool=_by_offsets)  # the spelling of graphs below opset 16
+
+
 @pytest.mark.parametrize("name,shape,attrs", TIE_CASES, ids=[c[0] for c in TIE_CASES])
 def test_maxpool_ties_follow_ort_indices(name, shape, attrs):
-    """Ties go to the first maximum in row-major window order, as the scatter at ORT's Indices does."""
+    """Ties go to the first maximum in row-major window order, as the scatter at ORT's Indices does:
+    the window-offsets spelling (graphs below opset 16) against the default scatter."""
     from onnxviz.autodiff import gradient_graph
-    from onnxviz.autodiff.rules.pool import max_pool_scatter
 
     x = ties(*shape)
     model = node_model(Case("MaxPool", {"x": x}, attrs=attrs))
     seed = r(*session_output_shape(model, x))
-    fast = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
-    scatter = gradients(model, {"x": x}, "y0", ["x"], seed, rules=STANDARD.replace(MaxPool=max_pool_scatter))["x"]
-    np.testing.assert_allclose(fast, scatter, rtol=1e-6, atol=1e-6)
+    scatter = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+    offsets = gradients(model, {"x": x}, "y0", ["x"], seed, rules=BY_OFFSETS)["x"]
+    np.testing.assert_allclose(offsets, scatter, rtol=1e-6, atol=1e-6)
     ops = {n.op_type for n in gradient_graph(model, "y0", ["x"], STANDARD).proto.graph.node}
-    assert "ScatterElements" not in ops and "ConvTranspose" in ops  # the offsets spelling ran
+    assert "ScatterElements" in ops and "ConvTranspose" not in ops  # the default is the scatter
 
 
 def session_output_shape(model, x):
@@ -224,7 +240,8 @@ def test_maxpool_ties_against_torch():
 
 
 def test_maxpool_last_max_variant_would_fail():
-    """Giving ties to every maximum (no ``taken`` chain) double-counts: the tie check catches it."""
+    """Giving ties to every maximum (no ``taken`` chain) in the offsets spelling double-counts: the
+    tie check catches it."""
     import onnxviz.autodiff.rules.pool as pool
 
     x = ties(1, 2, 6, 6)
@@ -240,7 +257,7 @@ def test_maxpool_last_max_variant_would_fail():
 
     pool.Emitter.op = every_max
     try:
-        wrong = gradients(model, {"x": x}, "y0", ["x"], seed)["x"]
+        wrong = gradients(model, {"x": x}, "y0", ["x"], seed, rules=BY_OFFSETS)["x"]
     finally:
         pool.Emitter.op = real_and
     assert np.abs(wrong - right).max() > 0.1
