@@ -41,7 +41,7 @@ from typing import Optional
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import (above, below, blocked_channels, inside, not_less, positive, scale_channels, select,
+from .elementwise import (above, below, blocked_channels, inside, not_less, positive, select,
                           where_zero, zero_grad)
 
 
