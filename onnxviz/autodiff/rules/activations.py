@@ -41,7 +41,7 @@ from typing import Optional
 
 from ...graph.emitter import Emitter
 from ..ruleset import Node
-from .elementwise import (above, below, blocked_channels, inside, not_less, positive, select,
+from .elementwise import (above, below, blocked_channels, inside, not_less, positive, scale_channels, select,
                           where_zero, zero_grad)
 
 
@@ -285,9 +285,7 @@ def _hard_swish_slope(e: Emitter, x: str, channels: int) -> str:
     ramp = e.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)
     not_above = below(e, x, float(np.nextafter(np.float32(3), np.float32(np.inf))))
     halves = e.op("HardSigmoid", e.op("Add", below(e, x, -3.0), not_above), alpha=0.5, beta=0.0)
-    twice = e.const(np.full((channels, 1, 1, 1), 2.0, np.float32))
-    return e.op("Add", e.op("Conv", ramp, twice, e.const(np.full(channels, -1.0, np.float32)), group=channels,
-                            kernel_shape=[1, 1]), halves)
+    return e.op("Add", scale_channels(e, ramp, np.full(channels, 2.0), like=x, shift=-1.0), halves)
 
 
 def softplus(e: Emitter, node: Node, dys):

@@ -1,11 +1,12 @@
 """Backward rules for windowed pooling: MaxPool, AveragePool, LpPool.
 
-MaxPool routes dy to each window's first maximum: by scatter-adding at the forward's own
-argmax (its optional ``Indices`` output; opset >= 16, the fast path), else by comparing the
+MaxPool routes dy to each window's first maximum: by scatter-adding at the argmax (the
+``Indices`` output of a twin MaxPool; opset >= 16, the fast path), else by comparing the
 input under each kernel offset with the output (static geometry). Overlapping windows can
-pick the same element, so a plain scatter or MaxUnpool would drop contributions. Average and Lp pooling are window sums (S) with per-window
-weights, and S^T is a ConvTranspose with a ones kernel over [N*C, 1, ...] (no channel
-count needed). Output sizes come from the runtime, never from shape inference.
+pick the same element, so a plain scatter or MaxUnpool would drop contributions. Average
+and Lp pooling are window sums (S) with per-window weights, and S^T is a ConvTranspose with
+a ones kernel over [N*C, 1, ...] (no channel count needed). Output sizes come from the
+runtime, never from shape inference.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _geometry(e: Emitter, node: Node):
 # ---- MaxPool -------------------------------------------------------------------------------
 
 def max_pool(e: Emitter, node: Node, dys):
-    """MaxPool's gradient: one scatter-add at the forward's Indices where ScatterElements adds
+    """MaxPool's gradient: one scatter-add at the Indices (:func:`_indices`) where ScatterElements adds
     (opset >= 16), else by window offsets where the geometry is static, else a scatter per
     class of non-overlapping windows.
 
