@@ -55,19 +55,20 @@ def saliency(model, x: np.ndarray, target: TargetLike = None, method: str = "van
         g = model.gradients(xr, target=t, wrt=["input"], rules=_RULES[method], checked=True, **common)
         raw, chosen, value = g["input"], g.target, g.score
     else:
-        clean = []
+        chosen = value = None
 
         def fixed() -> np.ndarray:
             # the explained entries are fixed at the clean image, not re-chosen on each noisy or path copy
+            nonlocal chosen, value
             y = model.activations(xr, [obj.tensor], batch_size=batch_size)[obj.tensor]
-            clean.extend(target_scores(obj, y, t, model.input.hw(xr)))
-            return seed_array(obj, y, t, model.input.hw(xr))[0].astype(np.float32) if general(t) else clean[0]
+            hw = model.input.hw(xr)
+            chosen, value = target_scores(obj, y, t, hw)
+            return seed_array(obj, y, t, hw)[0].astype(np.float32) if general(t) else chosen
 
         if method == "smoothgrad":
             raw = _smoothgrad(model, xr, fixed, samples, noise, seed, common)
         else:
             raw = _integrated(model, xr, fixed, steps, baseline, sigma, common)
-        chosen, value = clean
     raw = np.asarray(raw, dtype=xr.dtype)
     return Attribution(raw=raw, map=channel_map(raw, model.input), target=np.asarray(chosen, np.int64),
                        score=np.asarray(value, np.float32), method=method, image=image,

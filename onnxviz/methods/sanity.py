@@ -392,7 +392,7 @@ def _floating(m) -> np.ndarray:
 
 def check_resolution(resolution: str) -> str:
     if resolution not in RESOLUTIONS:
-        raise OnnxvizError(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
+        raise OptionError(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}")
     return resolution
 
 
@@ -635,7 +635,7 @@ def sanity_check(model, x: np.ndarray, method: Method = "gradcam", target: Targe
     >>> s.spearman_abs[-1].mean(), s.verdict()
     """
     if order not in ORDERS:
-        raise OnnxvizError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        raise OptionError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     check_resolution(resolution)
     name, fn = method_function(method)
     x = model.check_input(x)

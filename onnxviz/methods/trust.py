@@ -19,7 +19,8 @@ from ..errors import OnnxvizError, OptionError
 from ..targets import TargetLike
 from .faithfulness import deletion, energy_pointing, insertion, pointing_game, road
 from .results import Curve, Road
-from .sanity import SIMILARITIES, SanityResult, Similarity, method_function, random_logit_test, sanity_check
+from .sanity import (SIMILARITIES, SanityResult, Similarity, check_resolution, method_function, random_logit_test,
+                     sanity_check)
 
 METRICS = ("deletion", "insertion", "road", "pointing", "sanity")
 
@@ -62,6 +63,7 @@ def evaluate(model, x: np.ndarray, method, metrics: Sequence[str] = ("deletion",
     :func:`onnxviz.sanity_check`).
     """
     metrics = check_metrics(metrics, masks is not None)
+    check_resolution(resolution)  # a mistake in the request: before any map is computed
     name, fn = method_function(method)
     x = model.check_input(x)
     result = fn(model, x, target)
