@@ -462,7 +462,7 @@ def einsum(e: Emitter, node: Node, dys):
         if not node.needs[i]:
             grads.append(None)
             continue
-        letters = term.replace("...", "")
+        letters = term  # "..." was refused above
         others = [t for j, t in enumerate(terms) if j != i]
         if len(set(letters)) != len(letters) or set(letters) - set(out) - set("".join(others)):
             raise OnnxvizError(f"{where}: operand {i} repeats or sums a letter of its own; no gradient rule for "

@@ -212,12 +212,8 @@ def lp_normalization(e: Emitter, node: Node, dys):
     axis = node.attr("axis", -1)
     rank = _rank(e, node)
     axes = [axis % rank]
-    if p == 2:
-        norm = e.op("Sqrt", e.reduce_sum(e.op("Mul", x, x), axes))
-        slope = y
-    else:
-        norm = e.reduce_sum(e.op("Abs", x), axes)
-        slope = e.op("Sign", x)
+    norm = e.reduce_op("ReduceL2" if p == 2 else "ReduceL1", x, axes)
+    slope = y if p == 2 else e.op("Sign", x)
     inner = e.reduce_sum(e.op("Mul", dy, y), axes)
     return [e.op("Div", e.op("Sub", dy, e.op("Mul", slope, inner)), norm)]
 

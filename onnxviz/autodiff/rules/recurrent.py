@@ -121,18 +121,20 @@ def _lstm_direction(e: Emitter, node: Node, k: int, reverse: bool, steps: int, h
     order = _order(steps, reverse)
     at = lambda t_all, t: _slice(e, t_all, t, t + 1)  # noqa: E731
     one = e.scalar(1, like=node.inputs[0])
+    gates = {t: (at(i_all, t), at(o_all, t), at(f_all, t), at(c_all, t)) for t in order}  # sliced once
     cells, before = {}, {}
     state = c0
     for t in order:
-        fresh = e.op("Mul", at(i_all, t), at(c_all, t))
+        i_t, _, f_t, c_t = gates[t]
+        fresh = e.op("Mul", i_t, c_t)
         before[t] = state
-        state = fresh if state is None else e.op("Add", e.op("Mul", at(f_all, t), state), fresh)
+        state = fresh if state is None else e.op("Add", e.op("Mul", f_t, state), fresh)
         cells[t] = state
     dh_carry = dyh
     dc_carry = dyc
     dpres = {}
     for t in reversed(order):
-        i_t, o_t, f_t, c_t = at(i_all, t), at(o_all, t), at(f_all, t), at(c_all, t)
+        i_t, o_t, f_t, c_t = gates[t]
         dh = _incoming(e, dy, t, dh_carry, zero_state)
         tanh_c = e.op("Tanh", cells[t])
         dc = _plus(e, dc_carry, e.op("Mul", e.op("Mul", dh, o_t), _tanh_slope(e, tanh_c, one)))
